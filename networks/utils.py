@@ -1,4 +1,4 @@
-"""Match-level helpers of Patch2Pix: patch sampling, coarse filtering, anchors, epipolar distances."""
+"""Match-level helpers: patch sampling, coarse filtering, anchors, epipolar distances."""
 
 from __future__ import annotations
 
