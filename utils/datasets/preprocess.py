@@ -1,0 +1,262 @@
+"""Image loading and preprocessing for matching and training (model.md §6, data-formats.md §2-3).
+
+Images are opened with PIL as RGB, resized with PIL bicubic, turned into float tensors in
+[0, 1] and normalised with the ImageNet mean / std. Sizes are (w, h) in PIL order unless a
+function says otherwise; tensors are (C, H, W) or (1, C, H, W).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from fractions import Fraction
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "open_image",
+    "pil_to_tensor",
+    "normalize_imagenet",
+    "cal_rescale_size",
+    "load_im_flexible",
+    "load_im_tensor",
+    "TupleTransform",
+    "get_tuple_transform_ops",
+    "crop_from_bottom_right",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def open_image(im_path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
+    """Open an image file and convert it to `mode`, with errors that name the path.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file cannot be decoded as an image.
+    """
+    path = os.fspath(im_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return im.convert(mode)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot decode image file {path}: {e}") from e
+
+
+def pil_to_tensor(im: Image.Image) -> torch.Tensor:
+    """PIL image → float32 tensor in [0, 1], (C, H, W) (C = 1 for 'L', 3 for 'RGB')."""
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def normalize_imagenet(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of an RGB tensor (3, H, W) or (B, 3, H, W) in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def cal_rescale_size(
+    image_size: float | None,
+    w: int,
+    h: int,
+    k_size: int = 2,
+    scale_factor: float = 1.0 / 16,
+    upsample: float | None = None,
+) -> tuple[int, int]:
+    """Target size for matching: longer side ≈ `image_size`, sides multiples of upsample·k_size.
+
+    Each side becomes ``int(floor(side / (longer / image_size) / upsample / k_size) · upsample
+    · k_size)``, evaluated left to right in float64 (model.md §6). No upsampling: an
+    `image_size` that is None, ≤ 0 or larger than the longer side is replaced by the longer side.
+
+    Args:
+        image_size: target longer side in pixels.
+        w, h: original image width and height.
+        k_size: relocalisation pooling size.
+        scale_factor: 1 / upsample (the original's parameter); ignored when `upsample` is given.
+        upsample: feature down-sampling factor of the coarse matcher (16 by default).
+    Returns:
+        (wt, ht) target width and height (0 when the image is too small for one cell).
+    """
+    up = float(upsample) if upsample is not None else 1.0 / scale_factor
+    longer = max(w, h)
+    if image_size is None or image_size <= 0 or image_size > longer:
+        image_size = longer
+    ratio = longer / image_size
+    wt = int(math.floor(w / ratio / up / k_size) * up * k_size)
+    ht = int(math.floor(h / ratio / up / k_size) * up * k_size)
+    return wt, ht
+
+
+def load_im_flexible(
+    im_path: str | os.PathLike,
+    k_size: int = 2,
+    upsample: int = 16,
+    imsize: int | None = None,
+    crop_square: bool = False,
+) -> tuple[torch.Tensor, tuple[float, float]]:
+    """Load an image for Patch2Pix matching (model.md §6).
+
+    The longer side is brought to `imsize` (never upsampled) and each side rounded down to a
+    multiple of ``upsample · k_size`` (:func:`cal_rescale_size`), resized with PIL bicubic,
+    scaled to [0, 1] and ImageNet-normalised.
+
+    Args:
+        im_path: image file.
+        k_size: relocalisation pooling size.
+        upsample: down-sampling factor of the coarse features.
+        imsize: target longer side; None / ≤ 0 keeps the image's own size.
+        crop_square: first crop the top-left ``min(w, h)`` square (pixel coordinates of the
+            crop equal those of the original image, so `scale` alone maps matches back).
+    Returns:
+        (im, scale): im (1, 3, H, W) float32 CPU tensor, scale ``(w_orig / W, h_orig / H)``
+        with w_orig, h_orig the size before resizing (after the optional square crop).
+    Raises:
+        FileNotFoundError / ValueError naming the path when the file is missing / unreadable;
+        ValueError when the image is smaller than one feature cell.
+    """
+    im = open_image(im_path)
+    if crop_square:
+        side = min(im.size)
+        im = im.crop((0, 0, side, side))
+    w, h = im.size
+    wt, ht = cal_rescale_size(imsize, w, h, k_size=k_size, upsample=upsample)
+    if wt <= 0 or ht <= 0:
+        raise ValueError(
+            f"image {os.fspath(im_path)} ({w}x{h}) is too small for imsize={imsize}, "
+            f"k_size={k_size}, upsample={upsample}"
+        )
+    if (wt, ht) != (w, h):
+        im = im.resize((wt, ht), Image.Resampling.BICUBIC)
+    x = normalize_imagenet(pil_to_tensor(im)).unsqueeze(0)
+    return x, (w / wt, h / ht)
+
+
+def load_im_tensor(
+    im_path: str | os.PathLike,
+    device: torch.device | str,
+    imsize: int | None = None,
+    with_gray: bool = True,
+) -> (
+    tuple[torch.Tensor, torch.Tensor, tuple[float, float]]
+    | tuple[torch.Tensor, tuple[float, float]]
+):
+    """Load an image for other coarse matchers (model.md §6).
+
+    Downscaled only when the longer side exceeds `imsize`, to ``round(side · imsize /
+    longer)`` per side (PIL bicubic, no rounding to multiples).
+
+    Args:
+        im_path: image file.
+        device: where the returned tensors live.
+        imsize: maximum longer side; None / ≤ 0 keeps the size.
+        with_gray: also return the greyscale image (PIL 'L' of the resized RGB image).
+    Returns:
+        ``(im, gray, scale)`` with `with_gray`, else ``(im, scale)``: im (1, 3, H, W)
+        ImageNet-normalised float32, gray (1, 1, H, W) in [0, 1], scale
+        ``(w_orig / W, h_orig / H)``.
+    """
+    im = open_image(im_path)
+    w, h = im.size
+    longer = max(w, h)
+    if imsize is not None and 0 < imsize < longer:
+        wt = max(1, round(w * imsize / longer))
+        ht = max(1, round(h * imsize / longer))
+        im = im.resize((wt, ht), Image.Resampling.BICUBIC)
+    else:
+        wt, ht = w, h
+    scale = (w / wt, h / ht)
+    x = normalize_imagenet(pil_to_tensor(im)).unsqueeze(0).to(device)
+    if not with_gray:
+        return x, scale
+    gray = pil_to_tensor(im.convert("L")).unsqueeze(0).to(device)
+    return x, gray, scale
+
+
+class TupleTransform:
+    """Apply the same resize / to-tensor / normalise steps to every image of a tuple.
+
+    Args:
+        resize: (H, W) target size (torchvision order) or None to keep each size.
+        normalize: apply ImageNet normalisation after scaling to [0, 1].
+    Call:
+        images: sequence of PIL images → list of float32 tensors (3, H, W) (or (1, H, W) for
+        greyscale inputs, which are not normalised).
+    """
+
+    def __init__(self, resize: Sequence[int] | None = None, normalize: bool = True) -> None:
+        self.resize = tuple(int(s) for s in resize) if resize is not None else None
+        if self.resize is not None and len(self.resize) != 2:
+            raise ValueError(f"resize must be (H, W), got {resize}")
+        self.normalize = normalize
+
+    def _one(self, im: Image.Image) -> torch.Tensor:
+        if self.resize is not None:
+            ht, wt = self.resize
+            if im.size != (wt, ht):
+                im = im.resize((wt, ht), Image.Resampling.BICUBIC)
+        x = pil_to_tensor(im)
+        if self.normalize and x.shape[0] == 3:
+            x = normalize_imagenet(x)
+        return x
+
+    def __call__(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        return [self._one(im) for im in images]
+
+    def __repr__(self) -> str:
+        return f"TupleTransform(resize={self.resize}, normalize={self.normalize})"
+
+
+def get_tuple_transform_ops(
+    resize: Sequence[int] | None = None, normalize: bool = True
+) -> TupleTransform:
+    """The training-image transform: bicubic resize to `resize` = (H, W), [0, 1], ImageNet.
+
+    Returns:
+        A :class:`TupleTransform` mapping a tuple of PIL images to a list of (3, H, W) tensors.
+    """
+    return TupleTransform(resize=resize, normalize=normalize)
+
+
+def crop_from_bottom_right(
+    w: int, h: int, target_ratio: float = 1.5, max_ratio_diff: float = 0.2
+) -> tuple[int, int] | None:
+    """Pixels to cut from the right (dw) and bottom (dh) to reach aspect ratio w/h = target.
+
+    The rule of data-formats.md §2, written for ``target_ratio = p/q`` in lowest terms
+    (p = 3, q = 2 for 1.5): ratio w/h outside ``[target − 0.2, target + 0.2]`` → rejected;
+    equal → (0, 0); wider → ``dh = h mod q``, ``dw = w − (h − dh)·target``; taller →
+    ``dw = w mod p``, ``dh = h − (w − dw)/target``.
+
+    Args:
+        w, h: image width and height in pixels.
+        target_ratio: wanted width / height.
+        max_ratio_diff: largest accepted |w/h − target_ratio|.
+    Returns:
+        (dw, dh) as ints, or None when the image is rejected.
+    """
+    ratio = w / h
+    if ratio < target_ratio - max_ratio_diff or ratio > target_ratio + max_ratio_diff:
+        return None
+    if ratio == target_ratio:
+        return 0, 0
+    frac = Fraction(target_ratio).limit_denominator(1000)
+    p, q = frac.numerator, frac.denominator
+    if ratio > target_ratio:
+        dh = h % q
+        dw = w - (h - dh) * target_ratio
+    else:
+        dw = w % p
+        dh = h - (w - dw) / target_ratio
+    return int(round(dw)), int(round(dh))
