@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -49,3 +51,124 @@ def sym_epi_dist(x1: Tensor, x2: Tensor, F: Tensor, sqrt: bool = False) -> Tenso
     d1 = Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2 + 1e-8
     d2 = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + 1e-8
     return x2tFx1**2 * (1.0 / d1 + 1.0 / d2)
+
+
+def select_local_patch_feats(
+    feats1: Sequence[Tensor],
+    feats2: Sequence[Tensor],
+    ibatch: int,
+    imatches: Tensor,
+    feat_idx: Sequence[int] = (0, 1, 2, 3),
+    feats_downsample: Sequence[int] = (1, 2, 2, 2, 2),
+    psize: int = 16,
+    ptype: str = "center",
+) -> tuple[Tensor, Tensor]:
+    """Sample a psize×psize window of features around each match, at every chosen level.
+
+    Coordinates are truncated to integers; offsets run over ``-psize//2 .. psize//2 - 1``
+    (``ptype='center'``) or ``0 .. psize-1`` (any other ptype), row-major (dy outer, dx
+    inner). At level j the index is ``clamp((x + dx) // ds_j, 0, W // ds_j - 1)`` with ds_j
+    the cumulative downsample of that level and W the image width (rows likewise).
+
+    Args:
+        feats1, feats2: per-level maps (B, C_j, H/ds_j, W/ds_j); level 0 is the image.
+        ibatch: which batch entry to sample from.
+        imatches: (N, 4) matches (x1, y1, x2, y2) in pixels.
+    Returns:
+        f1s, f2s: (D, N·psize²) with D = sum of C_j over `feat_idx`.
+    """
+    device = imatches.device
+    offs = torch.arange(psize, device=device)
+    if ptype == "center":
+        offs = offs - psize // 2
+    dy = offs.view(-1, 1).expand(psize, psize).reshape(1, -1)
+    dx = offs.view(1, -1).expand(psize, psize).reshape(1, -1)
+    h1, w1 = feats1[0].shape[-2:]
+    h2, w2 = feats2[0].shape[-2:]
+    x1, y1, x2, y2 = imatches.long().t().reshape(4, -1, 1)
+    cum_ds = torch.tensor(list(feats_downsample)).cumprod(0).tolist()
+
+    def ids(v: Tensor, d: Tensor, size: int, ds: int) -> Tensor:
+        return torch.div(v + d, ds, rounding_mode="floor").clamp(0, size // ds - 1).view(-1)
+
+    f1s, f2s = [], []
+    for j in feat_idx:
+        ds = int(cum_ds[j])
+        f1s.append(feats1[j][ibatch][:, ids(y1, dy, h1, ds), ids(x1, dx, w1, ds)])
+        f2s.append(feats2[j][ibatch][:, ids(y2, dy, h2, ds), ids(x2, dx, w2, ds)])
+    return torch.cat(f1s, dim=0), torch.cat(f2s, dim=0)
+
+
+def filter_coarse(
+    coarse_matches: Sequence[Tensor] | Tensor,
+    match_scores: Sequence[Tensor] | Tensor,
+    ncn_thres: float = 0.0,
+    mutual: bool = True,
+    ptmax: int | None = None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Per-image filtering of coarse proposals (model.md §3).
+
+    Duplicated rows are collapsed to one (keeping the score of the first occurrence) and
+    come out sorted lexicographically by (x1, y1, x2, y2); with `mutual` only rows found in
+    both directions stay. Then rows with score > `ncn_thres` stay. A step that would leave
+    nothing is skipped. With `ptmax`, the survivors are shuffled and repeated cyclically to
+    exactly `ptmax` rows.
+
+    Args:
+        coarse_matches: (B, N, 4) or a list of (N, 4); match_scores: (B, N) or list of (N,).
+    Returns:
+        lists of (M, 4) matches and (M,) scores, one entry per image.
+    """
+    out_m, out_s = [], []
+    for matches, scores in zip(coarse_matches, match_scores, strict=True):
+        if matches.shape[0] > 0:
+            uniq, inverse, counts = torch.unique(
+                matches, dim=0, return_inverse=True, return_counts=True
+            )
+            pos = torch.arange(matches.shape[0], device=matches.device)
+            first = torch.full((uniq.shape[0],), matches.shape[0], device=matches.device)
+            first = first.scatter_reduce(0, inverse, pos, reduce="amin")
+            keep = counts > 1 if mutual else torch.ones_like(counts, dtype=torch.bool)
+            if keep.any():
+                matches, scores = uniq[keep], scores[first[keep]]
+            above = scores > ncn_thres
+            if above.any():
+                matches, scores = matches[above], scores[above]
+        if ptmax:
+            n = matches.shape[0]
+            if n == 0:
+                raise ValueError("filter_coarse: cannot sample ptmax rows from zero matches")
+            perm = torch.randperm(n, device=matches.device)
+            ids = perm.repeat((ptmax + n - 1) // n)[:ptmax]
+            matches, scores = matches[ids], scores[ids]
+        out_m.append(matches)
+        out_s.append(scores)
+    return out_m, out_s
+
+
+def shift_to_anchors(matches: Sequence[Tensor], pshift: int = 8, panc: int = 8) -> list[Tensor]:
+    """Expand each coarse match into 8 anchor rows (``panc == 8``; ``panc == 1`` is a no-op).
+
+    Per match, in order: pt1 shifted by (−s,−s), (+s,−s), (−s,+s), (+s,+s) with pt2 fixed,
+    then pt2 shifted the same four ways with pt1 fixed (s = `pshift`).
+
+    Args:
+        matches: list of (N, 4) per image.
+    Returns:
+        list of (8N, 4) (or the input matches when panc == 1).
+    """
+    if panc == 1:
+        return list(matches)
+    if panc != 8:
+        raise ValueError(f"panc must be 1 or 8, got {panc}")
+    out = []
+    for m in matches:
+        s = torch.tensor(
+            [[-pshift, -pshift], [pshift, -pshift], [-pshift, pshift], [pshift, pshift]],
+            dtype=m.dtype,
+            device=m.device,
+        )
+        zeros = torch.zeros_like(s)
+        shifts = torch.cat([torch.cat([s, zeros], 1), torch.cat([zeros, s], 1)], 0)  # (8, 4)
+        out.append((m.unsqueeze(1) + shifts.unsqueeze(0)).reshape(-1, 4))
+    return out

@@ -1,0 +1,130 @@
+"""NCNet components of Patch2Pix: correlation, relocalisation pool, mutual matching, consensus."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .conv4d import Conv4d
+
+
+def feature_l2norm(feat: Tensor, dim: int = 1) -> Tensor:
+    """``f / sqrt(sum(f²) + 1e-6)`` over `dim` (the original's normalisation)."""
+    return feat / torch.sqrt(feat.pow(2).sum(dim, keepdim=True) + 1e-6)
+
+
+def correlation_4d(f1: Tensor, f2: Tensor) -> Tensor:
+    """Dense 4D correlation of two (already normalised) feature maps.
+
+    Args:
+        f1: (B, C, h1, w1); f2: (B, C, h2, w2).
+    Returns:
+        (B, 1, h1, w1, h2, w2) with ``corr[b,0,i,j,k,l] = <f1[b,:,i,j], f2[b,:,k,l]>``.
+    """
+    b, c, h1, w1 = f1.shape
+    h2, w2 = f2.shape[-2:]
+    corr = torch.bmm(f1.reshape(b, c, h1 * w1).transpose(1, 2), f2.reshape(b, c, h2 * w2))
+    return corr.view(b, 1, h1, w1, h2, w2)
+
+
+class FeatureCorrelation(nn.Module):
+    """Module form of `correlation_4d` (optionally L2-normalising the output over A or B)."""
+
+    def forward(self, f1: Tensor, f2: Tensor) -> Tensor:
+        return correlation_4d(f1, f2)
+
+
+def maxpool4d(corr: Tensor, k_size: int = 2) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Relocalisation max-pool over k⁴ blocks, remembering the argmax offsets.
+
+    Ties go to the first entry in (di, dj, dk, dl) row-major order.
+
+    Args:
+        corr: (B, 1, H1, W1, H2, W2), every size a multiple of `k_size`.
+    Returns:
+        pooled (B, 1, H1/k, W1/k, H2/k, W2/k) and the int64 offsets max_i, max_j, max_k,
+        max_l of the same shape.
+    """
+    b, c, h1, w1, h2, w2 = corr.shape
+    k = k_size
+    if any(s % k for s in (h1, w1, h2, w2)):
+        raise ValueError(f"maxpool4d: sizes {(h1, w1, h2, w2)} are not multiples of {k}")
+    blocks = corr.reshape(b, c, h1 // k, k, w1 // k, k, h2 // k, k, w2 // k, k)
+    blocks = blocks.permute(0, 1, 2, 4, 6, 8, 3, 5, 7, 9).reshape(
+        b, c, h1 // k, w1 // k, h2 // k, w2 // k, k**4
+    )
+    pooled, idx = blocks.max(dim=-1)
+    max_l = idx % k
+    max_k = (idx // k) % k
+    max_j = (idx // (k * k)) % k
+    max_i = idx // (k * k * k)
+    return pooled, max_i, max_j, max_k, max_l
+
+
+def mutual_matching(corr: Tensor) -> Tensor:
+    """Soft mutual nearest-neighbour filtering.
+
+    ``c * (c / (max over (i,j) + 1e-5)) * (c / (max over (k,l) + 1e-5))``.
+
+    Args:
+        corr: (B, 1, H1, W1, H2, W2).
+    Returns:
+        the filtered volume, same shape.
+    """
+    b, _, h1, w1, h2, w2 = corr.shape
+    corr_b = corr.view(b, h1 * w1, h2, w2)
+    corr_a = corr.view(b, h1, w1, h2 * w2)
+    max_b = corr_b.max(dim=1, keepdim=True)[0]
+    max_a = corr_a.max(dim=3, keepdim=True)[0]
+    ratio_b = (corr_b / (max_b + 1e-5)).view_as(corr)
+    ratio_a = (corr_a / (max_a + 1e-5)).view_as(corr)
+    return corr * (ratio_a * ratio_b)
+
+
+def MutualMatching(corr4d: Tensor) -> Tensor:  # noqa: N802 (original's public name)
+    """Original name of `mutual_matching`."""
+    return mutual_matching(corr4d)
+
+
+def swap_ab(corr: Tensor) -> Tensor:
+    """Exchange the (i, j) and (k, l) axes of a (B, C, H1, W1, H2, W2) volume."""
+    return corr.permute(0, 1, 4, 5, 2, 3)
+
+
+class NeighConsensus(nn.Module):
+    """Neighbourhood consensus: a stack of Conv4d + ReLU, optionally symmetric in A and B.
+
+    Args:
+        kernel_sizes: kernel of each layer (default [3, 3]).
+        channels: output channels of each layer (default [16, 1]); the input has 1 channel.
+        symmetric_mode: ``y = net(x) + swapAB(net(swapAB(x)))``.
+        use_cuda: accepted for compatibility with the original and ignored: the module runs
+            wherever its parameters are.
+    """
+
+    def __init__(
+        self,
+        kernel_sizes: Sequence[int] = (3, 3),
+        channels: Sequence[int] = (16, 1),
+        symmetric_mode: bool = True,
+        use_cuda: bool | None = None,
+    ) -> None:
+        super().__init__()
+        del use_cuda
+        if isinstance(kernel_sizes, bool):  # original positional order (use_cuda first)
+            raise TypeError("NeighConsensus(kernel_sizes, channels, symmetric_mode)")
+        layers: list[nn.Module] = []
+        ch_in = 1
+        for k, ch in zip(kernel_sizes, channels, strict=True):
+            layers += [Conv4d(ch_in, ch, k, bias=True), nn.ReLU(inplace=True)]
+            ch_in = ch
+        self.symmetric_mode = symmetric_mode
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 1, H1, W1, H2, W2) → same shape."""
+        if self.symmetric_mode:
+            return self.conv(x) + swap_ab(self.conv(swap_ab(x)))
+        return self.conv(x)

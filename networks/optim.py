@@ -1,0 +1,91 @@
+"""Optimiser and learning-rate schedule of Patch2Pix training (training.md §2)."""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+N_BACKBONE_PARAMS_TO_LAYER3 = 87
+
+
+def parse_lr_decay(
+    tokens: Sequence[str | float | int] | None,
+) -> tuple[str, float, list[int]] | None:
+    """Parse ``--lr_decay``: ``step FACTOR STEP`` or ``multistep FACTOR M1 [M2 ...]``.
+
+    Returns:
+        (kind, factor, steps) or None; raises ValueError naming --lr_decay on a bad form.
+    """
+    if not tokens:
+        return None
+    tokens = [str(t) for t in tokens]
+    kind = tokens[0].lower()
+    usage = "--lr_decay expects 'step FACTOR STEP' or 'multistep FACTOR M1 [M2 ...]'"
+    try:
+        factor = float(tokens[1])
+        steps = [int(t) for t in tokens[2:]]
+    except (IndexError, ValueError):
+        raise ValueError(f"{usage}, got {' '.join(tokens)!r}") from None
+    if kind not in ("step", "multistep") or not steps or (kind == "step" and len(steps) != 1):
+        raise ValueError(f"{usage}, got {' '.join(tokens)!r}")
+    if not 0 < factor <= 1 or any(s <= 0 for s in steps):
+        raise ValueError(f"{usage} with 0 < FACTOR <= 1 and positive steps, got {tokens!r}")
+    return kind, factor, steps
+
+
+def freeze_backbone(extract: nn.Module, freeze_feat: int) -> list[nn.Parameter]:
+    """Freeze the first `freeze_feat` backbone parameters and everything from 87 on (layer4).
+
+    Returns:
+        the backbone parameters left trainable ([freeze_feat:87]).
+    """
+    params = list(extract.parameters())
+    trainable = []
+    for i, p in enumerate(params):
+        p.requires_grad_(freeze_feat <= i < N_BACKBONE_PARAMS_TO_LAYER3)
+        if p.requires_grad:
+            trainable.append(p)
+    return trainable
+
+
+def build_optimizer(net: nn.Module, config: Namespace):
+    """Adam (or SGD) over the regressors, NCN and unfrozen backbone; optional LR scheduler.
+
+    Args:
+        net: a Patch2Pix model with regressors.
+        config: Namespace with ``freeze_feat``, ``start_epoch`` and ``optim_config``
+            (opt, lr_init, weight_decay, lr_decay, optimizer_dict, lr_scheduler_dict).
+    Returns:
+        (optimizer, lr_scheduler or None).
+    """
+    oc = config.optim_config
+    backbone = freeze_backbone(net.extract, int(getattr(config, "freeze_feat", 87)))
+    modules = [net.regress_mid]
+    if net.regress_fine is not net.regress_mid:
+        modules.append(net.regress_fine)
+    params = [p for m in modules for p in m.parameters()] + list(net.ncn.parameters()) + backbone
+    opt = getattr(oc, "opt", "adam")
+    lr = float(oc.lr_init)
+    wd = float(getattr(oc, "weight_decay", 0) or 0)
+    if opt == "adam":
+        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    elif opt == "sgd":
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+    else:
+        raise ValueError(f"unknown optimiser {opt!r} (adam or sgd)")
+    if getattr(oc, "optimizer_dict", None):
+        optimizer.load_state_dict(oc.optimizer_dict)
+    decay = parse_lr_decay(getattr(oc, "lr_decay", None))
+    scheduler = None
+    if decay is not None:
+        kind, factor, steps = decay
+        if kind == "step":
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, steps[0], gamma=factor)
+        else:
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, gamma=factor)
+        if getattr(oc, "lr_scheduler_dict", None):
+            scheduler.load_state_dict(oc.lr_scheduler_dict)
+    return optimizer, scheduler

@@ -1,0 +1,340 @@
+"""Patch2Pix: coarse NCNet matching refined to pixel level by two local regressors."""
+
+from __future__ import annotations
+
+import logging
+from argparse import Namespace
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .ncn.extract_ncmatches import corr_to_matches
+from .ncn.model import NeighConsensus, correlation_4d, feature_l2norm, maxpool4d, mutual_matching
+from .regressor import FeatRegressNet
+from .resnet import FEAT_CHANNELS, ResNet34, init_weights, load_imagenet_weights
+from .utils import filter_coarse, select_local_patch_feats, shift_to_anchors
+
+log = logging.getLogger(__name__)
+
+
+
+def load_weights(net: nn.Module, weights: dict[str, Tensor], lprint=log.info) -> None:
+    """Load `weights` into `net`: strict when it has as many entries as the model.
+
+    Shapes are checked first (a mismatch raises ValueError naming the keys). A partial dict
+    is loaded non-strict and the missing / unexpected keys are reported through `lprint`.
+    """
+    own = net.state_dict()
+    bad = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in weights.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if bad:
+        raise ValueError(
+            "weights do not fit this architecture (shape mismatch): " + "; ".join(bad[:5])
+        )
+    if len(weights) == len(own):
+        net.load_state_dict(weights, strict=True)
+        return
+    res = net.load_state_dict(weights, strict=False)
+    if not set(weights) & set(own):
+        raise ValueError("weights do not fit this architecture: no key matches the model")
+    lprint(
+        f"Loaded {len(weights) - len(res.unexpected_keys)}/{len(own)} weights non-strictly; "
+        f"missing: {summarise_keys(res.missing_keys)}; "
+        f"unexpected: {summarise_keys(res.unexpected_keys)}"
+    )
+
+
+def summarise_keys(keys: Sequence[str]) -> str:
+    """Short description of a list of state_dict keys, grouped by their top-level module."""
+    if not keys:
+        return "none"
+    groups: dict[str, int] = {}
+    for k in keys:
+        groups[k.split(".")[0]] = groups.get(k.split(".")[0], 0) + 1
+    return ", ".join(f"{g}.* ({n})" for g, n in groups.items())
+
+
+class Patch2Pix(nn.Module):
+    """The Patch2Pix matcher (model.md).
+
+    Args:
+        config: argparse.Namespace with ``backbone`` ('ResNet34'), ``change_stride``,
+            ``feat_idx``, ``regressor_config`` (None → coarse-only NCNet model),
+            ``regr_batch``, ``weights_dict`` (state_dict or None), ``device`` (optional) and,
+            when ``training``: ``freeze_feat``, ``start_epoch``, ``optim_config``.
+            Set ``imagenet_init=False`` to skip looking for ImageNet weights (the model
+            helpers do, since a checkpoint overwrites them anyway).
+    """
+
+    def __init__(self, config: Namespace) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = getattr(config, "backbone", "ResNet34")
+        if self.backbone != "ResNet34":
+            raise ValueError(f"unsupported backbone {self.backbone!r} (only 'ResNet34')")
+        self.change_stride = bool(getattr(config, "change_stride", False))
+        self.feat_idx = list(getattr(config, "feat_idx", [0, 1, 2, 3]))
+        self.regr_batch = int(getattr(config, "regr_batch", 1200) or 1200)
+        self.extract = ResNet34(change_stride=self.change_stride)
+        self.upsample = self.extract.upsample
+        self.feats_downsample = self.extract.feats_downsample
+        self.ncn = NeighConsensus(kernel_sizes=[3, 3], channels=[16, 1], symmetric_mode=True)
+
+        self.regressor_config = getattr(config, "regressor_config", None)
+        if self.regressor_config is not None:
+            rc = self.regressor_config
+            if not hasattr(rc, "feat_dim") or rc.feat_dim is None:
+                rc.feat_dim = sum(FEAT_CHANNELS[i] for i in self.feat_idx)
+            self.psize = list(rc.psize)
+            self.ptype = ["center", "center"]
+            self.pshift = int(rc.pshift)
+            self.panc = int(rc.panc)
+            self.shared = bool(getattr(rc, "shared", False))
+            self.regress_mid = FeatRegressNet(rc, psize=self.psize[0])
+            self.regress_fine = (
+                self.regress_mid if self.shared else FeatRegressNet(rc, psize=self.psize[1])
+            )
+
+        init_weights(self)
+        weights = getattr(config, "weights_dict", None)
+        if weights is None and getattr(config, "imagenet_init", True):
+            load_imagenet_weights(self.extract)
+        if weights is not None:
+            load_weights(self, weights)
+        device = getattr(config, "device", None)
+        if device is not None:
+            self.to(device)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.lr_scheduler = None
+        if getattr(config, "training", False):
+            self.set_optimizer(config)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ training set-up
+    def set_optimizer(self, config: Namespace) -> None:
+        """Freeze backbone parameters and build the optimiser and LR scheduler (training.md §2)."""
+        from .optim import build_optimizer
+
+        self.optimizer, self.lr_scheduler = build_optimizer(self, config)
+
+    # ------------------------------------------------------------------ coarse matching
+    def forward(
+        self, im1: Tensor, im2: Tensor, ksize: int = 1, return_feats: bool = False
+    ) -> tuple:
+        """Filtered 4D correlation of two image batches.
+
+        Args:
+            im1: (B, 3, H1, W1), im2: (B, 3, H2, W2), normalised; sides multiples of
+                ``upsample * ksize``.
+        Returns:
+            corr4d (B, 1, h1, w1, h2, w2) at the pooled resolution (h = H / upsample / ksize),
+            delta4d (tuple of 4 int64 offset volumes, or None when ksize == 1)
+            [, feats1, feats2: the `forward_all` lists].
+        """
+        if return_feats:
+            feats1 = self.extract.forward_all(im1)
+            feats2 = self.extract.forward_all(im2)
+            f1, f2 = feats1[-1], feats2[-1]
+        else:
+            f1, f2 = self.extract(im1), self.extract(im2)
+        corr4d = correlation_4d(feature_l2norm(f1), feature_l2norm(f2))
+        delta4d = None
+        if ksize > 1:
+            corr4d, *delta = maxpool4d(corr4d, ksize)
+            delta4d = tuple(delta)
+        corr4d = mutual_matching(corr4d)
+        corr4d = self.ncn(corr4d)
+        corr4d = mutual_matching(corr4d)
+        if return_feats:
+            return corr4d, delta4d, feats1, feats2
+        return corr4d, delta4d
+
+    @staticmethod
+    def cal_coarse_matches(
+        corr4d: Tensor,
+        delta4d: Sequence[Tensor] | None,
+        ksize: int = 1,
+        upsample: int = 16,
+        center: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """Both-direction proposals in pixels.
+
+        Returns:
+            matches (B, N, 4) int64 ``upsample * (x1, y1, x2, y2) [+ upsample // 2]`` and
+            scores (B, N), N = H2·W2 + H1·W1 (A←B proposals first).
+        """
+        a = corr_to_matches(corr4d, delta4d, ksize, do_softmax=True)
+        b = corr_to_matches(corr4d, delta4d, ksize, do_softmax=True, invert_matching_direction=True)
+        idx = torch.stack([torch.cat([u, v], 1) for u, v in zip(a[:4], b[:4])], dim=-1)
+        matches = idx * upsample + (upsample // 2 if center else 0)
+        scores = torch.cat([a[4], b[4]], dim=1)
+        return matches, scores
+
+    def predict_coarse(
+        self,
+        im1: Tensor,
+        im2: Tensor,
+        ksize: int = 2,
+        ncn_thres: float = 0.0,
+        mutual: bool = False,
+        center: bool = True,
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Coarse (patch-level) matches per image: lists of (N, 4) int64 and (N,) scores."""
+        corr4d, delta4d = self.forward(im1, im2, ksize)
+        matches, scores = self.cal_coarse_matches(corr4d, delta4d, ksize, self.upsample, center)
+        return filter_coarse(matches, scores, ncn_thres, mutual)
+
+    # ------------------------------------------------------------------ refinement
+    def shift_to_anchors(self, matches: Sequence[Tensor]) -> list[Tensor]:
+        """Anchor expansion with this model's ``pshift`` / ``panc`` (×8 rows when panc is 8)."""
+        return shift_to_anchors(matches, self.pshift, self.panc)
+
+    def _regressor(self, level: int) -> FeatRegressNet:
+        if self.regressor_config is None:
+            raise RuntimeError("this model has no regressors (coarse-only NCNet weights)")
+        return self.regress_mid if level == 0 else self.regress_fine
+
+    def forward_fine_match(
+        self,
+        feats1: Sequence[Tensor],
+        feats2: Sequence[Tensor],
+        matches: Sequence[Tensor],
+        psize: int,
+        ptype: str,
+        regressor: nn.Module,
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Refine matches inside local windows (model.md §4), in chunks of ``regr_batch`` rows.
+
+        Args:
+            feats1, feats2: `forward_all` lists of the two image batches.
+            matches: per image (N, 4) matches in pixels.
+        Returns:
+            per image: refined matches (N, 4) float and probabilities (N,).
+        """
+        h1, w1 = feats1[0].shape[-2:]
+        h2, w2 = feats2[0].shape[-2:]
+        dtype = feats1[0].dtype
+        lo = torch.zeros(4, dtype=dtype, device=feats1[0].device)
+        hi = torch.tensor([w1, h1, w2, h2], dtype=dtype, device=feats1[0].device)
+        out_m, out_p = [], []
+        for ib, imatches in enumerate(matches):
+            imatches = imatches.to(dtype)
+            refined, probs = [], []
+            for chunk in torch.split(imatches, self.regr_batch):
+                f1s, f2s = select_local_patch_feats(
+                    feats1, feats2, ib, chunk, self.feat_idx, self.feats_downsample, psize, ptype
+                )
+                n = chunk.shape[0]
+                f1s = feature_l2norm(f1s, dim=0).view(-1, n, psize, psize).transpose(0, 1)
+                f2s = feature_l2norm(f2s, dim=0).view(-1, n, psize, psize).transpose(0, 1)
+                out = regressor(torch.cat([f1s, f2s], dim=1))
+                offset = psize * torch.tanh(torch.relu(out[:, :4])) - psize // 2
+                refined.append(torch.clamp(chunk + offset, lo, hi))
+                probs.append(torch.sigmoid(out[:, 4]))
+            if refined:
+                out_m.append(torch.cat(refined))
+                out_p.append(torch.cat(probs))
+            else:
+                out_m.append(imatches.new_zeros((0, 4)))
+                out_p.append(imatches.new_zeros((0,)))
+        return out_m, out_p
+
+    def regress_levels(
+        self, feats1: Sequence[Tensor], feats2: Sequence[Tensor], matches: Sequence[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """Mid level on `matches`, then fine level on the mid matches.
+
+        Returns:
+            mid matches, mid probabilities, fine matches, fine probabilities (lists per image).
+        """
+        mid, mid_p = self.forward_fine_match(
+            feats1, feats2, matches, self.psize[0], self.ptype[0], self._regressor(0)
+        )
+        fine, fine_p = self.forward_fine_match(
+            feats1, feats2, mid, self.psize[1], self.ptype[1], self._regressor(1)
+        )
+        return mid, mid_p, fine, fine_p
+
+    def predict_fine(
+        self,
+        im1: Tensor,
+        im2: Tensor,
+        ksize: int = 2,
+        ncn_thres: float = 0.0,
+        mutual: bool = True,
+        return_all: bool = False,
+    ) -> tuple:
+        """Coarse matches refined by both levels.
+
+        Returns:
+            fine_matches, fine_scores, coarse_matches (lists per image); with `return_all`:
+            fine, fine_scores, mid, mid_scores, coarse.
+        """
+        corr4d, delta4d, feats1, feats2 = self.forward(im1, im2, ksize, return_feats=True)
+        coarse, scores = self.cal_coarse_matches(corr4d, delta4d, ksize, self.upsample, True)
+        coarse, _ = filter_coarse(coarse, scores, ncn_thres, mutual)
+        coarse = self.shift_to_anchors(coarse)
+        mid, mid_p, fine, fine_p = self.regress_levels(feats1, feats2, coarse)
+        if return_all:
+            return fine, fine_p, mid, mid_p, coarse
+        return fine, fine_p, coarse
+
+    def forward_train(
+        self, im_src: Tensor, im_pos: Tensor, ksize: int = 2, ptmax: int = 400
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """Steps 1–3 of a training step (training.md §3).
+
+        Returns:
+            coarse (anchor) matches, mid matches, mid probabilities, fine matches, fine
+            probabilities: lists with one entry per image pair.
+        """
+        corr4d, delta4d, feats1, feats2 = self.forward(im_src, im_pos, ksize, return_feats=True)
+        coarse, scores = self.cal_coarse_matches(corr4d, delta4d, ksize, self.upsample, True)
+        if self.panc > 1 and ptmax > 0:
+            coarse, _ = filter_coarse(coarse, scores, 0.0, mutual=True, ptmax=ptmax)
+        coarse = self.shift_to_anchors(coarse)
+        mid, mid_p, fine, fine_p = self.regress_levels(feats1, feats2, coarse)
+        return coarse, mid, mid_p, fine, fine_p
+
+    def refine_matches(
+        self,
+        im1: Tensor,
+        im2: Tensor,
+        coarse_matches: np.ndarray | Tensor,
+        io_thres: float = 0.0,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Refine matches from any other matcher on one image pair.
+
+        Args:
+            im1: (1, 3, H1, W1), im2: (1, 3, H2, W2) normalised images.
+            coarse_matches: (N, 4) matches (x1, y1, x2, y2) in these images' pixels.
+        Returns:
+            numpy refined (M, 4), scores (M,), coarse (M, 4): the rows with score >
+            `io_thres` when any pass, else all rows.
+        """
+        coarse = torch.as_tensor(coarse_matches, device=self.device).reshape(-1, 4)
+        if coarse.shape[0] == 0:
+            empty = np.zeros((0, 4), dtype=np.float32)
+            return empty, np.zeros((0,), dtype=np.float32), empty.copy()
+        feats1 = self.extract.forward_all(im1)
+        feats2 = self.extract.forward_all(im2)
+        _, _, fine, fine_p = self.regress_levels(feats1, feats2, [coarse.to(im1.dtype)])
+        refined, scores = fine[0], fine_p[0]
+        keep = scores > io_thres
+        if keep.any():
+            refined, scores, coarse = refined[keep], scores[keep], coarse[keep]
+        return (
+            refined.detach().cpu().numpy(),
+            scores.detach().cpu().numpy(),
+            coarse.detach().cpu().numpy(),
+        )

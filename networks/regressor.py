@@ -1,0 +1,63 @@
+"""FeatRegressNet: the local refinement regressor of Patch2Pix (model.md §4)."""
+
+from __future__ import annotations
+
+from argparse import Namespace
+
+import torch
+from torch import Tensor, nn
+
+
+class FeatRegressNet(nn.Module):
+    """Regress a pixel offset and a match probability from a pair of local patches.
+
+    Layout (default config): conv 3×3/2 (no bias), BN, conv 3×3/1 (no bias), BN, ReLU,
+    global max-pool, then [Linear, BN1d, ReLU] per hidden FC width and a final Linear → 5.
+    With ``feat_comb == 'pre'`` the two patches are concatenated over channels before the
+    convolutions; with ``'post'`` each patch goes through the (shared) convolutions and the
+    pooled vectors are concatenated before the FC layers.
+
+    Args:
+        config: Namespace with conv_dims, conv_kers, conv_strs, fc_dims, feat_comb, feat_dim.
+        psize: side of the square input patch.
+    """
+
+    def __init__(self, config: Namespace, psize: int = 16) -> None:
+        super().__init__()
+        self.feat_comb = getattr(config, "feat_comb", "pre")
+        if self.feat_comb not in ("pre", "post"):
+            raise ValueError(f"feat_comb must be 'pre' or 'post', got {self.feat_comb!r}")
+        feat_dim = int(config.feat_dim)
+        ch_in = 2 * feat_dim if self.feat_comb == "pre" else feat_dim
+        conv: list[nn.Module] = []
+        size = psize
+        layers = zip(config.conv_dims, config.conv_kers, config.conv_strs, strict=True)
+        for dim, ker, stride in layers:
+            conv += [
+                nn.Conv2d(ch_in, dim, ker, stride=stride, padding=ker // 2, bias=False),
+                nn.BatchNorm2d(dim),
+            ]
+            ch_in = dim
+            size = (size + 2 * (ker // 2) - ker) // stride + 1
+        conv.append(nn.ReLU(inplace=True))
+        self.conv = nn.Sequential(*conv)
+        self.pool = nn.MaxPool2d(size)
+        fc: list[nn.Module] = []
+        fc_in = ch_in if self.feat_comb == "pre" else 2 * ch_in
+        for dim in config.fc_dims:
+            fc += [nn.Linear(fc_in, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True)]
+            fc_in = dim
+        fc.append(nn.Linear(fc_in, 5))
+        self.fc = nn.Sequential(*fc)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, 2·D, p, p) patch pairs → (N, 5): four raw offsets and a raw probability."""
+        if self.feat_comb == "pre":
+            feat = self.pool(self.conv(x)).flatten(1)
+        else:
+            d = x.shape[1] // 2
+            f1 = self.pool(self.conv(x[:, :d])).flatten(1)
+            f2 = self.pool(self.conv(x[:, d:])).flatten(1)
+            feat = torch.cat([f1, f2], dim=1)
+        return self.fc(feat)
+
