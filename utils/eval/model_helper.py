@@ -1,0 +1,214 @@
+"""Loading Patch2Pix / NCNet checkpoints and matching image pairs with them."""
+
+from __future__ import annotations
+
+import os
+from argparse import Namespace
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from networks.patch2pix import Patch2Pix
+from utils.common.setup_helper import CheckpointError, load_checkpoint_safe
+from utils.datasets.preprocess import load_im_flexible, load_im_tensor
+
+REGRESSOR_KEYS = ("conv_dims", "conv_kers", "conv_strs", "fc_dims", "psize", "pshift", "panc")
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _as_state_dict(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no state_dict of tensors")
+    return obj
+
+
+def load_model(
+    ckpt_path: str | os.PathLike,
+    method: str = "patch2pix",
+    lprint: Callable[[str], Any] = print,
+    device: str | torch.device | None = None,
+    change_stride: bool = True,
+) -> Patch2Pix:
+    """Build a model from a checkpoint file, in eval mode.
+
+    Args:
+        ckpt_path: a training checkpoint in the original format (dict with ``backbone``,
+            ``feat_idx``, ``change_stride``, ``regressor_config``, ``state_dict``) for
+            ``method='patch2pix'``; a bare NCNet state_dict (``extract.*``, ``ncn.*``) or a
+            dict with ``state_dict`` for ``method='nc'`` (coarse-only model).
+        lprint: where to report what was loaded.
+        device: defaults to CUDA when available, else CPU.
+        change_stride: backbone stride for ``'nc'`` weights, which do not record it
+            (the released ``ncn_ivd_5ep.pth`` uses the stride-8 layer3 of every released model).
+    Returns:
+        the model, in eval mode, on `device`.
+    Raises:
+        CheckpointError: a missing / unsafe / malformed file, or weights of another
+            architecture (the message names the file and the problem).
+    """
+    device = torch.device(device) if device is not None else default_device()
+    ckpt = load_checkpoint_safe(ckpt_path)
+    if method == "patch2pix":
+        if not isinstance(ckpt, dict) or "backbone" not in ckpt:
+            raise CheckpointError(
+                f"{ckpt_path} is not a Patch2Pix training checkpoint (no 'backbone' key); "
+                "for NCNet weights use method='nc'"
+            )
+        rc = ckpt.get("regressor_config")
+        if not isinstance(rc, Namespace) or any(not hasattr(rc, k) for k in REGRESSOR_KEYS):
+            raise CheckpointError(f"{ckpt_path}: missing or incomplete 'regressor_config'")
+        rc = Namespace(**vars(rc))
+        rc.panc = 1  # anchors are a training device only
+        config = Namespace(
+            training=False,
+            device=device,
+            backbone=ckpt["backbone"],
+            change_stride=ckpt.get("change_stride", True),
+            feat_idx=ckpt.get("feat_idx", [0, 1, 2, 3]),
+            regressor_config=rc,
+            regr_batch=1200,
+            weights_dict=_as_state_dict(ckpt, ckpt_path),
+            imagenet_init=False,
+        )
+    elif method == "nc":
+        config = Namespace(
+            training=False,
+            device=device,
+            backbone="ResNet34",
+            change_stride=change_stride,
+            feat_idx=[0, 1, 2, 3],
+            regressor_config=None,
+            regr_batch=1200,
+            weights_dict=_as_state_dict(ckpt, ckpt_path),
+            imagenet_init=False,
+        )
+    else:
+        raise ValueError(f"method must be 'patch2pix' or 'nc', got {method!r}")
+    try:
+        net = Patch2Pix(config)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{ckpt_path}: {e}") from None
+    net.eval()
+    epoch = ckpt.get("last_epoch") if isinstance(ckpt, dict) else None
+    lprint(
+        f"Loaded {method} model from {ckpt_path}"
+        + (f" (epoch {epoch})" if epoch is not None else "")
+        + f" on {device}"
+    )
+    return net
+
+
+@torch.inference_mode()
+def estimate_matches(
+    net: Patch2Pix,
+    im1: str | os.PathLike,
+    im2: str | os.PathLike,
+    ksize: int = 2,
+    ncn_thres: float = 0.0,
+    mutual: bool = True,
+    io_thres: float = 0.25,
+    eval_type: str = "fine",
+    imsize: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Match two image files; matches are returned in original image pixels.
+
+    Args:
+        eval_type: 'coarse' (NCNet proposals, scores = NCN scores), 'mid' or 'fine'.
+        io_thres: keep rows whose score is above it (all rows when none pass).
+    Returns:
+        matches (N, 4) (x1, y1, x2, y2), scores (N,), coarse matches (M, 4), all numpy.
+    """
+    if eval_type not in ("coarse", "mid", "fine"):
+        raise ValueError(f"eval_type must be 'coarse', 'mid' or 'fine', got {eval_type!r}")
+    device = net.device
+    t1, sc1 = load_im_flexible(im1, ksize, net.upsample, imsize=imsize)
+    t2, sc2 = load_im_flexible(im2, ksize, net.upsample, imsize=imsize)
+    t1, t2 = t1.to(device), t2.to(device)
+    upscale = np.array([sc1 + sc2], dtype=np.float64)
+    if eval_type == "coarse":
+        coarse, scores = net.predict_coarse(t1, t2, ksize, ncn_thres, mutual)
+        matches, scores, coarse = coarse[0], scores[0], coarse[0]
+    else:
+        fine, fine_p, mid, mid_p, coarse = net.predict_fine(
+            t1, t2, ksize, ncn_thres, mutual, return_all=True
+        )
+        matches, scores = (fine[0], fine_p[0]) if eval_type == "fine" else (mid[0], mid_p[0])
+        coarse = coarse[0]
+    matches = matches.float().cpu().numpy() * upscale
+    coarse = coarse.float().cpu().numpy() * upscale
+    scores = scores.float().cpu().numpy()
+    if io_thres > 0:
+        keep = scores > io_thres
+        if keep.any():
+            matches, scores = matches[keep], scores[keep]
+            if eval_type != "coarse":
+                coarse = coarse[keep]
+    return matches, scores, coarse
+
+
+def init_patch2pix_matcher(args: Namespace) -> Callable:
+    """A matcher ``(im1_path, im2_path) -> (matches, scores, coarse)`` from `args`
+    (ckpt, ksize, io_thres, imsize; ncn_thres optional)."""
+    net = load_model(args.ckpt, method="patch2pix")
+
+    def matcher(im1, im2):
+        return estimate_matches(
+            net, im1, im2, ksize=args.ksize, ncn_thres=getattr(args, "ncn_thres", 0.0),
+            io_thres=args.io_thres, eval_type="fine", imsize=args.imsize,
+        )
+
+    return matcher
+
+
+def init_ncn_matcher(args: Namespace) -> Callable:
+    """A coarse NCNet matcher ``(im1_path, im2_path) -> (matches, scores, coarse)`` from
+    `args` (ckpt, ksize, ncn_thres, imsize)."""
+    net = load_model(args.ckpt, method="nc")
+
+    def matcher(im1, im2):
+        return estimate_matches(
+            net, im1, im2, ksize=args.ksize, ncn_thres=args.ncn_thres, mutual=True,
+            io_thres=0.0, eval_type="coarse", imsize=args.imsize,
+        )
+
+    return matcher
+
+
+@torch.inference_mode()
+def refine_matches(
+    im1_path: str | os.PathLike,
+    im2_path: str | os.PathLike,
+    net: Patch2Pix,
+    coarse_matcher: Callable,
+    io_thres: float = 0.0,
+    imsize: int | None = None,
+    coarse_only: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Refine the matches of another coarse matcher with Patch2Pix's regressors.
+
+    Args:
+        coarse_matcher: ``(gray1 (1,1,H1,W1), gray2 (1,1,H2,W2)) -> (N, 4)`` matches in the
+            loaded (possibly downscaled) images' pixels.
+    Returns:
+        matches (M, 4) in original pixels and their scores (None with `coarse_only`).
+    """
+    t1, g1, sc1 = load_im_tensor(im1_path, net.device, imsize, with_gray=True)
+    t2, g2, sc2 = load_im_tensor(im2_path, net.device, imsize, with_gray=True)
+    upscale = np.array([sc1 + sc2], dtype=np.float64)
+    coarse = coarse_matcher(g1, g2)
+    if torch.is_tensor(coarse):
+        coarse = coarse.detach().cpu().numpy()
+    coarse = np.asarray(coarse, dtype=np.float64).reshape(-1, 4)
+    if coarse_only:
+        return coarse * upscale, None
+    refined, scores, _ = net.refine_matches(t1, t2, coarse, io_thres)
+    return refined * upscale, scores
+
