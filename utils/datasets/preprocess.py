@@ -247,7 +247,10 @@ def crop_from_bottom_right(
         (dw, dh) as ints, or None when the image is rejected.
     """
     ratio = w / h
-    if ratio < target_ratio - max_ratio_diff or ratio > target_ratio + max_ratio_diff:
+    # bounds rounded to the nearest decimal so that e.g. 1.5 ± 0.2 are exactly 1.3 and 1.7
+    lo = round(target_ratio - max_ratio_diff, 12)
+    hi = round(target_ratio + max_ratio_diff, 12)
+    if ratio < lo or ratio > hi:
         return None
     if ratio == target_ratio:
         return 0, 0
