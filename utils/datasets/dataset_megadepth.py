@@ -191,9 +191,13 @@ class ImMatchDatasetMega(Dataset):
         R = getattr(p, "R", None)
         R = qvec2rotmat(p.q) if R is None else np.asarray(R, dtype=np.float64)
         F = pose2fund(K1, K2, R, np.asarray(p.t, dtype=np.float64).reshape(3))
-        out = tuple(torch.from_numpy(m.astype(np.float32)) for m in (F, K1, K2))
-        self._geo_cache[index] = out  # type: ignore[assignment]
-        return out  # type: ignore[return-value]
+        out = (
+            torch.from_numpy(F.astype(np.float32)),
+            torch.from_numpy(K1.astype(np.float32)),
+            torch.from_numpy(K2.astype(np.float32)),
+        )
+        self._geo_cache[index] = out
+        return out
 
     def _sample_negative(self, scene: str) -> Any:
         others = [s for s in self.scenes if s != scene and self.scene_ims[s]]
