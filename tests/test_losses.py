@@ -193,3 +193,38 @@ def test_running_means_ignore_nan():
     assert rm.means() == {"a": {"x": 2.0}}
     rm.reset()
     assert not rm and rm.means() == {}
+
+
+# ---------------------------------------------------------------- reference training step
+def test_train_step_reference(refvec):
+    """Per-pair terms and total of the recorded training step (testvectors.md `train_step`).
+
+    The recorded batch holds two identical pairs; in train mode BatchNorm normalises with the
+    batch statistics, which a duplicated batch leaves unchanged (mean and biased variance),
+    and the regressor chunks are per image, so one pair reproduces both rows at half the cost.
+    """
+    from argparse import Namespace
+
+    from conftest import rule_state_dict
+
+    from networks.patch2pix import Patch2Pix
+
+    ts = refvec["train_step"]
+    a = ts["args"]
+    rc = dict(refvec["model_eval"]["regressor_config"], panc=a["panc"])
+    cfg = Namespace(device="cpu", training=False, backbone="ResNet34", change_stride=True,
+                    feat_idx=[0, 1, 2, 3], regressor_config=Namespace(**rc), regr_batch=1200,
+                    weights_dict=None, imagenet_init=False)
+    net = Patch2Pix(cfg)
+    net.load_state_dict(rule_state_dict(net))
+    net.train()
+    assert torch.equal(ts["src_im"][0], ts["src_im"][1]) and torch.equal(ts["F"][0], ts["F"][1])
+    with torch.no_grad():
+        out = net.forward_train(ts["src_im"][:1], ts["pos_im"][:1], ksize=a["ksize"],
+                                ptmax=a["ptmax"])
+    loss_cfg = LossConfig(cls_dthres=tuple(a["cls_dthres"]), epi_dthres=tuple(a["epi_dthres"]),
+                          weight_cls=a["weight_cls"], weight_epi=tuple(a["weight_epi"]))
+    res = batch_loss(*out, ts["F"][:1], loss_cfg).terms()
+    for k in ("cls_mid", "cls_fine", "epi_mid", "epi_fine"):
+        torch.testing.assert_close(res[k], ts[k][:1], rtol=1e-4, atol=0, msg=k)
+    torch.testing.assert_close(res["loss"].reshape(1), ts["loss_pair"], rtol=1e-4, atol=0)

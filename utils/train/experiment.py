@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from networks.optim import parse_lr_decay
+
+__all__ = ["ExperimentLog", "ExperimentTags", "make_tags", "parse_lr_decay", "save_config"]
+
 LOG_NAME = "log.txt"
 METRICS_NAME = "metrics.jsonl"
 CONFIG_NAME = "config.json"
@@ -26,37 +30,6 @@ BEST_CKPT = "immatch_best_ckpt.pth"
 
 def _join(values: Sequence[Any], sep: str = "") -> str:
     return sep.join(str(v) for v in values)
-
-
-def parse_lr_decay(tokens: Sequence[str] | None) -> tuple[str, float, list[int]] | None:
-    """Parse ``--lr_decay`` tokens.
-
-    Args:
-        tokens: None, ``['step', FACTOR, STEP]`` or ``['multistep', FACTOR, M1, M2, ...]``.
-    Returns:
-        None or ``(kind, factor, steps)`` with kind 'step' | 'multistep'.
-    Raises:
-        ValueError: with a message naming ``--lr_decay`` for any other form.
-    """
-    if not tokens:
-        return None
-    kind = tokens[0]
-    usage = "--lr_decay expects 'step FACTOR STEP' or 'multistep FACTOR M1 [M2 ...]'"
-    if kind not in ("step", "multistep"):
-        raise ValueError(f"{usage}, got {' '.join(tokens)!r}")
-    if (kind == "step" and len(tokens) != 3) or (kind == "multistep" and len(tokens) < 3):
-        raise ValueError(f"{usage}, got {' '.join(tokens)!r}")
-    try:
-        factor = float(tokens[1])
-        steps = [int(t) for t in tokens[2:]]
-    except ValueError:
-        raise ValueError(f"{usage}: FACTOR must be a number and steps integers, "
-                         f"got {' '.join(tokens)!r}") from None
-    if not math.isfinite(factor) or factor <= 0 or any(s <= 0 for s in steps):
-        raise ValueError(f"{usage}: FACTOR and steps must be positive, got {' '.join(tokens)!r}")
-    if kind == "multistep" and steps != sorted(steps):
-        raise ValueError(f"--lr_decay multistep milestones must increase, got {steps}")
-    return kind, factor, steps
 
 
 @dataclass(frozen=True)
