@@ -1,0 +1,186 @@
+"""Overlapping image pairs of the PhotoTourism validation scenes (data-formats.md §4).
+
+For every scene ``<data_root>/<scene>/dense`` with a COLMAP model in ``dense/sparse``, writes
+``dense/sparse/ov_pairs.npy``: a numpy-saved dict ``{overlap: [(name_a, name_b), ...]}`` for
+the overlaps 0.1 0.2 0.3 0.4 0.5, where
+
+    overlap(a, b) = |3D points observed in both a and b| / max(|points of a|, |points of b|)
+
+("points of a" = the distinct 3D points that image a observes), each list holding the
+unordered pairs with ``ov ≤ overlap < 1`` as ``(max(name), min(name))``, in image-id order.
+A file that already holds every requested overlap is reused (``--overwrite`` recomputes).
+
+Usage::
+
+    python -m data_pairs.precompute_immatch_val_ovs --data_root data/immatch_benchmark/val_dense
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+
+from utils.colmap.read_model import Image, read_images
+
+__all__ = [
+    "OVERLAPS",
+    "OV_FILE",
+    "pair_overlaps",
+    "overlap_pairs",
+    "load_ov_pairs",
+    "precompute_scene_overlaps",
+    "find_scenes",
+    "main",
+]
+
+OVERLAPS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+OV_FILE = "ov_pairs.npy"
+
+
+def pair_overlaps(images: dict[int, Image]) -> tuple[list[str], np.ndarray]:
+    """Overlap of every image pair of a COLMAP model.
+
+    Args:
+        images: {image_id: Image} as returned by ``utils.colmap.read_model``.
+    Returns:
+        names (n,) in image-id order and the symmetric (n, n) float64 matrix
+        ``|shared points| / max(|points of a|, |points of b|)`` (0 on the diagonal and where
+        an image has no 3D points).
+    """
+    ids = sorted(images)
+    names = [images[i].name for i in ids]
+    rows, cols = [], []
+    for r, iid in enumerate(ids):
+        pids = np.unique(np.asarray(images[iid].point3D_ids, dtype=np.int64))
+        pids = pids[pids >= 0]
+        rows.append(np.full(len(pids), r, np.int64))
+        cols.append(pids)
+    n = len(ids)
+    if n == 0:
+        return names, np.zeros((0, 0))
+    row = np.concatenate(rows)
+    col = np.concatenate(cols)
+    _, col = np.unique(col, return_inverse=True)
+    m = int(col.max()) + 1 if len(col) else 0
+    inc = sparse.csr_matrix((np.ones(len(row)), (row, col)), shape=(n, m))
+    shared = (inc @ inc.T).toarray()
+    counts = np.diag(shared).copy()
+    denom = np.maximum(counts[:, None], counts[None, :])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ov = np.where(denom > 0, shared / np.where(denom > 0, denom, 1), 0.0)
+    np.fill_diagonal(ov, 0.0)
+    return names, ov
+
+
+def overlap_pairs(
+    names: Sequence[str], ov: np.ndarray, overlaps: Iterable[float] = OVERLAPS
+) -> dict[float, list[tuple[str, str]]]:
+    """{ov: [(max(name), min(name)), ...]} of the pairs a < b with ``ov ≤ overlap < 1``.
+
+    Args:
+        names: (n,) image names; ov: (n, n) symmetric overlap matrix (see pair_overlaps).
+    """
+    a_idx, b_idx = np.triu_indices(len(names), k=1)
+    vals = ov[a_idx, b_idx] if len(names) else np.zeros(0)
+    out: dict[float, list[tuple[str, str]]] = {}
+    for thr in overlaps:
+        sel = np.nonzero((vals >= thr) & (vals < 1))[0]
+        out[float(thr)] = [
+            (max(names[a_idx[k]], names[b_idx[k]]), min(names[a_idx[k]], names[b_idx[k]]))
+            for k in sel
+        ]
+    return out
+
+
+def load_ov_pairs(path: str | Path) -> dict[float, list[tuple[str, str]]]:
+    """Load an ``ov_pairs.npy`` file (a pickled dict: only from trusted sources)."""
+    return np.load(path, allow_pickle=True).item()
+
+
+def _is_complete(path: Path, overlaps: Iterable[float]) -> bool:
+    try:
+        d = load_ov_pairs(path)
+    except Exception:  # noqa: BLE001 - unreadable or truncated file: recompute it
+        return False
+    return isinstance(d, dict) and all(float(o) in d for o in overlaps)
+
+
+def precompute_scene_overlaps(
+    scene_dir: str | Path,
+    overlaps: Iterable[float] = OVERLAPS,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Write (or reuse) ``<scene_dir>/sparse/ov_pairs.npy`` for one scene.
+
+    Args:
+        scene_dir: a scene's ``dense`` folder (holding ``sparse/``), or the scene folder
+            above it.
+    Returns:
+        the path of the overlap file.
+    """
+    scene_dir = Path(scene_dir)
+    if not (scene_dir / "sparse").is_dir() and (scene_dir / "dense" / "sparse").is_dir():
+        scene_dir = scene_dir / "dense"
+    sparse_dir = scene_dir / "sparse"
+    target = sparse_dir / OV_FILE
+    overlaps = [float(o) for o in overlaps]
+    if not overwrite and target.is_file() and _is_complete(target, overlaps):
+        log(f"{target}: exists and is complete, reused")
+        return target
+    names, ov = pair_overlaps(read_images(sparse_dir))
+    pairs = overlap_pairs(names, ov, overlaps)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, pairs, allow_pickle=True)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    counts = ", ".join(f"{o}: {len(pairs[o])}" for o in overlaps)
+    log(f"{target}: {len(names)} images, pairs per overlap {{{counts}}}")
+    return target
+
+
+def find_scenes(data_root: str | Path) -> list[Path]:
+    """Sorted ``<data_root>/<scene>/dense`` folders that hold a ``sparse`` model folder."""
+    root = Path(data_root)
+    return sorted(p / "dense" for p in root.iterdir() if (p / "dense" / "sparse").is_dir())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m data_pairs.precompute_immatch_val_ovs",
+        description="Write dense/sparse/ov_pairs.npy for every validation scene.",
+    )
+    p.add_argument("--data_root", default="data/immatch_benchmark/val_dense",
+                   help="folder holding <scene>/dense/{images,sparse}")
+    p.add_argument("--scenes", nargs="*", default=None, help="only these scenes")
+    p.add_argument("--overlaps", type=float, nargs="+", default=list(OVERLAPS))
+    p.add_argument("--overwrite", action="store_true", help="recompute existing files")
+    args = p.parse_args(argv)
+    root = Path(args.data_root)
+    if not root.is_dir():
+        print(f"error: data root not found: {root}", file=sys.stderr)
+        return 1
+    if args.scenes:
+        scenes = [root / s / "dense" for s in args.scenes]
+    else:
+        scenes = find_scenes(root)
+    if not scenes:
+        print(f"error: no <scene>/dense/sparse folders under {root}", file=sys.stderr)
+        return 1
+    for sc in scenes:
+        precompute_scene_overlaps(sc, args.overlaps, overwrite=args.overwrite)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

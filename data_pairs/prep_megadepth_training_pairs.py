@@ -1,0 +1,325 @@
+"""Training pairs from MegaDepth's D2Net scene_info files (data-formats.md §2).
+
+For every ``<base_dir>/scene_info/<scene>.<k>.npz`` in sorted order (scene = the part of the
+file name before the first dot), skipping the scenes of `exclude_tag`:
+
+1. valid pairs: ordered pairs (a, b) with ``min_overlap_ratio ≤ overlap_matrix[a, b] < 1``
+   (scale ratio unconstrained), visited in an order shuffled by one numpy RandomState(seed)
+   that is shared by all scene files of the run;
+2. image size from K (``w, h = 2·cx, 2·cy``): both images landscape (``w ≥ h``) and both
+   admitting ``crop_from_bottom_right(w, h, im_target_ratio)``;
+3. relative pose ``R12 = R2 R1ᵀ``, ``t12 = R2 (c1 − c2)``, stored as the quaternion ``q``
+   (w, x, y, z) and ``R`` = the matrix of q;
+4. ``F = pose2fund(K1, K2, R, t)``; the pair is rejected when the mean Sampson distance of
+   the two images' observations of their shared 3D points exceeds `sampson_thres` (1 px²);
+5. at most `max_scene_pairs` pairs per scene (the files of one scene share the budget and
+   its entry).
+
+Output ``<save_dir>/megadepth_pairs.ov{ov}_imrat{rat}.pair{max}.{exclude_tag}.npy``: a
+numpy-saved dict ``{scene: {'ims': [Namespace(name, crop)], 'pairs': [Namespace(im1, im2,
+overlap, K1, K2, t, q, R, crop1, crop2)]}}`` with image names relative to
+``MegaDepth_undistort`` without the ``Undistorted_SfM/`` prefix (e.g.
+``0000/images/123.jpg``); crops are (dw, dh) ints. Load with ``allow_pickle=True`` (only
+files from trusted sources).
+
+Usage::
+
+    python -m data_pairs.prep_megadepth_training_pairs --base_dir data/MegaDepth_undistort \\
+        --save_dir data_pairs [--min_overlap_ratio 0.35 --im_target_ratio 1.5 \\
+        --max_scene_pairs 500 --exclude_tag excl_test --seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from argparse import Namespace
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from utils.datasets.preprocess import crop_from_bottom_right
+from utils.eval.geometry import pose2fund, qvec2rotmat, relative_pose, rotmat2qvec
+from utils.eval.measure import sampson_distance
+
+__all__ = [
+    "EXCLUDED_SCENES",
+    "SFM_PREFIX",
+    "pair_file_name",
+    "image_size_from_K",
+    "strip_sfm_prefix",
+    "load_scene_info",
+    "scene_name_of",
+    "make_pair",
+    "pair_sampson_error",
+    "scene_pairs",
+    "generate_pairs",
+    "load_pairs",
+    "save_pairs",
+    "main",
+]
+
+_EXCL_TEST = ("0024", "0021", "0025", "1589", "0019", "0008", "0032", "0063")
+EXCLUDED_SCENES: dict[str, tuple[str, ...]] = {
+    "excl_test": _EXCL_TEST,
+    "excl_all": _EXCL_TEST + ("0015", "0022"),
+    "none": (),
+}
+SFM_PREFIX = "Undistorted_SfM/"
+
+
+def pair_file_name(
+    min_overlap_ratio: float, im_target_ratio: float, max_scene_pairs: int, exclude_tag: str
+) -> str:
+    """``megadepth_pairs.ov{ov}_imrat{rat}.pair{max}.{tag}.npy`` (numbers as Python prints)."""
+    return (
+        f"megadepth_pairs.ov{min_overlap_ratio}_imrat{im_target_ratio}"
+        f".pair{max_scene_pairs}.{exclude_tag}.npy"
+    )
+
+
+def image_size_from_K(K: np.ndarray) -> tuple[int, int]:
+    """(w, h) = (2·cx, 2·cy) of a (3, 3) intrinsic matrix, rounded to ints."""
+    K = np.asarray(K, dtype=np.float64)
+    return int(round(2 * K[0, 2])), int(round(2 * K[1, 2]))
+
+
+def strip_sfm_prefix(path: str) -> str:
+    """'Undistorted_SfM/0000/images/1.jpg' → '0000/images/1.jpg' (other paths unchanged)."""
+    path = str(path)
+    return path[len(SFM_PREFIX):] if path.startswith(SFM_PREFIX) else path
+
+
+def scene_name_of(scene_file: str | Path) -> str:
+    """Scene name of a scene_info file: the part of its file name before the first dot."""
+    return Path(scene_file).name.split(".")[0]
+
+
+def load_scene_info(path: str | Path) -> dict[str, np.ndarray]:
+    """All arrays of a D2Net scene_info npz (pickled object arrays: trusted files only)."""
+    with np.load(path, allow_pickle=True) as d:
+        return {k: d[k] for k in d.files}
+
+
+def pair_sampson_error(
+    pts1_by_id: dict, pts2_by_id: dict, F: np.ndarray
+) -> tuple[float, int]:
+    """Mean Sampson distance (px²) of the shared 3D points' observations, and their count.
+
+    Args:
+        pts1_by_id, pts2_by_id: {point3D_id: (2,) xy} of image 1 and image 2.
+        F: (3, 3) with x2ᵀ F x1 = 0.
+    Returns:
+        (mean distance, number of shared points); (inf, 0) when they share none.
+    """
+    shared = sorted(pts1_by_id.keys() & pts2_by_id.keys())
+    if not shared:
+        return float("inf"), 0
+    p1 = np.array([pts1_by_id[p] for p in shared], dtype=np.float64).reshape(-1, 2)
+    p2 = np.array([pts2_by_id[p] for p in shared], dtype=np.float64).reshape(-1, 2)
+    return float(np.mean(sampson_distance(p1, p2, F))), len(shared)
+
+
+def make_pair(
+    im1: str,
+    im2: str,
+    overlap: float,
+    K1: np.ndarray,
+    K2: np.ndarray,
+    pose1: np.ndarray,
+    pose2: np.ndarray,
+    crop1: tuple[int, int],
+    crop2: tuple[int, int],
+) -> Namespace:
+    """Pair record from two world-to-camera poses (4, 4) or (3, 4) and intrinsics (3, 3).
+
+    Returns:
+        Namespace(im1, im2, overlap, K1, K2, t (3,), q (4,) (w, x, y, z), R (3, 3) = matrix
+        of q, crop1, crop2).
+    """
+    pose1 = np.asarray(pose1, dtype=np.float64)
+    pose2 = np.asarray(pose2, dtype=np.float64)
+    R12, t12 = relative_pose(pose1[:3, :3], pose1[:3, 3], pose2[:3, :3], pose2[:3, 3])
+    q = np.asarray(rotmat2qvec(R12), dtype=np.float64)
+    return Namespace(
+        im1=im1,
+        im2=im2,
+        overlap=float(overlap),
+        K1=np.asarray(K1, dtype=np.float64).copy(),
+        K2=np.asarray(K2, dtype=np.float64).copy(),
+        t=np.asarray(t12, dtype=np.float64),
+        q=q,
+        R=np.asarray(qvec2rotmat(q), dtype=np.float64),
+        crop1=tuple(int(c) for c in crop1),
+        crop2=tuple(int(c) for c in crop2),
+    )
+
+
+def scene_pairs(
+    info: dict[str, np.ndarray],
+    rng: np.random.RandomState,
+    min_overlap_ratio: float = 0.35,
+    im_target_ratio: float = 1.5,
+    max_pairs: int = 500,
+    sampson_thres: float = 1.0,
+    stats: dict[str, int] | None = None,
+) -> list[Namespace]:
+    """Selected pairs of one scene_info file (steps 1–5 of the module docstring).
+
+    Args:
+        info: the npz arrays (see load_scene_info); rng: shuffles the valid pairs.
+        max_pairs: stop after this many kept pairs (≤ 0: keep none).
+        stats: optional dict that receives counts 'valid', 'size', 'sampson', 'kept'.
+    Returns:
+        the kept pair Namespaces, in visiting order.
+    """
+    overlap = np.asarray(info["overlap_matrix"], dtype=np.float64)
+    paths, Ks, poses = info["image_paths"], info["intrinsics"], info["poses"]
+    pts2d = info["points3D_id_to_2D"]
+    valid = np.logical_and(overlap >= min_overlap_ratio, overlap < 1)
+    idx = np.stack(np.nonzero(valid), axis=1)
+    rng.shuffle(idx)
+    counts = {"valid": len(idx), "size": 0, "sampson": 0, "kept": 0}
+    crops: dict[int, tuple[int, int] | None] = {}
+
+    def crop_of(i: int) -> tuple[int, int] | None:
+        if i not in crops:
+            if paths[i] is None or Ks[i] is None or poses[i] is None:
+                crops[i] = None
+            else:
+                w, h = image_size_from_K(Ks[i])
+                crops[i] = crop_from_bottom_right(w, h, im_target_ratio) if w >= h else None
+        return crops[i]
+
+    pairs: list[Namespace] = []
+    for a, b in idx:
+        if len(pairs) >= max_pairs:
+            break
+        a, b = int(a), int(b)
+        c1, c2 = crop_of(a), crop_of(b)
+        if c1 is None or c2 is None:
+            counts["size"] += 1
+            continue
+        pair = make_pair(strip_sfm_prefix(paths[a]), strip_sfm_prefix(paths[b]), overlap[a, b],
+                         Ks[a], Ks[b], poses[a], poses[b], c1, c2)
+        F = pose2fund(pair.K1, pair.K2, pair.R, pair.t)
+        err, _ = pair_sampson_error(pts2d[a] or {}, pts2d[b] or {}, F)
+        if not err <= sampson_thres:
+            counts["sampson"] += 1
+            continue
+        pairs.append(pair)
+    counts["kept"] = len(pairs)
+    if stats is not None:
+        for k, v in counts.items():
+            stats[k] = stats.get(k, 0) + v
+    return pairs
+
+
+def generate_pairs(
+    base_dir: str | Path,
+    min_overlap_ratio: float = 0.35,
+    im_target_ratio: float = 1.5,
+    max_scene_pairs: int = 500,
+    exclude_tag: str = "excl_test",
+    seed: int = 0,
+    sampson_thres: float = 1.0,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, list[Namespace]]]:
+    """Pairs of every scene under ``<base_dir>/scene_info`` (see the module docstring).
+
+    Returns:
+        {scene: {'ims': [Namespace(name, crop)], 'pairs': [Namespace(...)]}}; scenes with no
+        kept pair are left out.
+    """
+    if exclude_tag not in EXCLUDED_SCENES:
+        raise ValueError(f"unknown exclude_tag {exclude_tag!r}: use {sorted(EXCLUDED_SCENES)}")
+    info_dir = Path(base_dir) / "scene_info"
+    if not info_dir.is_dir():
+        raise FileNotFoundError(f"scene_info folder not found: {info_dir}")
+    files = sorted(info_dir.glob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"no scene_info/*.npz files in {info_dir}")
+    excluded = set(EXCLUDED_SCENES[exclude_tag])
+    rng = np.random.RandomState(seed)
+    out: dict[str, dict[str, list[Namespace]]] = {}
+    for f in files:
+        scene = scene_name_of(f)
+        if scene in excluded:
+            log(f"{f.name}: scene {scene} excluded ({exclude_tag})")
+            continue
+        entry = out.setdefault(scene, {"ims": [], "pairs": []})
+        budget = max_scene_pairs - len(entry["pairs"])
+        stats: dict[str, int] = {}
+        pairs = scene_pairs(load_scene_info(f), rng, min_overlap_ratio, im_target_ratio,
+                            budget, sampson_thres, stats)
+        known = {im.name for im in entry["ims"]}
+        for p in pairs:
+            for name, crop in ((p.im1, p.crop1), (p.im2, p.crop2)):
+                if name not in known:
+                    known.add(name)
+                    entry["ims"].append(Namespace(name=name, crop=crop))
+        entry["pairs"].extend(pairs)
+        log(f"{f.name}: {stats['valid']} valid pairs, rejected {stats['size']} by size/crop "
+            f"and {stats['sampson']} by Sampson distance, kept {stats['kept']}")
+    return {k: v for k, v in out.items() if v["pairs"]}
+
+
+def load_pairs(path: str | Path) -> dict[str, dict[str, list[Namespace]]]:
+    """Load a pair file (pickled argparse.Namespace objects: trusted files only)."""
+    return np.load(path, allow_pickle=True).item()
+
+
+def save_pairs(pairs: dict, path: str | Path) -> Path:
+    """numpy-save the pair dict to `path` atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            np.save(fh, pairs, allow_pickle=True)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m data_pairs.prep_megadepth_training_pairs",
+        description="Generate MegaDepth training pairs from D2Net scene_info files.",
+    )
+    p.add_argument("--base_dir", default="data/MegaDepth_undistort",
+                   help="MegaDepth_undistort folder holding scene_info/")
+    p.add_argument("--save_dir", default="data_pairs", help="where to write the pair file")
+    p.add_argument("--min_overlap_ratio", type=float, default=0.35)
+    p.add_argument("--im_target_ratio", type=float, default=1.5)
+    p.add_argument("--max_scene_pairs", type=int, default=500)
+    p.add_argument("--exclude_tag", default="excl_test", choices=sorted(EXCLUDED_SCENES))
+    p.add_argument("--sampson_thres", type=float, default=1.0,
+                   help="largest mean Sampson distance (px²) of a kept pair")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pair shuffling")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        pairs = generate_pairs(args.base_dir, args.min_overlap_ratio, args.im_target_ratio,
+                               args.max_scene_pairs, args.exclude_tag, args.seed,
+                               args.sampson_thres)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    name = pair_file_name(args.min_overlap_ratio, args.im_target_ratio, args.max_scene_pairs,
+                          args.exclude_tag)
+    path = save_pairs(pairs, Path(args.save_dir) / name)
+    n_pairs = sum(len(v["pairs"]) for v in pairs.values())
+    print(f"wrote {path}: {len(pairs)} scenes, {n_pairs} pairs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
