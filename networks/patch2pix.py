@@ -199,11 +199,6 @@ class Patch2Pix(nn.Module):
         """Anchor expansion with this model's ``pshift`` / ``panc`` (×8 rows when panc is 8)."""
         return shift_to_anchors(matches, self.pshift, self.panc)
 
-    def _regressor(self, level: int) -> FeatRegressNet:
-        if self.regressor_config is None:
-            raise RuntimeError("this model has no regressors (coarse-only NCNet weights)")
-        return self.regress_mid if level == 0 else self.regress_fine
-
     def forward_fine_match(
         self,
         feats1: Sequence[Tensor],
@@ -229,6 +224,10 @@ class Patch2Pix(nn.Module):
         out_m, out_p = [], []
         for ib, imatches in enumerate(matches):
             imatches = imatches.to(dtype)
+            if imatches.shape[0] == 0:  # the original crashes here
+                out_m.append(imatches.new_zeros((0, 4)))
+                out_p.append(imatches.new_zeros((0,)))
+                continue
             refined, probs = [], []
             for chunk in torch.split(imatches, self.regr_batch):
                 f1s, f2s = select_local_patch_feats(
@@ -241,12 +240,8 @@ class Patch2Pix(nn.Module):
                 offset = psize * torch.tanh(torch.relu(out[:, :4])) - psize // 2
                 refined.append(torch.clamp(chunk + offset, lo, hi))
                 probs.append(torch.sigmoid(out[:, 4]))
-            if refined:
-                out_m.append(torch.cat(refined))
-                out_p.append(torch.cat(probs))
-            else:
-                out_m.append(imatches.new_zeros((0, 4)))
-                out_p.append(imatches.new_zeros((0,)))
+            out_m.append(torch.cat(refined))
+            out_p.append(torch.cat(probs))
         return out_m, out_p
 
     def regress_levels(
@@ -257,11 +252,13 @@ class Patch2Pix(nn.Module):
         Returns:
             mid matches, mid probabilities, fine matches, fine probabilities (lists per image).
         """
+        if self.regressor_config is None:
+            raise RuntimeError("this model has no regressors (coarse-only NCNet weights)")
         mid, mid_p = self.forward_fine_match(
-            feats1, feats2, matches, self.psize[0], self.ptype[0], self._regressor(0)
+            feats1, feats2, matches, self.psize[0], self.ptype[0], self.regress_mid
         )
         fine, fine_p = self.forward_fine_match(
-            feats1, feats2, mid, self.psize[1], self.ptype[1], self._regressor(1)
+            feats1, feats2, mid, self.psize[1], self.ptype[1], self.regress_fine
         )
         return mid, mid_p, fine, fine_p
 
