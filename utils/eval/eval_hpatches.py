@@ -44,24 +44,29 @@ def network_matcher(
     mutual: bool = True,
     eval_type: str = "fine",
     lprint: Any = print,
+    device: str | None = None,
 ) -> Matcher:
     """Load a checkpoint and wrap ``estimate_matches`` as a (im1_path, im2_path) matcher.
+
+    Args:
+        method: 'patch2pix', or 'nc' for NCNet weights (then ``eval_type`` is 'coarse').
+        device: where the model runs (default: CUDA when available).
+        Others: as in ``utils.eval.model_helper.estimate_matches``.
 
     Returns:
         A callable giving (N, 4) float matches in original pixels.
     """
-    import torch
-
     from utils.eval.model_helper import estimate_matches, load_model
 
-    net = load_model(ckpt, method=method, lprint=lprint)
+    net = load_model(ckpt, method=method, lprint=lprint, device=device)
+    if method == "nc":
+        eval_type = "coarse"
 
     def match(im1_path: str, im2_path: str) -> Any:
-        with torch.no_grad():
-            matches, _, _ = estimate_matches(
-                net, im1_path, im2_path, ksize=ksize, ncn_thres=ncn_thres, mutual=mutual,
-                io_thres=io_thres, eval_type=eval_type, imsize=imsize,
-            )
+        matches, _, _ = estimate_matches(
+            net, im1_path, im2_path, ksize=ksize, ncn_thres=ncn_thres, mutual=mutual,
+            io_thres=io_thres, eval_type=eval_type, imsize=imsize,
+        )
         return matches
 
     return match
@@ -100,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Patch2Pix protocol); 'none'; or a comma-separated list of sequence names",
     )
     ap.add_argument("--max_seqs", type=int, default=None, help="at most N sequences per kind")
+    ap.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda if any)")
     ap.add_argument("--out", default=None, help="results JSON (default: print only)")
     ap.add_argument("--no_progress", action="store_true", help="no progress bar")
     return ap
@@ -126,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         matcher = network_matcher(
             args.ckpt, args.method, imsize, args.io_thres, args.ksize, args.ncn_thres,
             not args.no_mutual, args.eval_type, lprint=lambda *a: print(*a, file=sys.stderr),
+            device=args.device,
         )
     res = evaluate_hpatches(
         args.root, matcher, MMA_THRESHOLDS, HOMOGRAPHY_THRESHOLDS, args.ransac_thres,

@@ -1,0 +1,271 @@
+"""Match one image pair with Patch2Pix and save the figure and the matches.
+
+    python -m examples.match_pair IM1 IM2 --ckpt pretrained/patch2pix_pretrained.pth \\
+        --out matches.png [--imsize 1024 --io_thres 0.5 --ksize 2 --H gt.txt]
+
+Writes ``matches.png`` (the figure), ``matches.npz`` (``matches`` (N, 4), ``scores`` (N,),
+``coarse`` (N, 4), image paths and sizes, and ``errors`` when ``--H`` is given) and
+``matches.csv`` (one row ``x1,y1,x2,y2,score[,error]`` per match). All coordinates are in
+ORIGINAL image pixels (x = column, y = row), whatever ``--imsize`` the network ran at.
+With ``--H`` (a 3x3 homography from image 1 to image 2, .txt or .npy) the matches are
+coloured by their reprojection error (green 0 px -> red >= 10 px) and MMA is printed.
+
+From Python / a notebook::
+
+    from examples.match_pair import match_pair
+    res = match_pair(net, "a.jpg", "b.jpg", imsize=512)
+    res.matches, res.scores, res.coarse
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from argparse import Namespace
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CKPT = REPO / "pretrained" / "patch2pix_pretrained.pth"
+
+
+@dataclass
+class PairMatches:
+    """Matches of one image pair, in original image pixels.
+
+    Attributes:
+        matches: (N, 4) float rows (x1, y1, x2, y2).
+        scores: (N,) match probabilities (NCN scores for coarse-only matching).
+        coarse: (N, 4) the coarse (patch-level) match each row was refined from.
+        im1, im2: image paths.
+        size1, size2: (width, height) of the original images.
+    """
+
+    matches: np.ndarray
+    scores: np.ndarray
+    coarse: np.ndarray
+    im1: str
+    im2: str
+    size1: tuple[int, int]
+    size2: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.matches)
+
+    def errors(self, H: np.ndarray) -> np.ndarray:
+        """(N,) reprojection errors (px in image 2) under the homography H: image 1 -> 2."""
+        from utils.eval.hpatches import reprojection_errors
+
+        return reprojection_errors(self.matches, H)
+
+    def save(self, stem: str | os.PathLike, H: np.ndarray | None = None) -> tuple[Path, Path]:
+        """Write ``<stem>.npz`` and ``<stem>.csv`` (with an error column when H is given).
+
+        Returns:
+            The two paths.
+        """
+        stem = Path(stem)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        extra: dict[str, Any] = {}
+        cols = [self.matches, self.scores[:, None]]
+        header = "x1,y1,x2,y2,score"
+        if H is not None:
+            err = self.errors(H)
+            extra = {"errors": err, "H": np.asarray(H, dtype=np.float64)}
+            cols.append(err[:, None])
+            header += ",error"
+        npz = Path(f"{stem}.npz")
+        np.savez(
+            npz, matches=self.matches, scores=self.scores, coarse=self.coarse,
+            im1=self.im1, im2=self.im2, size1=np.array(self.size1), size2=np.array(self.size2),
+            **extra,
+        )
+        csv = Path(f"{stem}.csv")
+        table = np.concatenate(cols, axis=1) if len(self) else np.zeros((0, 5 + (H is not None)))
+        np.savetxt(csv, table, delimiter=",", header=header, comments="", fmt="%.4f")
+        return npz, csv
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+def match_pair(
+    net: Any,
+    im1_path: str | os.PathLike,
+    im2_path: str | os.PathLike,
+    imsize: int | None = 1024,
+    io_thres: float = 0.5,
+    ksize: int = 2,
+    ncn_thres: float = 0.0,
+    mutual: bool = True,
+    eval_type: str | None = None,
+) -> PairMatches:
+    """Match two image files with a loaded model (``utils.eval.model_helper.load_model``).
+
+    Args:
+        net: a Patch2Pix model; a coarse-only (NCNet) model gives coarse matches.
+        im1_path, im2_path: image files.
+        imsize: longer side the images are resized to for the network (None: native);
+            the matches are mapped back to original pixels.
+        io_thres: keep matches with a score above it (all when none pass).
+        ksize: relocalisation kernel size.
+        ncn_thres: coarse score threshold.
+        mutual: keep only mutual coarse matches.
+        eval_type: 'fine' | 'mid' | 'coarse'; default 'fine', or 'coarse' for a model
+            without regressors.
+
+    Returns:
+        A :class:`PairMatches` in original image pixels.
+    """
+    from utils.eval.model_helper import estimate_matches
+
+    if eval_type is None:
+        eval_type = "coarse" if getattr(net, "regressor_config", None) is None else "fine"
+    matches, scores, coarse = estimate_matches(
+        net, im1_path, im2_path, ksize=ksize, ncn_thres=ncn_thres, mutual=mutual,
+        io_thres=io_thres, eval_type=eval_type, imsize=imsize,
+    )
+    return PairMatches(
+        np.asarray(matches, dtype=np.float64).reshape(-1, 4),
+        np.asarray(scores, dtype=np.float64).reshape(-1),
+        np.asarray(coarse, dtype=np.float64).reshape(-1, 4),
+        str(im1_path),
+        str(im2_path),
+        image_size(im1_path),
+        image_size(im2_path),
+    )
+
+
+def default_regressor_config() -> Namespace:
+    """The regressor configuration of the released Patch2Pix models (training defaults)."""
+    return Namespace(
+        conv_kers=[3, 3], conv_dims=[512, 512], conv_strs=[2, 1], fc_dims=[512, 256],
+        feat_comb="pre", psize=[16, 16], pshift=8, panc=1, shared=False,
+    )
+
+
+def init_untrained_model(device: Any = None, regressor_config: Namespace | None = None) -> Any:
+    """A freshly initialised Patch2Pix (ImageNet backbone when cached locally), eval mode.
+
+    Its refinement is untrained: matches are for exercising the pipeline only.
+    """
+    from networks.patch2pix import Patch2Pix
+    from utils.eval.model_helper import default_device
+
+    warnings.warn(
+        "no checkpoint: using an UNTRAINED Patch2Pix (random regressors); its matches are "
+        "not meaningful", stacklevel=2,
+    )
+    config = Namespace(
+        training=False, device=device if device is not None else default_device(),
+        backbone="ResNet34", change_stride=True, feat_idx=[0, 1, 2, 3],
+        regressor_config=regressor_config or default_regressor_config(), regr_batch=1200,
+        weights_dict=None,
+    )
+    return Patch2Pix(config).eval()
+
+
+def find_checkpoint(root: str | os.PathLike = REPO) -> Path | None:
+    """``pretrained/patch2pix_pretrained.pth`` if present, else the newest ``output/**/*.pth``."""
+    rootp = Path(root)
+    pre = rootp / "pretrained" / "patch2pix_pretrained.pth"
+    if pre.is_file():
+        return pre
+    found = sorted(
+        (p for p in (rootp / "output").rglob("*.pth") if p.is_file()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    return found[-1] if found else None
+
+
+def load_homography(path: str | os.PathLike) -> np.ndarray:
+    """A 3x3 homography from a .npy file or a whitespace-separated text file."""
+    p = Path(path)
+    H = np.load(p) if p.suffix == ".npy" else np.loadtxt(p)
+    H = np.asarray(H, dtype=np.float64)
+    if H.shape != (3, 3):
+        raise ValueError(f"{p}: expected a 3x3 homography, got shape {H.shape}")
+    return H
+
+
+def draw(
+    res: PairMatches,
+    H: np.ndarray | None = None,
+    Npts: int | None = None,  # name as in plot_matches
+    lines: bool = True,
+    max_error: float = 10.0,
+    sav_fig: str | os.PathLike | bool = False,
+    dpi: float = 100,
+    title: str | None = None,
+) -> Any:
+    """Plot the matches on the two images (coloured by error when H is given).
+
+    Returns:
+        The matplotlib Figure.
+    """
+    from utils.common.plotting import colors_from_values, plot_matches
+
+    colors = None
+    if H is not None and len(res):
+        colors = colors_from_values(res.errors(H), 0.0, max_error, "RdYlGn", reverse=True)
+    return plot_matches(
+        res.im1, res.im2, res.matches, Npts=Npts, lines=lines, radius=3, dpi=dpi,
+        sav_fig=sav_fig, colors=colors, title=title,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line options."""
+    ap = argparse.ArgumentParser(description="Match an image pair with Patch2Pix.")
+    ap.add_argument("im1", help="first image")
+    ap.add_argument("im2", help="second image")
+    ap.add_argument("--ckpt", default=str(DEFAULT_CKPT), help="checkpoint (.pth)")
+    ap.add_argument("--method", choices=["patch2pix", "nc"], default="patch2pix",
+                    help="'nc': NCNet weights, coarse matches only")
+    ap.add_argument("--out", default="matches.png", help="figure path; .npz/.csv beside it")
+    ap.add_argument("--imsize", type=int, default=1024, help="network longer side (<=0: native)")
+    ap.add_argument("--io_thres", type=float, default=0.5, help="match score threshold")
+    ap.add_argument("--ksize", type=int, default=2, help="relocalisation kernel size")
+    ap.add_argument("--ncn_thres", type=float, default=0.0, help="coarse score threshold")
+    ap.add_argument("--eval_type", default=None, help="fine | mid | coarse")
+    ap.add_argument("--H", default=None, help="ground-truth homography 1->2 (.txt / .npy)")
+    ap.add_argument("--Npts", type=int, default=None, help="draw at most this many matches")
+    ap.add_argument("--points", action="store_true", help="draw points instead of lines")
+    ap.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda if any)")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> PairMatches:
+    """Command line entry point."""
+    args = build_parser().parse_args(argv)
+    from utils.eval.model_helper import load_model
+
+    net = load_model(args.ckpt, method=args.method, device=args.device)
+    res = match_pair(
+        net, args.im1, args.im2, imsize=args.imsize if args.imsize > 0 else None,
+        io_thres=args.io_thres, ksize=args.ksize, ncn_thres=args.ncn_thres,
+        eval_type=args.eval_type,
+    )
+    H = load_homography(args.H) if args.H else None
+    out = Path(args.out)
+    draw(res, H, args.Npts, not args.points, sav_fig=out, title=f"{len(res)} matches")
+    npz, csv = res.save(out.parent / out.stem, H)
+    print(f"{len(res)} matches; figure {out}, matches {npz} and {csv} (original pixels)")
+    if H is not None and len(res):
+        err = res.errors(H)
+        print("MMA@1/3/5/10px: " + " ".join(f"{np.mean(err <= t):.3f}" for t in (1, 3, 5, 10)))
+    return res
+
+
+if __name__ == "__main__":
+    main()

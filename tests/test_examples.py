@@ -1,0 +1,242 @@
+"""examples/: the example pairs, the match_pair command / helper and the notebook.
+
+The network runs from a tiny, predictable checkpoint: a random backbone, an identity
+neighbourhood-consensus filter (coarse matches are then the mutual nearest neighbours of the
+features) and regressors that output exactly zero offset. On a pair whose second image is
+the first one enlarged 1.5x, the coarse matches are the identity in the network's frame, so
+in original pixels they (and the refined ones) must satisfy (x2, y2) = 1.5 (x1, y1).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from examples.make_example_pairs import list_pairs, make_pair, write_pairs
+from examples.match_pair import find_checkpoint, load_homography, main, match_pair
+from utils.eval.hpatches import warp_points
+
+REPO = Path(__file__).resolve().parents[1]
+SCALE = 1.5
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    """Write a Patch2Pix checkpoint (original format) with predictable matching behaviour."""
+    from networks.patch2pix import Patch2Pix
+
+    torch.manual_seed(0)
+    rc = Namespace(
+        conv_kers=[3, 3], conv_dims=[8, 8], conv_strs=[2, 1], fc_dims=[8], feat_comb="pre",
+        psize=[16, 16], pshift=8, panc=1, shared=False,
+    )
+    net = Patch2Pix(Namespace(
+        training=False, backbone="ResNet34", change_stride=True, feat_idx=[0, 1, 2, 3],
+        regressor_config=rc, regr_batch=1200, weights_dict=None, imagenet_init=False,
+    ))
+    sd = net.state_dict()
+    for k in ("ncn.conv.0", "ncn.conv.2"):  # identity 4D filter: centre tap 1, channel 0
+        sd[f"{k}.weight"].zero_()
+        sd[f"{k}.bias"].zero_()
+        sd[f"{k}.weight"][1, 0, 0, 1, 1, 1] = 1.0
+    for reg in ("regress_mid", "regress_fine"):  # offset 16 tanh(relu(b)) - 8 = 0, p ~ 0.98
+        last = max(int(k.split(".")[2]) for k in sd if k.startswith(f"{reg}.fc."))
+        sd[f"{reg}.fc.{last}.weight"].zero_()
+        sd[f"{reg}.fc.{last}.bias"].copy_(torch.tensor([math.atanh(0.5)] * 4 + [4.0]))
+    torch.save(
+        {
+            "last_epoch": 0, "best_vals": [math.inf, 0.0, math.inf, 0.0],
+            "backbone": "ResNet34", "feat_idx": [0, 1, 2, 3], "change_stride": True,
+            "regressor_config": net.regressor_config, "state_dict": sd,
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+
+
+@pytest.fixture(scope="module")
+def scaled_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Image 1 (320x240) and the same picture enlarged 1.5x (480x360)."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("pair")
+    im = Image.fromarray(data.astronaut()).resize((320, 240), Image.Resampling.BICUBIC)
+    p1, p2 = root / "a.png", root / "b.png"
+    im.save(p1)
+    im.resize((480, 360), Image.Resampling.BICUBIC).save(p2)
+    return p1, p2
+
+
+def test_example_pairs_shipped_and_consistent(tmp_path: Path) -> None:
+    pairs = list_pairs(REPO / "examples" / "images")
+    assert len(pairs) >= 2 and all(h is not None for _, _, h in pairs)
+    total = sum(p.stat().st_size for p in (REPO / "examples" / "images").iterdir())
+    assert total < 500_000
+    for p1, _, h_txt in pairs:
+        h_npy = h_txt.with_suffix(".npy")
+        assert np.allclose(load_homography(h_txt), load_homography(h_npy), rtol=1e-10)
+        spec_name = p1.name[: -len("_1.jpg")]
+        assert spec_name in {"astronaut", "coffee", "chelsea"}
+    # the generator is deterministic and image 2 is image 1 seen through H
+    from examples.make_example_pairs import PAIRS
+
+    im1, im2, H = make_pair(PAIRS[0])
+    assert np.allclose(H, load_homography(REPO / "examples" / "images" / "astronaut_H.npy"))
+    xs, ys = np.meshgrid(np.arange(8, im1.shape[1] - 8, 6.0), np.arange(8, im1.shape[0] - 8, 6.0))
+    p = np.stack([xs.ravel(), ys.ravel()], 1)
+    q = np.rint(warp_points(p, H)).astype(int)
+    ok = (q[:, 0] >= 0) & (q[:, 0] < im2.shape[1]) & (q[:, 1] >= 0) & (q[:, 1] < im2.shape[0])
+    a = im1[p[ok, 1].astype(int), p[ok, 0].astype(int)].astype(float).ravel()
+    b = im2[q[ok, 1], q[ok, 0]].astype(float).ravel()
+    assert ok.sum() > 500 and np.corrcoef(a, b)[0, 1] > 0.8
+    written = write_pairs(tmp_path, PAIRS[:1])
+    assert written[0][0].read_bytes() == (REPO / "examples/images/astronaut_1.jpg").read_bytes()
+
+
+def test_match_pair_original_frame(ckpt: Path, scaled_pair: tuple[Path, Path]) -> None:
+    from utils.eval.model_helper import load_model
+
+    net = load_model(ckpt, device="cpu", lprint=lambda *a: None)
+    p1, p2 = scaled_pair
+    # imsize 256: image 1 -> 256x192 (scale 1.25), image 2 -> 256x192 (scale 1.875)
+    res = match_pair(net, p1, p2, imsize=256, io_thres=0.5)
+    assert len(res) > 100
+    assert res.size1 == (320, 240) and res.size2 == (480, 360)
+    err = np.linalg.norm(res.matches[:, 2:] - SCALE * res.matches[:, :2], axis=1)
+    assert np.median(err) < 0.01 and np.mean(err < 0.01) > 0.95
+    assert np.abs(res.matches - res.coarse).max() < 1e-3  # zero-offset regressors
+    # coordinates reach beyond the network's 256-px frame: they are original pixels
+    assert res.matches[:, 2].max() > 400 and res.matches[:, 0].max() > 256
+    H = np.diag([SCALE, SCALE, 1.0])
+    assert np.median(res.errors(H)) < 0.01
+    coarse = match_pair(net, p1, p2, imsize=256, eval_type="coarse")
+    cerr = np.linalg.norm(coarse.matches[:, 2:] - SCALE * coarse.matches[:, :2], axis=1)
+    assert np.median(cerr) < 0.01
+
+
+def test_refine_matches_frame(ckpt: Path, scaled_pair: tuple[Path, Path]) -> None:
+    """Other matcher's matches in the resized frame come back in original pixels."""
+    from utils.eval.model_helper import load_model, refine_matches
+
+    net = load_model(ckpt, device="cpu", lprint=lambda *a: None)
+    p1, p2 = scaled_pair
+    seen = {}
+
+    def perfect(g1: torch.Tensor, g2: torch.Tensor) -> np.ndarray:
+        seen["shapes"] = (tuple(g1.shape), tuple(g2.shape))
+        xs, ys = np.meshgrid(np.arange(20.0, 180.0, 20.0), np.arange(20.0, 130.0, 20.0))
+        pts = np.stack([xs.ravel(), ys.ravel()], 1)
+        return np.concatenate([pts, pts], 1)  # same content at the same resized pixel
+
+    out, scores = refine_matches(p1, p2, net, perfect, io_thres=0.0, imsize=200)
+    assert seen["shapes"] == ((1, 1, 150, 200), (1, 1, 150, 200))
+    assert len(out) == len(scores) == 48
+    assert np.allclose(out[:, 2:], SCALE * out[:, :2], atol=1e-3)
+    assert np.allclose(out[:, :2].max(0), [160 * 1.6, 120 * 1.6], atol=1e-3)
+
+
+def test_match_pair_cli(ckpt: Path, scaled_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    p1, p2 = scaled_pair
+    h = tmp_path / "H.txt"
+    np.savetxt(h, np.diag([SCALE, SCALE, 1.0]))
+    out = tmp_path / "res" / "matches.png"
+    res = main([
+        str(p1), str(p2), "--ckpt", str(ckpt), "--out", str(out), "--imsize", "256",
+        "--io_thres", "0.5", "--H", str(h), "--device", "cpu",
+    ])
+    png = np.asarray(Image.open(out).convert("RGB"))
+    assert png.shape == (360, 320 + 10 + 480, 3) and png.std() > 10
+    npz = np.load(out.with_suffix(".npz"))
+    assert np.array_equal(npz["matches"], res.matches)
+    assert npz["errors"].shape == (len(res),) and np.median(npz["errors"]) < 0.01
+    with open(out.with_suffix(".csv")) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["x1", "y1", "x2", "y2", "score", "error"]
+    table = np.array(rows[1:], dtype=float)
+    assert table.shape == (len(res), 6)
+    assert np.allclose(table[:, :4], res.matches, atol=1e-4)
+
+
+def test_find_checkpoint(tmp_path: Path) -> None:
+    assert find_checkpoint(tmp_path) is None
+    (tmp_path / "output" / "a").mkdir(parents=True)
+    old, new = tmp_path / "output" / "a" / "old.pth", tmp_path / "output" / "new.pth"
+    old.write_bytes(b"x")
+    new.write_bytes(b"x")
+    os.utime(old, (1, 1))
+    assert find_checkpoint(tmp_path) == new
+    (tmp_path / "pretrained").mkdir()
+    (tmp_path / "pretrained" / "patch2pix_pretrained.pth").write_bytes(b"x")
+    assert find_checkpoint(tmp_path).name == "patch2pix_pretrained.pth"
+
+
+def _kernel_name() -> str:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    specs = KernelSpecManager().find_kernel_specs()
+    return "patch2pix" if "patch2pix" in specs else "python3"
+
+
+def test_notebook_executes(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    path = REPO / "examples" / "visualize_matches.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:  # stored outputs are cleared
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+    figs = tmp_path / "figs"
+    monkeypatch.setenv("P2P_CKPT", str(ckpt))
+    monkeypatch.setenv("P2P_IMSIZE", "256")
+    monkeypatch.setenv("P2P_FIG_DIR", str(figs))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name=_kernel_name(),
+        resources={"metadata": {"path": str(REPO / "examples")}},
+    )
+    client.execute()
+    names = {p.name for p in figs.glob("*.png")}
+    for stem in ("astronaut", "coffee", "chelsea"):
+        assert {f"{stem}_coarse.png", f"{stem}_refined.png"} <= names
+    assert {"ncnet_coarse.png", "refine_input.png", "refine_refined.png"} <= names
+    im = np.asarray(Image.open(figs / "astronaut_refined.png").convert("RGB"))
+    assert im.std() > 10
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # figures displayed inline
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "MMA@1" in text and "tiny.pth" in text
+
+
+def test_eval_hpatches_cli_with_network(ckpt: Path, tmp_path: Path) -> None:
+    """The HPatches CLI runs a checkpoint end to end (wiring and output; tiny images)."""
+    import json
+
+    from utils.eval import eval_hpatches
+    from utils.eval.make_hpatches_synthetic import make_synthetic_hpatches
+
+    root = tmp_path / "hp"
+    seqs = make_synthetic_hpatches(root, n_seqs=1, max_side=160)
+    out = tmp_path / "r.json"
+    eval_hpatches.main([  # the illumination sequence only (5 pairs), to stay fast
+        "--ckpt", str(ckpt), "--root", str(root), "--imsize", "160", "--device", "cpu",
+        "--out", str(out), "--no_progress", "--exclude", seqs[1].name,
+    ])
+    res = json.loads(out.read_text())
+    assert res["summary"]["all"]["n_pairs"] == 5 and res["config"]["imsize"] == 160
+    assert res["summary"]["viewpoint"]["n_pairs"] == 0
+    assert res["summary"]["all"]["mean_matches"] > 0
+    mma = list(res["summary"]["illumination"]["mma"].values())
+    assert all(0.0 <= v <= 1.0 for v in mma) and mma == sorted(mma)
