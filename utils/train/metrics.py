@@ -37,8 +37,28 @@ NAN = float("nan")
 GIB = float(1 << 30)
 
 
-def _ratio(num: float, den: float) -> float:
-    return num / den if den > 0 else NAN
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    """num / den as a 0-d float tensor; NaN where den == 0."""
+    num, den = num.float(), den.float()
+    return torch.where(den > 0, num / den.clamp(min=1e-12), torch.full_like(num, NAN))
+
+
+def _cls_tensors(probs: Tensor, target: Tensor, cthres: float) -> dict[str, Tensor]:
+    pred = probs.detach() > cthres
+    target = target.bool()
+    tp = (pred & target).sum()
+    fp = (pred & ~target).sum()
+    tn = (~pred & ~target).sum()
+    fn = (~pred & target).sum()
+    rec = _ratio(tp, tp + fn)
+    prec = _ratio(tp, tp + fp)
+    return {
+        "rec": rec,
+        "prec": prec,
+        "spec": _ratio(tn, tn + fp),
+        "acc": _ratio(tp + tn, torch.tensor(target.numel(), device=probs.device)),
+        "f1": _ratio(2 * prec * rec, prec + rec),
+    }
 
 
 def classification_metrics(probs: Tensor, target: Tensor, cthres: float) -> dict[str, float]:
@@ -49,30 +69,18 @@ def classification_metrics(probs: Tensor, target: Tensor, cthres: float) -> dict
     Returns:
         ``{'rec', 'prec', 'spec', 'acc', 'f1'}`` floats (NaN where undefined).
     """
-    pred = probs.detach() > cthres
-    target = target.bool()
-    tp = float((pred & target).sum())
-    fp = float((pred & ~target).sum())
-    tn = float((~pred & ~target).sum())
-    fn = float((~pred & target).sum())
-    rec = _ratio(tp, tp + fn)
-    prec = _ratio(tp, tp + fp)
-    f1 = 2 * prec * rec / (prec + rec) if (prec + rec) > 0 else NAN
-    return {
-        "rec": rec,
-        "prec": prec,
-        "spec": _ratio(tn, tn + fp),
-        "acc": _ratio(tp + tn, float(target.numel())),
-        "f1": f1,
-    }
+    return {k: float(v) for k, v in _cls_tensors(probs, target, cthres).items()}
 
 
-def _mean_sel(values: Tensor, mask: Tensor) -> float:
-    return float(values[mask].mean()) if bool(mask.any()) else NAN
+def _mean_sel(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of values[mask] as a 0-d tensor; NaN when the mask is empty (no sync)."""
+    return _ratio((values * mask).sum(), mask.sum())
 
 
-def _cat(xs: Sequence[Tensor]) -> Tensor:
-    return torch.cat([x.detach().reshape(-1) for x in xs]) if xs else torch.zeros(0)
+def _cat(xs: Sequence[Tensor], device: torch.device) -> Tensor:
+    if not xs:
+        return torch.zeros(0, device=device)
+    return torch.cat([x.detach().reshape(-1) for x in xs])
 
 
 def step_metrics(
@@ -83,6 +91,8 @@ def step_metrics(
 ) -> dict[str, dict[str, float]]:
     """All plotted metrics of one step, grouped by Visdom plot name.
 
+    Everything is computed on the tensors' device and moved to the host in one transfer.
+
     Args:
         out: the :class:`BatchLoss` of the step (targets and distances of every pair).
         mid_probs, fine_probs: B tensors (N_b,) of probabilities.
@@ -91,28 +101,31 @@ def step_metrics(
         ``{plot: {legend: value}}`` for the plots ``loss``, ``cls_mid``, ``cls_fine``,
         ``cls_ratios``, ``pair_scores``, ``match_dist`` (see the module docstring).
     """
-    mprob, fprob = _cat(mid_probs), _cat(fine_probs)
-    mgt, fgt = _cat(out.mid_gt).bool(), _cat(out.fine_gt).bool()
-    cdist = _cat([d.cdist for d in out.dists])
-    mdist = _cat([d.mdist for d in out.dists])
-    fdist = _cat([d.fdist for d in out.dists])
+    dev = out.loss.device
+    mprob, fprob = _cat(mid_probs, dev).float(), _cat(fine_probs, dev).float()
+    mgt, fgt = _cat(out.mid_gt, dev).bool(), _cat(out.fine_gt, dev).bool()
+    cdist = _cat([d.cdist for d in out.dists], dev).float()
+    mdist = _cat([d.mdist for d in out.dists], dev).float()
+    fdist = _cat([d.fdist for d in out.dists], dev).float()
     mpred, fpred = mprob > cthres, fprob > cthres
+    nm = torch.tensor(mgt.numel(), device=dev)
+    nf = torch.tensor(fgt.numel(), device=dev)
 
-    loss = {"pair": float(out.loss.detach())} if out.kept else {}
+    loss: dict[str, Tensor] = {"pair": out.loss.detach()} if out.kept else {}
     for k in ("cls_mid", "cls_fine", "epi_mid", "epi_fine"):
         v = getattr(out, k)
         if v.numel():
-            loss[k] = float(v.detach().mean())
+            loss[k] = v.detach().mean()
     probs_all, gt_all = torch.cat([mprob, fprob]), torch.cat([mgt, fgt])
-    return {
+    groups: dict[str, dict[str, Tensor]] = {
         "loss": loss,
-        "cls_mid": classification_metrics(mprob, mgt, cthres),
-        "cls_fine": classification_metrics(fprob, fgt, cthres),
+        "cls_mid": _cls_tensors(mprob, mgt, cthres),
+        "cls_fine": _cls_tensors(fprob, fgt, cthres),
         "cls_ratios": {
-            "mpos_gt": _ratio(float(mgt.sum()), float(mgt.numel())),
-            "mpos_pred": _ratio(float(mpred.sum()), float(mpred.numel())),
-            "fpos_gt": _ratio(float(fgt.sum()), float(fgt.numel())),
-            "fpos_pred": _ratio(float(fpred.sum()), float(fpred.numel())),
+            "mpos_gt": _ratio(mgt.sum(), nm),
+            "mpos_pred": _ratio(mpred.sum(), nm),
+            "fpos_gt": _ratio(fgt.sum(), nf),
+            "fpos_pred": _ratio(fpred.sum(), nf),
         },
         "pair_scores": {
             "pos": _mean_sel(probs_all, gt_all),
@@ -129,6 +142,14 @@ def step_metrics(
             "ffid_pred": _mean_sel(fdist, fpred),
         },
     }
+    keys = [(g, n) for g, vals in groups.items() for n in vals]
+    if not keys:
+        return {}
+    values = torch.stack([groups[g][n].float().reshape(()) for g, n in keys]).tolist()
+    result: dict[str, dict[str, float]] = {g: {} for g in groups}
+    for (g, n), v in zip(keys, values):
+        result[g][n] = v
+    return result
 
 
 def memory_metrics(device: torch.device | str | None = None) -> dict[str, float]:

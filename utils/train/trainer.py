@@ -1,0 +1,477 @@
+"""The training run behind ``python -m train_patch2pix`` (training.md §2–§6).
+
+- :func:`build_training` resolves the device, the start weights (``--pretrain``, ``--ckpt``,
+  ``--resume``) and builds the model with its optimiser and scheduler (§2);
+- :func:`train_step` is one optimisation step (§3);
+- :class:`Trainer` runs the epochs: data loading, periodic log lines / metrics / Visdom
+  plots (§5), checkpoints (§4, data-formats.md §5, written atomically) and the per-epoch
+  validation with the best-checkpoint rule (§6).
+
+User errors raise :class:`utils.train.cli.UsageError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from argparse import Namespace
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from networks.patch2pix import Patch2Pix
+from utils.common.setup_helper import (
+    CheckpointError,
+    load_checkpoint_safe,
+    save_checkpoint_atomic,
+    seed_all,
+)
+from utils.common.visdom_helper import VisdomPlotter
+from utils.train.cli import UsageError
+from utils.train.eval_epoch_immatch import (
+    BestTracker,
+    ValidationDataMissing,
+    eval_immatch_val_sets,
+    resolve_val_root,
+)
+from utils.train.experiment import (
+    BEST_CKPT,
+    LAST_CKPT,
+    ExperimentLog,
+    ExperimentTags,
+    make_tags,
+    save_config,
+)
+from utils.train.losses import BatchLoss, LossConfig, batch_loss
+from utils.train.metrics import RunningMeans, format_means, memory_metrics, step_metrics
+
+# Regressor-config fields that decide the weight shapes (a checkpoint must agree on them).
+ARCH_FIELDS = ("conv_dims", "conv_kers", "conv_strs", "fc_dims", "feat_comb", "psize", "shared")
+LOG_PLOTS = ("loss", "cls_mid", "cls_fine", "cls_ratios", "match_dist")
+
+
+class DataItemError(RuntimeError):
+    """A training item could not be loaded (missing / unreadable image)."""
+
+
+# ----------------------------------------------------------------------------- set-up
+def select_device(args: Namespace) -> torch.device:
+    """``--device auto|cpu|cuda`` with ``--gpu`` as the CUDA index (auto falls back to CPU)."""
+    if args.device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if args.device == "cuda":
+            raise UsageError("--device cuda: no CUDA device is available (use --device cpu)")
+        return torch.device("cpu")
+    if not 0 <= args.gpu < torch.cuda.device_count():
+        raise UsageError(f"--gpu {args.gpu}: only {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(f"cuda:{args.gpu}")
+
+
+def regressor_config(args: Namespace) -> Namespace:
+    """The ``regressor_config`` Namespace of the model and the checkpoints."""
+    return Namespace(
+        conv_dims=list(args.conv_dims), conv_kers=list(args.conv_kers),
+        conv_strs=list(args.conv_strs), fc_dims=list(args.fc_dims), feat_comb=args.feat_comb,
+        psize=list(args.psize), pshift=args.pshift, panc=args.panc, shared=args.shared,
+        feat_dim=None,
+    )
+
+
+@dataclass
+class StartState:
+    """Where training starts: weights, optimiser / scheduler states, epoch, best values."""
+
+    weights: dict[str, torch.Tensor] | None = None
+    optimizer_dict: dict | None = None
+    lr_scheduler_dict: dict | None = None
+    start_epoch: int = 0
+    best_vals: list[float] = field(default_factory=lambda: [math.inf, 0.0, math.inf, 0.0])
+    sources: list[str] = field(default_factory=list)
+
+
+def _state_dict_of(obj: Any, flag: str, path: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
+        raise UsageError(f"{flag} {path}: the file holds no state_dict of tensors")
+    return obj
+
+
+def _load(flag: str, path: str | Path) -> Any:
+    try:
+        return load_checkpoint_safe(path)
+    except CheckpointError as e:
+        raise UsageError(f"{flag}: {e}") from None
+
+
+def check_architecture(ckpt: dict, args: Namespace, flag: str, path: str | Path) -> None:
+    """Refuse a training checkpoint whose architecture differs from the flags.
+
+    Raises:
+        UsageError: naming the flag, the file and the first differences.
+    """
+    want = regressor_config(args)
+    diffs = []
+    for key, mine in (("backbone", args.backbone), ("feat_idx", list(args.feat_idx)),
+                      ("change_stride", bool(args.change_stride))):
+        theirs = ckpt.get(key)
+        if theirs is not None and (list(theirs) if key == "feat_idx" else theirs) != mine:
+            diffs.append(f"{key} {theirs} vs {mine}")
+    rc = ckpt.get("regressor_config")
+    if rc is not None:
+        for key in ARCH_FIELDS:
+            theirs = getattr(rc, key, None)
+            mine = getattr(want, key)
+            if isinstance(theirs, (list, tuple)):
+                theirs = list(theirs)
+            if theirs is not None and theirs != mine:
+                diffs.append(f"{key} {theirs} vs {mine}")
+    if diffs:
+        raise UsageError(f"{flag} {path} is another architecture (checkpoint vs flags): "
+                         + "; ".join(diffs[:4]))
+
+
+def resolve_start(args: Namespace, exp_dir: Path) -> StartState:
+    """Start weights and states from ``--pretrain``, then ``--ckpt``, or ``--resume``.
+
+    ``--pretrain``: a bare state_dict (or a dict with ``state_dict``) loaded non-strict.
+    ``--ckpt``: a training checkpoint (data-formats.md §5) whose weights are loaded on top;
+    the run starts at epoch 0 with a fresh optimiser. ``--resume``:
+    ``<exp_dir>/last_ckpt.pth`` restores weights, epoch, optimiser, scheduler, best values.
+    """
+    st = StartState()
+    weights: dict[str, torch.Tensor] = {}
+    if args.pretrain:
+        weights.update(_state_dict_of(_load("--pretrain", args.pretrain), "--pretrain",
+                                      args.pretrain))
+        st.sources.append(f"pretrain {args.pretrain}")
+    if args.ckpt:
+        ckpt = _load("--ckpt", args.ckpt)
+        if isinstance(ckpt, dict) and "backbone" in ckpt:
+            check_architecture(ckpt, args, "--ckpt", args.ckpt)
+        weights.update(_state_dict_of(ckpt, "--ckpt", args.ckpt))
+        st.sources.append(f"ckpt {args.ckpt}")
+    if args.resume:
+        path = exp_dir / LAST_CKPT
+        if not path.is_file():
+            raise UsageError(f"--resume: no {LAST_CKPT} in the experiment directory {exp_dir}")
+        ckpt = _load("--resume", path)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "last_epoch" not in ckpt:
+            raise UsageError(f"--resume: {path} is not a training checkpoint")
+        check_architecture(ckpt, args, "--resume", path)
+        weights = dict(ckpt["state_dict"])
+        st.optimizer_dict = ckpt.get("optim")
+        st.lr_scheduler_dict = ckpt.get("lr_scheduler")
+        st.start_epoch = int(ckpt["last_epoch"]) + 1
+        if ckpt.get("best_vals") is not None:
+            st.best_vals = [float(v) for v in ckpt["best_vals"]]
+        st.sources.append(f"resume {path} (last epoch {ckpt['last_epoch']})")
+    st.weights = weights or None
+    return st
+
+
+def build_model(args: Namespace, device: torch.device, start: StartState,
+                lprint: Callable[[str], Any] = print) -> Patch2Pix:
+    """Patch2Pix in training configuration with optimiser and scheduler (training.md §2).
+
+    Raises:
+        UsageError: weights of another architecture, a bad ``--lr_decay``, or an optimiser
+            state that does not fit.
+    """
+    config = Namespace(
+        device=device, training=True, backbone=args.backbone, change_stride=args.change_stride,
+        feat_idx=list(args.feat_idx), regressor_config=regressor_config(args),
+        regr_batch=args.regr_batch, weights_dict=start.weights, freeze_feat=args.freeze_feat,
+        start_epoch=start.start_epoch,
+        optim_config=Namespace(opt="adam", lr_init=args.lr_init, weight_decay=args.weight_decay,
+                               lr_decay=args.lr_decay, optimizer_dict=start.optimizer_dict,
+                               lr_scheduler_dict=start.lr_scheduler_dict),
+    )
+    flag = "--resume" if args.resume else ("--ckpt" if args.ckpt else "--pretrain")
+    try:
+        net = Patch2Pix(config)
+    except ValueError as e:
+        msg = str(e)
+        if "--lr_decay" in msg:
+            raise UsageError(msg) from None
+        raise UsageError(f"{flag}: {msg}") from None
+    except RuntimeError as e:  # strict load_state_dict / optimiser state mismatch
+        first = str(e).strip().splitlines()[0]
+        raise UsageError(f"{flag}: weights or optimiser state do not fit: {first}") from None
+    if args.weight_epi[0] == 0:
+        # As the original: a zero fine epipolar weight freezes regress_mid (sic).
+        for p in net.regress_mid.parameters():
+            p.requires_grad_(False)
+        lprint("weight_epi[0] == 0: regress_mid is frozen (as in the original)")
+    return net
+
+
+# ----------------------------------------------------------------------------- data
+class _ItemErrors(Dataset):
+    """Wraps a dataset so that a bad item raises DataItemError with a one-line reason."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            return self.ds[index]
+        except (OSError, ValueError) as e:
+            raise DataItemError(f"training pair {index}: {e}") from None
+
+
+def data_item_message(err: BaseException) -> str:
+    """The one-line reason of a DataItemError, also when re-raised by a loader worker."""
+    lines = [x for x in str(err).strip().splitlines() if x.strip()]
+    last = lines[-1] if lines else repr(err)
+    marker = "DataItemError: "
+    return last.split(marker, 1)[1] if marker in last else last
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Per-worker seeds of numpy and random from torch's per-worker seed."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_dataset(args: Namespace) -> Dataset:
+    """ImMatchDatasetMega in 'pair' mode at ``--train_size``.
+
+    Raises:
+        UsageError: missing data root / pair file, or a pair file without pairs.
+    """
+    from utils.datasets import ImMatchDatasetMega
+
+    pair_file = Path(args.pair_root) / args.match_npy
+    if not Path(args.data_root).is_dir():
+        raise UsageError(f"--data_root {args.data_root}: folder not found")
+    if not pair_file.is_file():
+        raise UsageError(f"pair file not found: {pair_file} (--pair_root / --match_npy; "
+                         "generate it with python -m data_pairs.prep_megadepth_training_pairs)")
+    w, h = args.train_size
+    try:
+        ds = ImMatchDatasetMega(args.data_root, pair_file, wt=w, ht=h, item_type="pair")
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    return _ItemErrors(ds)
+
+
+def make_loader(ds: Dataset, args: Namespace, epoch: int, device: torch.device) -> DataLoader:
+    """Shuffled loader whose order depends only on (seed, epoch), so resumes are exact."""
+    gen = torch.Generator()
+    gen.manual_seed(args.seed * 1000 + epoch)
+    return DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
+                      generator=gen, worker_init_fn=_seed_worker, drop_last=False,
+                      pin_memory=device.type == "cuda")
+
+
+# ----------------------------------------------------------------------------- one step
+def train_step(
+    net: Patch2Pix,
+    batch: dict[str, Any],
+    loss_cfg: LossConfig,
+    ksize: int,
+    ptmax: int,
+) -> tuple[BatchLoss, dict[str, dict[str, float]]]:
+    """One optimisation step (training.md §3).
+
+    Args:
+        net: model in train mode with ``net.optimizer``.
+        batch: ``src_im`` (B, 3, H, W), ``pos_im`` (B, 3, H, W), ``F`` (B, 3, 3).
+    Returns:
+        the :class:`BatchLoss` and the step metrics ``{plot: {legend: value}}``. A batch
+        whose pairs were all skipped makes no optimiser step.
+    """
+    dev = net.device
+    im_src = batch["src_im"].to(dev, non_blocking=True)
+    im_pos = batch["pos_im"].to(dev, non_blocking=True)
+    Fs = batch["F"].to(dev, non_blocking=True)
+    coarse, mid, mid_p, fine, fine_p = net.forward_train(im_src, im_pos, ksize=ksize, ptmax=ptmax)
+    out = batch_loss(coarse, mid, mid_p, fine, fine_p, Fs, loss_cfg)
+    net.optimizer.zero_grad(set_to_none=True)
+    if out.kept:
+        out.loss.backward()
+        net.optimizer.step()
+    metrics = step_metrics(out, mid_p, fine_p, loss_cfg.cthres)
+    return out, metrics
+
+
+# ----------------------------------------------------------------------------- the run
+def checkpoint_dict(net: Patch2Pix, args: Namespace, epoch: int, best_vals: list[float]) -> dict:
+    """The training checkpoint of data-formats.md §5."""
+    rc = Namespace(**vars(net.regressor_config))
+    rc.panc = args.panc
+    ckpt = {
+        "last_epoch": int(epoch),
+        "best_vals": [float(v) for v in best_vals],
+        "backbone": args.backbone,
+        "feat_idx": list(args.feat_idx),
+        "change_stride": bool(args.change_stride),
+        "regressor_config": rc,
+        "state_dict": net.state_dict(),
+        "optim": net.optimizer.state_dict(),
+    }
+    if net.lr_scheduler is not None:
+        ckpt["lr_scheduler"] = net.lr_scheduler.state_dict()
+    return ckpt
+
+
+class Trainer:
+    """Runs the epochs of one experiment (training.md §3–§6)."""
+
+    def __init__(self, args: Namespace, echo: Callable[[str], Any] | None = print) -> None:
+        self.args = args
+        self.tags: ExperimentTags = make_tags(args)
+        self.exp_dir = self.tags.exp_dir(args.out_dir)
+        self.device = select_device(args)
+        self.loss_cfg = LossConfig.from_args(args)
+        # Fail fast on user errors before creating anything on disk.
+        self.dataset = build_dataset(args)
+        start = resolve_start(args, self.exp_dir)
+        self.log = ExperimentLog(self.exp_dir, echo=echo)
+        try:
+            if args.resume:
+                self.log(f"\n>>>>>> Resuming at epoch {start.start_epoch}")
+            self.log.log_config(args)
+            save_config(args, self.exp_dir)
+            self.log(f"Experiment dir: {self.exp_dir}\nVisdom env: {self.tags.visdom_env}\n"
+                     f"Device: {self.device}; data: {len(self.dataset)} pairs, "
+                     f"{args.train_size[0]}x{args.train_size[1]}; start weights: "
+                     f"{', '.join(start.sources) or 'ImageNet backbone / random init'}")
+            self.start_epoch = start.start_epoch
+            seed_all(args.seed + self.start_epoch)
+            self.best = BestTracker(list(start.best_vals))
+            self.net = build_model(args, self.device, start, lprint=self.log)
+            n_train = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+            self.log(f"Trainable parameters: {n_train}")
+            self.vis = VisdomPlotter(args.visdom_host, args.visdom_port, self.tags.visdom_env,
+                                     lprint=self.log)
+            self.val_root: Path | None = None
+            if args.no_val:
+                self.log("Validation disabled (--no_val).")
+            else:
+                try:
+                    self.val_root = resolve_val_root(args.data_root)
+                except ValidationDataMissing as e:
+                    self.log(f"Validation skipped for the whole run: {e}")
+        except BaseException:
+            self.log.close()
+            raise
+
+    # -------------------------------------------------------------- epochs
+    def run(self) -> None:
+        """Train from the start epoch up to ``--epochs`` (exclusive)."""
+        args = self.args
+        if self.start_epoch >= args.epochs:
+            self.log(f"Nothing to do: last epoch {self.start_epoch - 1} >= --epochs "
+                     f"{args.epochs} - 1")
+            return
+        try:
+            for epoch in range(self.start_epoch, args.epochs):
+                self.train_epoch(epoch)
+                self.end_epoch(epoch)
+        finally:
+            self.log.close()
+
+    def _lr(self) -> float:
+        return float(self.net.optimizer.param_groups[0]["lr"])
+
+    def train_epoch(self, epoch: int) -> None:
+        """One pass over the data (or ``--max_iters_per_epoch`` steps)."""
+        from tqdm import tqdm
+
+        args = self.args
+        self.net.train()
+        loader = make_loader(self.dataset, args, epoch, self.device)
+        n_iters = len(loader)
+        if args.max_iters_per_epoch:
+            n_iters = min(n_iters, args.max_iters_per_epoch)
+        interval = max(1, n_iters // args.plot_counts)
+        since_plot, whole_epoch = RunningMeans(), RunningMeans()
+        skipped = 0
+        t_epoch = t_plot = time.time()
+        self.log(f"\n>>>>>> Epoch {epoch} ({n_iters} steps, lr {self._lr():.3g})")
+        bar = tqdm(total=n_iters, desc=f"epoch {epoch}", disable=args.no_progress,
+                   dynamic_ncols=True, leave=False)
+        it = iter(loader)
+        try:
+            for i in range(n_iters):
+                try:
+                    batch = next(it)
+                except DataItemError as e:
+                    raise UsageError(data_item_message(e)) from None
+                out, metrics = train_step(self.net, batch, self.loss_cfg, args.ksize, args.ptmax)
+                skipped += len(out.skipped)
+                metrics["mem"] = memory_metrics(self.device)
+                since_plot.update(metrics)
+                whole_epoch.update(metrics)
+                bar.update(1)
+                if "pair" in metrics.get("loss", {}):
+                    bar.set_postfix(loss=f"{metrics['loss']['pair']:.3f}")
+                if (i + 1) % interval == 0 or i + 1 == n_iters:
+                    x = epoch + (i + 1) / n_iters
+                    means = since_plot.means()
+                    dt = (time.time() - t_plot) / max(1, (i % interval) + 1)
+                    self.log(f"[ep {epoch} it {i + 1}/{n_iters}] {format_means(means, LOG_PLOTS)}"
+                             f" | lr={self._lr():.3g} | {dt:.2f}s/it")
+                    self.log.metrics({"kind": "train", "epoch": epoch, "iter": i + 1, "x": x,
+                                      "lr": self._lr(), **means})
+                    self.vis.plot("train", x, means)
+                    since_plot.reset()
+                    t_plot = time.time()
+        finally:
+            bar.close()
+            del it
+        means = whole_epoch.means()
+        dt = time.time() - t_epoch
+        self.log(f">>Epoch {epoch} done in {dt:.1f}s ({skipped} skipped pairs): "
+                 f"{format_means(means, LOG_PLOTS)} | lr={self._lr():.3g}")
+        self.log.metrics({"kind": "epoch", "epoch": epoch, "seconds": dt, "skipped": skipped,
+                          "lr": self._lr(), **means})
+
+    def _save(self, name: str, epoch: int) -> None:
+        save_checkpoint_atomic(checkpoint_dict(self.net, self.args, epoch, self.best.vals),
+                               self.exp_dir / name)
+
+    def end_epoch(self, epoch: int) -> None:
+        """Scheduler step, checkpoints, validation and the best checkpoint."""
+        args = self.args
+        if self.net.lr_scheduler is not None:
+            self.net.lr_scheduler.step()
+        self._save(LAST_CKPT, epoch)
+        if (epoch + 1) % args.save_step == 0:
+            self._save(f"ckpt_ep{epoch + 1}.pth", epoch)
+        if self.val_root is None:
+            return
+        try:
+            res = eval_immatch_val_sets(
+                self.net, self.val_root, ksize=args.ksize, eval_type="fine", io_thres=0.5,
+                ncn_thres=0.0, imsize=args.val_imsize, rthres=0.5,
+                sample_max=args.val_sample_max, min_overlap=0.3, lprint_=self.log,
+            )
+        except Exception as e:  # noqa: BLE001 - a failed validation must not stop training
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            self.log(f"Validation failed at epoch {epoch}: {type(e).__name__}: {reason}")
+            self.log.metrics({"kind": "val_error", "epoch": epoch,
+                              "error": f"{type(e).__name__}: {reason}"})
+            return
+        finally:
+            self.net.train()
+        improved = self.best.update(res)
+        self.log.metrics({"kind": "val", "epoch": epoch, "improved": improved,
+                          "best_vals": self.best.vals, **res.as_dict()})
+        if improved:
+            self._save(BEST_CKPT, epoch)
+            self._save(LAST_CKPT, epoch)  # carries the new best values for --resume
+            self.log(f"Validation improved: best_vals={self.best.vals}; saved {BEST_CKPT}")
