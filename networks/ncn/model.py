@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv4d import Conv4d
@@ -39,7 +40,10 @@ class FeatureCorrelation(nn.Module):
 def maxpool4d(corr: Tensor, k_size: int = 2) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Relocalisation max-pool over k⁴ blocks, remembering the argmax offsets.
 
-    Ties go to the first entry in (di, dj, dk, dl) row-major order.
+    Ties go to the first entry in (di, dj, dk, dl) row-major order. Computed as two 2D
+    max-pools (over (k, l) for every A cell, then over (i, j) on a channels-last view),
+    which reads the volume once instead of copying it into k⁴ slices; each 2D pool keeps
+    the first maximum of its window, so the combined tie rule is the row-major one.
 
     Args:
         corr: (B, 1, H1, W1, H2, W2), every size a multiple of `k_size`.
@@ -51,16 +55,19 @@ def maxpool4d(corr: Tensor, k_size: int = 2) -> tuple[Tensor, Tensor, Tensor, Te
     k = k_size
     if any(s % k for s in (h1, w1, h2, w2)):
         raise ValueError(f"maxpool4d: sizes {(h1, w1, h2, w2)} are not multiples of {k}")
-    blocks = corr.reshape(b, c, h1 // k, k, w1 // k, k, h2 // k, k, w2 // k, k)
-    blocks = blocks.permute(0, 1, 2, 4, 6, 8, 3, 5, 7, 9).reshape(
-        b, c, h1 // k, w1 // k, h2 // k, w2 // k, k**4
-    )
-    pooled, idx = blocks.max(dim=-1)
-    max_l = idx % k
-    max_k = (idx // k) % k
-    max_j = (idx // (k * k)) % k
-    max_i = idx // (k * k * k)
-    return pooled, max_i, max_j, max_k, max_l
+    hk1, wk1, hk2, wk2 = h1 // k, w1 // k, h2 // k, w2 // k
+    # Stage 1: pool (k, l) for each A cell; indices are flat positions in the H2×W2 plane.
+    v1, idx_b = F.max_pool2d(corr.reshape(b * c * h1 * w1, 1, h2, w2), k, return_indices=True)
+    # Stage 2: pool (i, j); (B·C, H1, W1, hk2·wk2) is a channels-last (B·C, hk2·wk2, H1, W1).
+    v1 = v1.view(b * c, h1, w1, hk2 * wk2).permute(0, 3, 1, 2)
+    v2, idx_a = F.max_pool2d(v1, k, return_indices=True)  # flat positions in the H1×W1 plane
+    shape = (b, c, hk1, wk1, hk2, wk2)
+    pooled = v2.permute(0, 2, 3, 1).reshape(shape)
+    idx_a = idx_a.permute(0, 2, 3, 1).reshape(b * c, hk1 * wk1, hk2 * wk2)
+    idx_b = idx_b.view(b * c, h1 * w1, hk2 * wk2).gather(1, idx_a)
+    max_i, max_j = (idx_a // w1) % k, (idx_a % w1) % k
+    max_k, max_l = (idx_b // w2) % k, (idx_b % w2) % k
+    return pooled, *(m.reshape(shape) for m in (max_i, max_j, max_k, max_l))
 
 
 def mutual_matching(corr: Tensor) -> Tensor:

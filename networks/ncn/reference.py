@@ -17,7 +17,8 @@ def conv4d_loop(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
     b, c, h, w, d, t = x.shape
     k1, cout = weight.shape[:2]
     pad = k1 // 2
-    xs = F.pad(x, (0, 0, 0, 0, 0, 0, pad, pad)).permute(2, 0, 1, 3, 4, 5)
+    # Like the original: permute once so that every slice is contiguous inside the loop.
+    xs = F.pad(x, (0, 0, 0, 0, 0, 0, pad, pad)).permute(2, 0, 1, 3, 4, 5).contiguous()
     pad3d = tuple(k // 2 for k in weight.shape[3:])
     out = []
     for i in range(h):
