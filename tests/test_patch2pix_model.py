@@ -259,3 +259,27 @@ def test_smuggled_type_is_refused(tmp_path, capsys):
     (tmp_path / "junk.pth").write_bytes(pickle.dumps([1, 2])[:5])
     with pytest.raises(CheckpointError, match="junk.pth"):
         load_checkpoint_safe(tmp_path / "junk.pth")
+
+
+def test_imagenet_weights_from_local_cache_only(tmp_path, monkeypatch):
+    from torchvision.models import resnet34
+
+    from networks.resnet import IMAGENET_FILES, ResNet34, load_imagenet_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    msgs = []
+    net = ResNet34(change_stride=True)
+    assert not load_imagenet_weights(net, lprint=msgs.append)
+    assert "random weights" in msgs[0] and IMAGENET_FILES[0] in msgs[0]
+    torch.manual_seed(3)
+    tv = resnet34()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(tv.state_dict(), tmp_path / "hub" / "checkpoints" / IMAGENET_FILES[1])
+    assert load_imagenet_weights(net, lprint=msgs.append)
+    assert torch.equal(net.layer3[0].conv1.weight, tv.layer3[0].conv1.weight)
+    assert net.layer3[0].conv1.stride == (1, 1) and net.layer3[0].downsample[0].stride == (1, 1)
+    x = torch.randn(1, 3, 64, 96)
+    feats = net.eval().forward_all(x)
+    assert [f.shape[1:] for f in feats] == [(3, 64, 96), (64, 32, 48), (64, 16, 24),
+                                            (128, 8, 12), (256, 8, 12)]
+    assert torch.equal(feats[-1], net(x))
