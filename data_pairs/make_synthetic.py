@@ -174,7 +174,7 @@ def _photo_textures() -> tuple[tuple[np.ndarray, bool], ...]:
             continue
         try:
             im = loader()
-        except Exception:  # noqa: BLE001 - a data file missing from this install: skip it
+        except Exception:  # a data file missing from this scikit-image install: skip it
             continue
         out.append((_to_rgb01(im), np.asarray(im).ndim == 2))
     if not out:
@@ -328,6 +328,21 @@ def sample_views(
 # --------------------------------------------------------------------------------------
 
 
+def _dot3(d: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(N,) dot products of the rows of d (N, 3) with v (3,).
+
+    Written out instead of ``d @ v``: multi-threaded BLAS on these thin products is slower
+    than this, badly so on a busy machine.
+    """
+    return d[:, 0] * v[0] + d[:, 1] * v[1] + d[:, 2] * v[2]
+
+
+def _transform(pts: np.ndarray, M: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+    """(N, 3) rows ``M · p (+ t)`` for points p (N, 3) and M (3, 3), without BLAS."""
+    out = np.stack([_dot3(pts, M[0]), _dot3(pts, M[1]), _dot3(pts, M[2])], axis=1)
+    return out if t is None else out + t
+
+
 def pixel_rays(view: View, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """World ray directions scaled to unit camera depth for pixel coordinates (x, y).
 
@@ -381,7 +396,8 @@ def cast_rays(
         for a in range(0, n_rays, chunk):
             d = dirs[a : a + chunk]
             dn = d / np.linalg.norm(d, axis=1, keepdims=True)
-            along = dn @ mid.T  # (n, Q): distance along each ray to the sphere centre
+            # (n, Q): distance along each ray to the sphere centres
+            along = dn[:, :1] * mid[:, 0] + dn[:, 1:2] * mid[:, 1] + dn[:, 2:] * mid[:, 2]
             cand = (along > 0) & (along**2 >= far2[None])
             t_best = tau[a : a + chunk]
             q_best = quad[a : a + chunk]
@@ -390,16 +406,16 @@ def cast_rays(
             for q in range(len(num)):
                 if inside[q]:
                     # every ray is a candidate; only those heading towards the plane can hit
-                    den_all = d @ normal[q]
+                    den_all = _dot3(d, normal[q])
                     idx = np.nonzero(den_all * num[q] > 0)[0]
                 else:
                     idx = np.nonzero(cand[:, q])[0]
                 if len(idx) == 0:
                     continue
                 dq = d[idx]
-                t = num[q] / (dq @ normal[q])
-                s = s0[q] + t * (dq @ uh[q])
-                r = r0[q] + t * (dq @ vh[q])
+                t = num[q] / _dot3(dq, normal[q])
+                s = s0[q] + t * _dot3(dq, uh[q])
+                r = r0[q] + t * _dot3(dq, vh[q])
                 ok = (t > eps) & (s >= 0) & (s <= 1) & (r >= 0) & (r <= 1) & (t < t_best[idx])
                 sel = idx[ok]
                 t_best[sel] = t[ok]
@@ -508,10 +524,10 @@ def observe_points(
     Returns:
         mask (N,) bool, xy (N, 2) projections (pixels), z (N,) camera depths.
     """
-    cam = pts @ view.R.T + view.t
+    cam = _transform(pts, view.R, view.t)
     z = cam[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        proj = cam @ view.K.T
+        proj = _transform(cam, view.K)
         xy = proj[:, :2] / proj[:, 2:3]
     mask = (z > 0.1) & (xy[:, 0] >= 0) & (xy[:, 0] < view.width)
     mask &= (xy[:, 1] >= 0) & (xy[:, 1] < view.height)
@@ -629,6 +645,10 @@ def make_megadepth_scene(
     for unusable images). Points ids are 0..n_points3D−1.
     """
     mega = out / "MegaDepth_undistort"
+    # a re-run replaces the scene's files instead of mixing old and new ones
+    for old in (mega / scene_name / "images", mega / DEPTH_SUBDIR / scene_name):
+        if old.is_dir():
+            shutil.rmtree(old)
     scene = build_scene(scene_rng(seed, KIND_TRAIN, index, STREAM_GEOMETRY))
     views = sample_views(scene_rng(seed, KIND_TRAIN, index, STREAM_VIEWS), n_images, width,
                          height, portrait_every=portrait_every)
@@ -733,6 +753,9 @@ def make_val_scene(
     `n_untriangulated` random 2D points without a 3D point (id −1). Points ids start at 1.
     """
     dense = out / VAL_SUBDIR / scene_name / "dense"
+    for old in (dense / "images", dense / "sparse"):  # a re-run replaces the scene's files
+        if old.is_dir():
+            shutil.rmtree(old)
     scene = build_scene(scene_rng(seed, KIND_VAL, index, STREAM_GEOMETRY))
     views = sample_views(scene_rng(seed, KIND_VAL, index, STREAM_VIEWS), n_images, width,
                          height, portrait_every=portrait_every)

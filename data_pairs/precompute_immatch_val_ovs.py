@@ -106,7 +106,7 @@ def load_ov_pairs(path: str | Path) -> dict[float, list[tuple[str, str]]]:
 def _is_complete(path: Path, overlaps: Iterable[float]) -> bool:
     try:
         d = load_ov_pairs(path)
-    except Exception:  # noqa: BLE001 - unreadable or truncated file: recompute it
+    except Exception:  # unreadable or truncated file: recompute it
         return False
     return isinstance(d, dict) and all(float(o) in d for o in overlaps)
 
