@@ -327,10 +327,24 @@ def checkpoint_dict(net: Patch2Pix, args: Namespace, epoch: int, best_vals: list
     return ckpt
 
 
-class Trainer:
-    """Runs the epochs of one experiment (training.md §3–§6)."""
+def echo_above_progress(msg: str) -> None:
+    """Print a log line without breaking a running tqdm progress bar."""
+    from tqdm import tqdm
 
-    def __init__(self, args: Namespace, echo: Callable[[str], Any] | None = print) -> None:
+    tqdm.write(msg)
+
+
+class Trainer:
+    """Runs the epochs of one experiment (training.md §3–§6).
+
+    Args:
+        args: the parsed flags (utils.train.cli).
+        echo: where log lines are echoed besides log.txt (None: silent).
+    """
+
+    def __init__(
+        self, args: Namespace, echo: Callable[[str], Any] | None = echo_above_progress
+    ) -> None:
         self.args = args
         self.tags: ExperimentTags = make_tags(args)
         self.exp_dir = self.tags.exp_dir(args.out_dir)
