@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_visdom import visdom_server  # noqa: F401 - fixture
 
 import train_patch2pix
 from utils.common.setup_helper import load_checkpoint_safe
@@ -70,10 +71,11 @@ def sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(data, tmp_path_factory):
-    """Two epochs of the tiny configuration (epochs 0 and 1), with validation."""
+def trained(data, tmp_path_factory, visdom_server):  # noqa: F811
+    """Two epochs of the tiny configuration (epochs 0 and 1), with validation and Visdom."""
     out = tmp_path_factory.mktemp("out")
-    args = base_args(data, out, "--epochs", "2")
+    port = visdom_server[0]
+    args = base_args(data, out, "-vh", "127.0.0.1", "-vp", str(port), "--epochs", "2")
     proc = run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return args, exp_dir_of(args), proc
@@ -96,6 +98,20 @@ def test_two_epochs_outputs(trained):
     val = next(r for r in recs if r["kind"] == "val")
     assert val["num_pairs"] == 2 and 0.0 <= val["rate"] <= 1.0
     assert json.loads((exp / "config.json").read_text())["conv_dims"] == [8, 8]
+
+    # Visdom: the run's environment holds the train windows with their legends
+    from visdom import Visdom
+
+    a = parse_args(args)
+    env = make_tags(a).visdom_env
+    vis = Visdom(server="http://127.0.0.1", port=int(a.visdom_port), raise_exceptions=True,
+                 use_incoming_socket=False)
+    win = json.loads(vis.get_window_data("train.loss", env=env))
+    names = {t["name"] for t in win["content"]["data"]}
+    assert names == {"pair", "cls_mid", "cls_fine", "epi_mid", "epi_fine"}
+    assert [len(t["x"]) for t in win["content"]["data"]] == [4] * 5
+    for plot in ("cls_mid", "cls_fine", "cls_ratios", "match_dist", "mem", "pair_scores"):
+        assert vis.win_exists(f"train.{plot}", env=env), plot
 
     # checkpoint format of data-formats.md §5, loadable through the safe loader
     ckpt = load_checkpoint_safe(exp / "last_ckpt.pth")
