@@ -105,3 +105,11 @@ def test_log_and_metrics_append(tmp_path):
     assert recs[0]["loss"] == {"pair": 1.5} and recs[1]["best"] == "inf"
     cfg = json.loads(save_config(args, tmp_path / "exp").read_text())
     assert cfg["weight_epi"] == [1, 1] and cfg["lr_decay"] is None
+
+
+def test_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--panc", "4"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train_patch2pix: error: argument --panc")

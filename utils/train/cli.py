@@ -17,9 +17,16 @@ class UsageError(Exception):
     """Bad user input: reported as one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (no usage wall), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"train_patch2pix: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the training CLI."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m train_patch2pix",
         description="Train Patch2Pix on MegaDepth pairs (training.md).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
