@@ -858,8 +858,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="every N-th image is portrait (0: none)")
     p.add_argument("--none-entries", type=int, default=1,
                    help="None slots per scene_info file, as real files have")
-    p.add_argument("--first-scene-id", type=int, default=5000,
-                   help="numeric name of the first training scene")
+    p.add_argument("--first-scene-id", type=int, default=9000,
+                   help="numeric name of the first training scene (default 9000: above "
+                   "every real MegaDepth scene id, so synthetic scenes never shadow real ones)")
     p.add_argument("--sfm-layout", choices=("link", "copy", "none"), default="link",
                    help="how Undistorted_SfM/<scene> reaches <scene>/images")
     p.add_argument("--no-ov-pairs", action="store_true",
