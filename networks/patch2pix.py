@@ -11,7 +11,13 @@ import torch
 from torch import Tensor, nn
 
 from .ncn.extract_ncmatches import corr_to_matches
-from .ncn.model import NeighConsensus, correlation_4d, feature_l2norm, maxpool4d, mutual_matching
+from .ncn.model import (
+    NeighConsensus,
+    correlation_4d,
+    correlation_maxpool4d,
+    feature_l2norm,
+    mutual_matching,
+)
 from .regressor import FeatRegressNet
 from .resnet import FEAT_CHANNELS, ResNet34, init_weights, load_imagenet_weights
 from .utils import filter_coarse, select_local_patch_feats, shift_to_anchors
@@ -147,11 +153,13 @@ class Patch2Pix(nn.Module):
             f1, f2 = feats1[-1], feats2[-1]
         else:
             f1, f2 = self.extract(im1), self.extract(im2)
-        corr4d = correlation_4d(feature_l2norm(f1), feature_l2norm(f2))
+        f1, f2 = feature_l2norm(f1), feature_l2norm(f2)
         delta4d = None
         if ksize > 1:
-            corr4d, *delta = maxpool4d(corr4d, ksize)
+            corr4d, *delta = correlation_maxpool4d(f1, f2, ksize)
             delta4d = tuple(delta)
+        else:
+            corr4d = correlation_4d(f1, f2)
         corr4d = mutual_matching(corr4d)
         corr4d = self.ncn(corr4d)
         corr4d = mutual_matching(corr4d)

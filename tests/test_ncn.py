@@ -174,3 +174,16 @@ def test_ref_maxpool4d(refvec):
     assert torch.equal(out[0], v["output"])
     for a, key in zip(out[1:], ["max_i", "max_j", "max_k", "max_l"]):
         assert torch.equal(a, v[key])
+
+
+@pytest.mark.parametrize("chunk", [1, 200, 1 << 22])
+def test_fused_correlation_maxpool_equals_separate(chunk):
+    from networks.ncn.model import correlation_maxpool4d
+
+    g = torch.Generator().manual_seed(chunk)
+    f1 = feature_l2norm(torch.randn(2, 8, 6, 4, generator=g, dtype=torch.float64))
+    f2 = feature_l2norm(torch.randn(2, 8, 4, 6, generator=g, dtype=torch.float64))
+    ref = maxpool4d(correlation_4d(f1, f2), 2)
+    out = correlation_maxpool4d(f1, f2, 2, chunk_elems=chunk)
+    for a, b in zip(out, ref):
+        assert torch.equal(a, b)

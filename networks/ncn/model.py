@@ -70,6 +70,39 @@ def maxpool4d(corr: Tensor, k_size: int = 2) -> tuple[Tensor, Tensor, Tensor, Te
     return pooled, *(m.reshape(shape) for m in (max_i, max_j, max_k, max_l))
 
 
+def correlation_maxpool4d(
+    f1: Tensor, f2: Tensor, k_size: int = 2, chunk_elems: int = 1 << 22
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`maxpool4d` of `correlation_4d` without materialising the full-resolution volume.
+
+    The correlation is computed for a few rows of A cells at a time (about `chunk_elems`
+    values, which stay in cache) and pooled at once, so the full (H1·W1·H2·W2) volume never
+    exists: the same numbers as ``maxpool4d(correlation_4d(f1, f2), k)`` with a fraction of
+    the memory and memory traffic.
+
+    Args:
+        f1: (B, C, H1, W1), f2: (B, C, H2, W2), already normalised; sides multiples of k.
+    Returns:
+        as `maxpool4d`.
+    """
+    b, c, h1, w1 = f1.shape
+    h2, w2 = f2.shape[-2:]
+    k = k_size
+    if h1 % k:
+        raise ValueError(f"correlation_maxpool4d: H1={h1} is not a multiple of {k}")
+    fa = f1.reshape(b, c, h1 * w1).transpose(1, 2)
+    fb = f2.reshape(b, c, h2 * w2)
+    rows = k * max(1, chunk_elems // (k * w1 * h2 * w2))
+    parts = []
+    for r0 in range(0, h1, rows):
+        r1 = min(h1, r0 + rows)
+        corr = torch.bmm(fa[:, r0 * w1 : r1 * w1], fb).view(b, 1, r1 - r0, w1, h2, w2)
+        parts.append(maxpool4d(corr, k))
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(torch.cat(p, dim=2) for p in zip(*parts))  # type: ignore[return-value]
+
+
 def mutual_matching(corr: Tensor) -> Tensor:
     """Soft mutual nearest-neighbour filtering.
 
