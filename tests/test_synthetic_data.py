@@ -25,7 +25,7 @@ from utils.colmap import (
 SEED = 3
 W, H = 160, 120
 N_IMAGES = 4
-SCENE = "5000"
+SCENE = "9000"
 VAL = "synthetic_val"
 D2NET_KEYS = {
     "image_paths", "depth_paths", "intrinsics", "poses", "overlap_matrix",
