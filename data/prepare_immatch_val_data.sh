@@ -17,6 +17,8 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
+# shellcheck source=../scripts/download_lib.sh
+source "$REPO/scripts/download_lib.sh"
 TARGET="${1:-${PATCH2PIX_VAL_DIR:-$REPO/data/immatch_benchmark/val_dense}}"
 BASE_URL="${PATCH2PIX_VAL_URL:-https://www.cs.ubc.ca/research/kmyi_data/imw2020/TrainingData}"
 read -r -a SCENES <<<"${PATCH2PIX_VAL_SCENES:-reichstag sacre_coeur st_peters_square taj_mahal temple_nara_japan}"
@@ -34,16 +36,7 @@ else
     exit 2
 fi
 
-CREATED_TARGET=0
-[ -d "$TARGET" ] || CREATED_TARGET=1
-mkdir -p "$TARGET"
-TMP="$(mktemp -d "$TARGET/.download.XXXXXX")"
-cleanup() {
-    rm -rf "$TMP"
-    if [ "$CREATED_TARGET" = 1 ]; then rmdir "$TARGET" 2>/dev/null || true; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_download_tmp "$TARGET"
 
 # get_scene <scene>: download, check, extract and move one scene into place
 get_scene() {

@@ -14,38 +14,13 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
+# shellcheck source=../scripts/download_lib.sh
+source "$REPO/scripts/download_lib.sh"
 TARGET="${1:-${PATCH2PIX_PAIRS_DIR:-$HERE}}"
 FILE_ID=1u8sfc23c9ZhXSA_IVct2l_T3JLrS5air
 URL="https://drive.google.com/uc?id=$FILE_ID"
 
-find_gdown() {
-    if [ -n "${PATCH2PIX_GDOWN:-}" ]; then  # explicit gdown command (e.g. for tests)
-        GDOWN=("$PATCH2PIX_GDOWN")
-    elif [ -x "$REPO/.venv/bin/python" ] && "$REPO/.venv/bin/python" -c "import gdown" 2>/dev/null; then
-        GDOWN=("$REPO/.venv/bin/python" -m gdown)
-    elif command -v gdown >/dev/null 2>&1; then
-        GDOWN=(gdown)
-    else
-        echo "error: gdown not found (pip install gdown, or run scripts/setup_env.sh)" >&2
-        exit 2
-    fi
-    local help
-    help="$("${GDOWN[@]}" --help 2>&1 || true)"
-    GDOWN_OPTS=()
-    if grep -q -- "--timeout" <<<"$help"; then GDOWN_OPTS+=(--timeout 60); fi
-    if grep -q -- "--retries" <<<"$help"; then GDOWN_OPTS+=(--retries 2); fi
-}
-
-CREATED_TARGET=0
-[ -d "$TARGET" ] || CREATED_TARGET=1
-mkdir -p "$TARGET"
-TMP="$(mktemp -d "$TARGET/.download.XXXXXX")"
-cleanup() {
-    rm -rf "$TMP"
-    if [ "$CREATED_TARGET" = 1 ]; then rmdir "$TARGET" 2>/dev/null || true; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_download_tmp "$TARGET"
 
 fail() {
     echo "error: $*" >&2

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .model import correlation_4d
+
 
 def conv4d_loop(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Slice-loop 4D convolution. x (B,Cin,H,W,D,T); weight (k1,Cout,Cin,k2,k3,k4)."""
@@ -46,3 +48,8 @@ def maxpool4d_slices(corr: Tensor, k_size: int = 2) -> tuple[Tensor, ...]:
     max_j = (idx // (k * k)) % k
     max_i = idx // (k * k * k)
     return pooled, max_i, max_j, max_k, max_l
+
+
+def correlation_then_maxpool4d(f1: Tensor, f2: Tensor, k_size: int = 2) -> tuple[Tensor, ...]:
+    """The original's order: the full-resolution correlation volume, then the slice pool."""
+    return maxpool4d_slices(correlation_4d(f1, f2), k_size)
