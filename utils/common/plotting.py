@@ -27,8 +27,7 @@ from matplotlib.colors import Normalize, to_rgba, to_rgba_array
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from utils.datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 INLIER_COLOR = (0.0, 1.0, 0.0, 1.0)
 OUTLIER_COLOR = (1.0, 0.0, 0.0, 1.0)
