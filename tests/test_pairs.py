@@ -258,3 +258,32 @@ def test_val_overlaps_cli_on_synthetic_scene(tmp_path, capsys):
     assert got[0.1]
     assert pov.main(["--data_root", str(tmp_path / "missing")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_notebook_runs_the_same_code(mega, tmp_path, monkeypatch):
+    """data_pairs/prep_megadepth_training_pairs.ipynb executes headless and writes the same
+    pair file as the command."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "MegaDepth_undistort").symlink_to(mega)
+    (tmp_path / "data_pairs").mkdir()
+    monkeypatch.setenv("PYTHONPATH", str(repo))
+    nb = nbformat.read(repo / "data_pairs" / "prep_megadepth_training_pairs.ipynb", 4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    kernel = "patch2pix" if "patch2pix" in KernelSpecManager().find_kernel_specs() else "python3"
+    nbclient.NotebookClient(nb, timeout=120, kernel_name=kernel,
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    written = tmp_path / "data_pairs" / prep.pair_file_name(0.35, 1.5, 500, "excl_test")
+    assert written.is_file()
+    assert prep.main(["--base_dir", str(mega), "--save_dir", str(tmp_path / "cli")]) == 0
+    from_nb = prep.load_pairs(written)
+    from_cli = prep.load_pairs(tmp_path / "cli" / written.name)
+    assert sorted(from_nb) == sorted(from_cli) == ["0015", "5000", "5001"]
+    for scene in from_nb:
+        a = [(p.im1, p.im2) for p in from_nb[scene]["pairs"]]
+        b = [(p.im1, p.im2) for p in from_cli[scene]["pairs"]]
+        assert a == b and len(a) > 0
