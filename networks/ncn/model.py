@@ -65,8 +65,13 @@ def maxpool4d(corr: Tensor, k_size: int = 2) -> tuple[Tensor, Tensor, Tensor, Te
     pooled = v2.permute(0, 2, 3, 1).reshape(shape)
     idx_a = idx_a.permute(0, 2, 3, 1).reshape(b * c, hk1 * wk1, hk2 * wk2)
     idx_b = idx_b.view(b * c, h1 * w1, hk2 * wk2).gather(1, idx_a)
-    max_i, max_j = (idx_a // w1) % k, (idx_a % w1) % k
-    max_k, max_l = (idx_b // w2) % k, (idx_b % w2) % k
+    # Windows are aligned with k and the widths are multiples of k, so x % k = (x % w) % k;
+    # for a power of two, x % k is x & (k - 1), which is much cheaper on int64.
+    def mod_k(x: Tensor) -> Tensor:
+        return x & (k - 1) if k & (k - 1) == 0 else x % k
+
+    max_i, max_j = mod_k(idx_a // w1), mod_k(idx_a)
+    max_k, max_l = mod_k(idx_b // w2), mod_k(idx_b)
     return pooled, *(m.reshape(shape) for m in (max_i, max_j, max_k, max_l))
 
 
@@ -93,11 +98,18 @@ def correlation_maxpool4d(
     fa = f1.reshape(b, c, h1 * w1).transpose(1, 2)
     fb = f2.reshape(b, c, h2 * w2)
     rows = k * max(1, chunk_elems // (k * w1 * h2 * w2))
+    # Without autograd one chunk buffer is reused: fresh large allocations cost page faults.
+    reuse = not (torch.is_grad_enabled() and (f1.requires_grad or f2.requires_grad))
+    buf = fa.new_empty((b, rows * w1, h2 * w2)) if reuse else None
     parts = []
     for r0 in range(0, h1, rows):
         r1 = min(h1, r0 + rows)
-        corr = torch.bmm(fa[:, r0 * w1 : r1 * w1], fb).view(b, 1, r1 - r0, w1, h2, w2)
-        parts.append(maxpool4d(corr, k))
+        a = fa[:, r0 * w1 : r1 * w1]
+        if buf is not None:
+            corr = torch.bmm(a, fb, out=buf[:, : a.shape[1]])
+        else:
+            corr = torch.bmm(a, fb)
+        parts.append(maxpool4d(corr.view(b, 1, r1 - r0, w1, h2, w2), k))
     if len(parts) == 1:
         return parts[0]
     return tuple(torch.cat(p, dim=2) for p in zip(*parts))  # type: ignore[return-value]
