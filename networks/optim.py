@@ -88,4 +88,25 @@ def build_optimizer(net: nn.Module, config: Namespace):
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, gamma=factor)
         if getattr(oc, "lr_scheduler_dict", None):
             scheduler.load_state_dict(oc.lr_scheduler_dict)
+        else:
+            fast_forward(scheduler, optimizer, kind, factor, steps,
+                         int(getattr(config, "start_epoch", 0) or 0))
     return optimizer, scheduler
+
+
+def fast_forward(scheduler, optimizer, kind: str, factor: float, steps: list[int],
+                 start_epoch: int) -> None:
+    """Put a fresh Step/MultiStep scheduler at `start_epoch` (no saved scheduler state).
+
+    The learning rate becomes its closed form at that epoch,
+    ``lr_init · factor ** (start_epoch // step)`` or
+    ``lr_init · factor ** #(milestones ≤ start_epoch)``, as if the scheduler had been stepped
+    once per epoch.
+    """
+    if start_epoch <= 0:
+        return
+    n = start_epoch // steps[0] if kind == "step" else sum(m <= start_epoch for m in steps)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * factor**n
+    scheduler.last_epoch = start_epoch
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]

@@ -74,7 +74,9 @@ class Patch2Pix(nn.Module):
             ``regr_batch``, ``weights_dict`` (state_dict or None), ``device`` (optional) and,
             when ``training``: ``freeze_feat``, ``start_epoch``, ``optim_config``.
             Set ``imagenet_init=False`` to skip looking for ImageNet weights (the model
-            helpers do, since a checkpoint overwrites them anyway).
+            helpers do, since a checkpoint overwrites them anyway). ``lprint`` (default
+            print) receives what the weight loading did: keys skipped by a non-strict load,
+            or that the backbone starts from random weights.
     """
 
     def __init__(self, config: Namespace) -> None:
@@ -107,11 +109,12 @@ class Patch2Pix(nn.Module):
             )
 
         init_weights(self)
+        lprint = getattr(config, "lprint", None) or print
         weights = getattr(config, "weights_dict", None)
         if weights is None and getattr(config, "imagenet_init", True):
-            load_imagenet_weights(self.extract)
+            load_imagenet_weights(self.extract, lprint=lprint)
         if weights is not None:
-            load_weights(self, weights)
+            load_weights(self, weights, lprint=lprint)
         device = getattr(config, "device", None)
         if device is not None:
             self.to(device)
@@ -237,7 +240,7 @@ class Patch2Pix(nn.Module):
                 out_p.append(imatches.new_zeros((0,)))
                 continue
             refined, probs = [], []
-            for chunk in torch.split(imatches, self.regr_batch):
+            for chunk in torch.split(imatches, self._chunk_sizes(imatches.shape[0])):
                 f1s, f2s = select_local_patch_feats(
                     feats1, feats2, ib, chunk, self.feat_idx, self.feats_downsample, psize, ptype
                 )
@@ -251,6 +254,18 @@ class Patch2Pix(nn.Module):
             out_m.append(torch.cat(refined))
             out_p.append(torch.cat(probs))
         return out_m, out_p
+
+    def _chunk_sizes(self, n: int) -> list[int]:
+        """Row counts of the regressor chunks: ``regr_batch`` each, the rest last. In
+        training a last chunk of one row (which BatchNorm cannot normalise) takes a row
+        from the chunk before it."""
+        sizes = [self.regr_batch] * (n // self.regr_batch)
+        if n % self.regr_batch:
+            sizes.append(n % self.regr_batch)
+        if self.training and len(sizes) > 1 and sizes[-1] == 1:
+            sizes[-2] -= 1
+            sizes[-1] = 2
+        return sizes
 
     def regress_levels(
         self, feats1: Sequence[Tensor], feats2: Sequence[Tensor], matches: Sequence[Tensor]

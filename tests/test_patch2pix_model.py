@@ -283,3 +283,28 @@ def test_imagenet_weights_from_local_cache_only(tmp_path, monkeypatch):
     assert [f.shape[1:] for f in feats] == [(3, 64, 96), (64, 32, 48), (64, 16, 24),
                                             (128, 8, 12), (256, 8, 12)]
     assert torch.equal(feats[-1], net(x))
+
+
+def test_partial_weights_are_reported_through_lprint(rule_net, tmp_path, monkeypatch):
+    msgs = []
+    sd = {k: v for k, v in rule_net.state_dict().items() if k.startswith(("extract.", "ncn."))}
+    net = make_net(weights_dict=sd, lprint=msgs.append)
+    assert any("missing: regress_mid.* (" in m and "regress_fine.*" in m for m in msgs)
+    assert torch.equal(net.ncn.conv[0].weight, rule_net.ncn.conv[0].weight)
+    msgs.clear()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch cache
+    make_net(imagenet_init=True, lprint=msgs.append)
+    assert len(msgs) == 1 and "starts from random weights" in msgs[0]
+
+
+def test_training_chunks_never_leave_one_row_for_batchnorm():
+    net = make_net().train()
+    net.regr_batch = 4
+    assert net._chunk_sizes(9) == [4, 3, 2]
+    assert net._chunk_sizes(8) == [4, 4] and net._chunk_sizes(3) == [3]
+    feats = net.extract.forward_all(torch.randn(1, 3, 32, 32))
+    m, p = net.forward_fine_match(feats, feats, [torch.rand(9, 4) * 32], 16, "center",
+                                  net.regress_mid)  # 9 = 2 chunks + 1 row
+    assert m[0].shape == (9, 4) and p[0].shape == (9,)
+    net.eval()
+    assert net._chunk_sizes(9) == [4, 4, 1]

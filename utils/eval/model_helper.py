@@ -77,6 +77,7 @@ def load_model(
             regr_batch=1200,
             weights_dict=_as_state_dict(ckpt, ckpt_path),
             imagenet_init=False,
+            lprint=lprint,
         )
     elif method == "nc":
         config = Namespace(
@@ -89,6 +90,7 @@ def load_model(
             regr_batch=1200,
             weights_dict=_as_state_dict(ckpt, ckpt_path),
             imagenet_init=False,
+            lprint=lprint,
         )
     else:
         raise ValueError(f"method must be 'patch2pix' or 'nc', got {method!r}")
@@ -148,9 +150,7 @@ def estimate_matches(
     if io_thres > 0:
         keep = scores > io_thres
         if keep.any():
-            matches, scores = matches[keep], scores[keep]
-            if eval_type != "coarse":
-                coarse = coarse[keep]
+            matches, scores, coarse = matches[keep], scores[keep], coarse[keep]
     return matches, scores, coarse
 
 

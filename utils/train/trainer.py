@@ -189,6 +189,7 @@ def build_model(args: Namespace, device: torch.device, start: StartState,
         device=device, training=True, backbone=args.backbone, change_stride=args.change_stride,
         feat_idx=list(args.feat_idx), regressor_config=regressor_config(args),
         regr_batch=args.regr_batch, weights_dict=start.weights, freeze_feat=args.freeze_feat,
+        lprint=lprint,
         start_epoch=start.start_epoch,
         optim_config=Namespace(opt="adam", lr_init=args.lr_init, weight_decay=args.weight_decay,
                                lr_decay=args.lr_decay, optimizer_dict=start.optimizer_dict,
@@ -291,7 +292,8 @@ def train_step(
         batch: ``src_im`` (B, 3, H, W), ``pos_im`` (B, 3, H, W), ``F`` (B, 3, 3).
     Returns:
         the :class:`BatchLoss` and the step metrics ``{plot: {legend: value}}``. A batch
-        whose pairs were all skipped makes no optimiser step.
+        whose pairs were all skipped contributes a zero loss and still makes the Adam step
+        (training.md §3.5: momentum moves the weights, the step count advances).
     """
     dev = net.device
     im_src = batch["src_im"].to(dev, non_blocking=True)
@@ -300,9 +302,8 @@ def train_step(
     coarse, mid, mid_p, fine, fine_p = net.forward_train(im_src, im_pos, ksize=ksize, ptmax=ptmax)
     out = batch_loss(coarse, mid, mid_p, fine, fine_p, Fs, loss_cfg)
     net.optimizer.zero_grad(set_to_none=True)
-    if out.kept:
-        out.loss.backward()
-        net.optimizer.step()
+    out.loss.backward()  # a zero loss (still connected) when every pair was skipped
+    net.optimizer.step()
     metrics = step_metrics(out, mid_p, fine_p, loss_cfg.cthres)
     return out, metrics
 
