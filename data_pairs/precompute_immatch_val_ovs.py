@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from scipy import sparse
 
 from utils.colmap.read_model import Image, read_images
+from utils.common.setup_helper import save_npy_atomic
 
 __all__ = [
     "OVERLAPS",
@@ -136,14 +136,7 @@ def precompute_scene_overlaps(
         return target
     names, ov = pair_overlaps(read_images(sparse_dir))
     pairs = overlap_pairs(names, ov, overlaps)
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, pairs, allow_pickle=True)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_npy_atomic(pairs, target)
     counts = ", ".join(f"{o}: {len(pairs[o])}" for o in overlaps)
     log(f"{target}: {len(names)} images, pairs per overlap {{{counts}}}")
     return target

@@ -32,7 +32,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from argparse import Namespace
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.common.setup_helper import save_npy_atomic
 from utils.datasets.preprocess import crop_from_bottom_right
 from utils.eval.geometry import pose2fund, qvec2rotmat, relative_pose, rotmat2qvec
 from utils.eval.measure import sampson_distance
@@ -273,17 +273,7 @@ def load_pairs(path: str | Path) -> dict[str, dict[str, list[Namespace]]]:
 
 def save_pairs(pairs: dict, path: str | Path) -> Path:
     """numpy-save the pair dict to `path` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, pairs, allow_pickle=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return save_npy_atomic(pairs, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -22,10 +22,15 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _as_state_dict(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def state_dict_of(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The weights in a loaded checkpoint: its ``state_dict`` entry, or the bare state_dict.
+
+    Raises:
+        CheckpointError: naming `path`, when there is no non-empty dict of tensors.
+    """
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
         raise CheckpointError(f"{path} holds no state_dict of tensors")
     return obj
 
@@ -75,7 +80,7 @@ def load_model(
             feat_idx=ckpt.get("feat_idx", [0, 1, 2, 3]),
             regressor_config=rc,
             regr_batch=1200,
-            weights_dict=_as_state_dict(ckpt, ckpt_path),
+            weights_dict=state_dict_of(ckpt, ckpt_path),
             imagenet_init=False,
             lprint=lprint,
         )
@@ -88,7 +93,7 @@ def load_model(
             feat_idx=[0, 1, 2, 3],
             regressor_config=None,
             regr_batch=1200,
-            weights_dict=_as_state_dict(ckpt, ckpt_path),
+            weights_dict=state_dict_of(ckpt, ckpt_path),
             imagenet_init=False,
             lprint=lprint,
         )

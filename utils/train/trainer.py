@@ -33,6 +33,7 @@ from utils.common.setup_helper import (
     seed_all,
 )
 from utils.common.visdom_helper import VisdomPlotter
+from utils.eval.model_helper import state_dict_of
 from utils.train.cli import UsageError
 from utils.train.eval_epoch_immatch import (
     BestTracker,
@@ -97,11 +98,10 @@ class StartState:
 
 
 def _state_dict_of(obj: Any, flag: str, path: str) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
-        raise UsageError(f"{flag} {path}: the file holds no state_dict of tensors")
-    return obj
+    try:
+        return state_dict_of(obj, path)
+    except CheckpointError as e:
+        raise UsageError(f"{flag}: {e}") from None
 
 
 def _load(flag: str, path: str | Path) -> Any:
