@@ -1,7 +1,7 @@
 """Train Patch2Pix: ``python -m train_patch2pix [flags]`` (see --help and training.md).
 
 The logic lives in ``utils/train/``; this file only parses the flags, runs the trainer and
-turns user errors into one-line messages with exit code 2.
+turns user errors into one-line messages with exit code 2 (utils/common/cli.py).
 """
 
 from __future__ import annotations
@@ -10,23 +10,18 @@ import sys
 from collections.abc import Sequence
 
 
+def _train(argv: Sequence[str] | None) -> None:
+    from utils.train.cli import parse_args
+    from utils.train.trainer import Trainer
+
+    Trainer(parse_args(argv)).run()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run training; returns the process exit code."""
-    from utils.train.cli import UsageError, parse_args
+    from utils.common.cli import run_command
 
-    prog = "train_patch2pix"
-    try:
-        args = parse_args(argv)
-        from utils.train.trainer import Trainer
-
-        Trainer(args).run()
-    except UsageError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_command("train_patch2pix", _train, argv)
 
 
 if __name__ == "__main__":

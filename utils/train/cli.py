@@ -10,27 +10,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from utils.common.cli import UsageError, make_parser
+
+__all__ = ["UsageError", "build_parser", "check_args", "parse_args"]
+
 DEFAULT_MATCH_NPY = "megadepth_pairs.ov0.35_imrat1.5.pair500.excl_test.npy"
-
-
-class UsageError(Exception):
-    """Bad user input: reported as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line (no usage wall), exit code 2."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"train_patch2pix: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the training CLI."""
-    p = _Parser(
-        prog="python -m train_patch2pix",
-        description="Train Patch2Pix on MegaDepth pairs (training.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = make_parser("train_patch2pix", "Train Patch2Pix on MegaDepth pairs (training.md).")
     g = p.add_argument_group("run")
     g.add_argument("--gpu", "-gpu", type=int, default=0, help="GPU index")
     g.add_argument("--seed", type=int, default=1, help="seed of python, numpy and torch")
