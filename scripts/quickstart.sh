@@ -34,9 +34,9 @@ fi
 
 if [ ! -d "$DATA_ROOT/MegaDepth_undistort/scene_info" ]; then
     step "Rendering synthetic data into $DATA_ROOT"
-    "$PY" -m data_pairs.make_synthetic --out "$DATA_ROOT" --scenes 2 --images-per-scene 8 \
-        --val-scenes 1 --val-images 6 --width 480 --height 320 --points 2000 \
-        --supersample 1 --portrait-every 0
+    "$PY" -m data_pairs.make_synthetic --out "$DATA_ROOT" --scenes 2 --images_per_scene 8 \
+        --val_scenes 1 --val_images 6 --width 480 --height 320 --points 2000 \
+        --supersample 1 --portrait_every 0
 else
     step "Synthetic data found in $DATA_ROOT (kept)"
 fi

@@ -15,10 +15,10 @@ def val_root(tmp_path_factory):
     from data_pairs import make_synthetic
 
     out = tmp_path_factory.mktemp("val") / "data"
-    assert make_synthetic.main(["--out", str(out), "--scenes", "0", "--val-scenes", "1",
-                                "--val-images", "5", "--width", "240", "--height", "160",
+    assert make_synthetic.main(["--out", str(out), "--scenes", "0", "--val_scenes", "1",
+                                "--val_images", "5", "--width", "240", "--height", "160",
                                 "--points", "600", "--supersample", "1",
-                                "--portrait-every", "0"]) == 0
+                                "--portrait_every", "0"]) == 0
     return out
 
 

@@ -11,6 +11,8 @@ import pytest
 from PIL import Image as PILImage
 
 from data_pairs import make_synthetic as ms
+from data_pairs import synthetic as syn
+from data_pairs.synthetic import textures
 from utils.colmap import (
     Camera,
     Image,
@@ -38,9 +40,9 @@ def data_root(tmp_path_factory) -> Path:
     """A tiny data root: one training scene and one validation scene, 4 images each."""
     root = tmp_path_factory.mktemp("synthetic")
     args = ms.parse_args([
-        "--out", str(root), "--scenes", "1", "--images-per-scene", str(N_IMAGES),
+        "--out", str(root), "--scenes", "1", "--images_per_scene", str(N_IMAGES),
         "--width", str(W), "--height", str(H), "--points", "800", "--supersample", "1",
-        "--portrait-every", "4", "--seed", str(SEED),
+        "--portrait_every", "4", "--seed", str(SEED),
     ])
     names = ms.generate(args, log=lambda s: None)
     assert names == {"train": [SCENE], "val": [VAL]}
@@ -133,7 +135,7 @@ def test_observations_reproject_exactly(info):
 def test_depth_maps_match_geometry(data_root, info):
     """Depth maps: on the rendered surfaces, consistent with poses across images."""
     mega = data_root / "MegaDepth_undistort"
-    scene = ms.build_scene(ms.scene_rng(SEED, ms.KIND_TRAIN, 0, ms.STREAM_GEOMETRY))
+    scene = syn.build_scene(syn.scene_rng(SEED, syn.KIND_TRAIN, 0, syn.STREAM_GEOMETRY))
     slots = _slots(info)
     depths = {}
     for i in slots:
@@ -167,7 +169,7 @@ def test_depth_maps_match_geometry(data_root, info):
         idx = np.nonzero(ok)[0]
         if not len(idx):
             continue
-        _, tau, _, _ = ms.cast_rays(scene, center, (X[idx] - center) / zb[idx, None])
+        _, tau, _, _ = syn.cast_rays(scene, center, (X[idx] - center) / zb[idx, None])
         vis = idx[tau >= zb[idx] * (1 - 1e-6)]
         d = db[np.floor(xyb[vis, 1]).astype(int), np.floor(xyb[vis, 0]).astype(int)]
         assert np.mean(np.abs(d - zb[vis]) < 0.03 * zb[vis]) > 0.9
@@ -212,8 +214,8 @@ def test_val_model_reads_back(data_root):
     dense = data_root / "immatch_benchmark" / "val_dense" / VAL / "dense"
     cameras, images, points3D = read_model(dense / "sparse")
     assert len(images) == N_IMAGES and len(cameras) == N_IMAGES
-    views = ms.sample_views(ms.scene_rng(SEED, ms.KIND_VAL, 0, ms.STREAM_VIEWS), N_IMAGES, W, H,
-                            portrait_every=4)
+    views = syn.sample_views(syn.scene_rng(SEED, syn.KIND_VAL, 0, syn.STREAM_VIEWS), N_IMAGES,
+                             W, H, portrait_every=4)
     rec = pycolmap.Reconstruction(str(dense / "sparse"))  # pycolmap itself reads it too
     assert rec.num_images() == N_IMAGES and rec.num_points3D() == len(points3D)
     models = set()
@@ -284,11 +286,71 @@ def test_write_read_roundtrip(tmp_path):
 def test_generator_is_deterministic(tmp_path):
     kw = dict(seed=11, n_images=2, width=48, height=32, n_points=200, supersample=1,
               portrait_every=0)
-    a = ms.make_megadepth_scene(tmp_path / "a", "5003", 3, **kw)
-    b = ms.make_megadepth_scene(tmp_path / "b", "5003", 3, **kw)
+    a = syn.make_megadepth_scene(tmp_path / "a", "5003", 3, **kw)
+    b = syn.make_megadepth_scene(tmp_path / "b", "5003", 3, **kw)
     with np.load(a, allow_pickle=True) as da, np.load(b, allow_pickle=True) as db:
         for k in da.files:
             assert repr(da[k].tolist()) == repr(db[k].tolist()), k
     for f in sorted((tmp_path / "a" / "MegaDepth_undistort" / "5003" / "images").iterdir()):
         g = tmp_path / "b" / "MegaDepth_undistort" / "5003" / "images" / f.name
         assert f.read_bytes() == g.read_bytes()
+
+
+def test_old_hyphenated_flags_still_parse():
+    """Old scripts' ``--images-per-scene`` spellings give the same arguments; --help hides them."""
+    new = ms.parse_args(["--images_per_scene", "5", "--val_scenes", "2", "--val_images=3",
+                         "--portrait_every", "0", "--none_entries", "2", "--first_scene_id",
+                         "9100", "--sfm_layout", "copy", "--no_ov_pairs"])
+    old = ms.parse_args(["--images-per-scene", "5", "--val-scenes", "2", "--val-images=3",
+                         "--portrait-every", "0", "--none-entries", "2", "--first-scene-id",
+                         "9100", "--sfm-layout", "copy", "--no-ov-pairs"])
+    assert vars(old) == vars(new)
+    assert (new.images_per_scene, new.val_scenes, new.val_images, new.first_scene_id) == (
+        5, 2, 3, 9100)
+    assert new.sfm_layout == "copy" and new.no_ov_pairs is True
+    help_text = ms.build_parser().format_help()
+    assert "--images_per_scene" in help_text and "--images-per-scene" not in help_text
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--images_per_scene", "1"], "--images_per_scene"),
+    (["--width", "8"], "--width"),
+    (["--supersample", "0"], "--supersample"),
+    (["--sfm_layout", "hardlink"], "--sfm_layout"),
+])
+def test_cli_errors_are_one_line(argv, flag, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        ms.main(["--out", str(tmp_path), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("data_pairs.make_synthetic: error:") and flag in err
+    assert len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_every_photo_texture_is_installed():
+    """All 15 photographs load, from scikit-image's own data folder (no download)."""
+    photos = textures.photo_textures()
+    assert len(photos) == len(textures.PHOTO_TEXTURES) == 15
+    greys = [name for (im, grey), name in zip(photos, textures.PHOTO_TEXTURES) if grey]
+    assert greys == ["camera", "brick", "grass", "gravel", "coins", "clock", "moon", "text",
+                     "page"]
+    im, _ = photos[0]  # astronaut.png is 512 x 512 RGB
+    assert im.shape == (512, 512, 3) and im.dtype == np.float32
+    assert 0.0 <= float(im.min()) < 0.01 and 0.99 < float(im.max()) <= 1.0
+
+
+@pytest.mark.parametrize("table, missing", [
+    ({"astronaut": "no_such_image.png"}, "no_such_image.png"),
+    ({"no_such_loader": "astronaut.png"}, "no_such_loader"),
+])
+def test_missing_texture_fails_loudly(monkeypatch, table, missing):
+    """A texture that is not installed is an error naming it, never silently skipped."""
+    monkeypatch.setattr(textures, "PHOTO_TEXTURES", {**textures.PHOTO_TEXTURES, **table})
+    textures.photo_textures.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="synthetic texture") as exc:
+            textures.photo_textures()
+        assert missing in str(exc.value) and list(table)[0] in str(exc.value)
+    finally:
+        textures.photo_textures.cache_clear()

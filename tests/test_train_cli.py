@@ -40,9 +40,9 @@ def data(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("train_data")
     rc = make_synthetic.main(["--out", str(root / "data"), "--scenes", "1",
-                              "--images-per-scene", "4", "--val-scenes", "1",
-                              "--val-images", "4", "--width", "240", "--height", "160",
-                              "--points", "400", "--supersample", "1", "--portrait-every", "0"])
+                              "--images_per_scene", "4", "--val_scenes", "1",
+                              "--val_images", "4", "--width", "240", "--height", "160",
+                              "--points", "400", "--supersample", "1", "--portrait_every", "0"])
     assert rc == 0
     rc = prep_megadepth_training_pairs.main(["--base_dir", str(root / "data/MegaDepth_undistort"),
                                              "--save_dir", str(root / "pairs")])

@@ -1,0 +1,107 @@
+"""PhotoTourism-like validation scenes as COLMAP models (data-formats.md §4).
+
+Layout written under ``<out>/immatch_benchmark/val_dense/<val scene>/dense``::
+
+    images/<name>.jpg
+    sparse/{cameras,images,points3D}.bin     COLMAP binary model (+ pycolmap's rigs/frames)
+
+(``sparse/ov_pairs.npy`` is added by ``data_pairs.precompute_immatch_val_ovs``.)
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from data_pairs.synthetic.camera import sample_views
+from data_pairs.synthetic.files import save_jpeg
+from data_pairs.synthetic.observe import observations, sample_surface_points
+from data_pairs.synthetic.render import render_views
+from data_pairs.synthetic.scene import (
+    KIND_VAL,
+    STREAM_GEOMETRY,
+    STREAM_POINTS,
+    STREAM_RENDER,
+    STREAM_VIEWS,
+    build_scene,
+    scene_rng,
+)
+from utils.colmap.read_model import Camera, Image, Point3D, write_model
+from utils.eval.geometry import rotmat2qvec
+
+__all__ = ["VAL_SUBDIR", "CAMERA_MODELS", "make_val_scene", "val_scene_name"]
+
+VAL_SUBDIR = Path("immatch_benchmark/val_dense")
+CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL")
+
+
+def val_scene_name(k: int) -> str:
+    """Name of validation scene k: 'synthetic_val', then 'synthetic_val_1', ..."""
+    return "synthetic_val" if k == 0 else f"synthetic_val_{k}"
+
+
+def make_val_scene(
+    out: Path,
+    scene_name: str,
+    index: int,
+    seed: int = 0,
+    n_images: int = 12,
+    width: int = 640,
+    height: int = 480,
+    n_points: int = 3000,
+    supersample: int = 2,
+    portrait_every: int = 6,
+    n_untriangulated: int = 40,
+) -> Path:
+    """Render one PhotoTourism-like validation scene; returns its ``dense`` folder.
+
+    One COLMAP camera per image, models cycling through SIMPLE_PINHOLE, PINHOLE,
+    SIMPLE_RADIAL (k = 0) and RADIAL (k1 = k2 = 0); each image also gets
+    `n_untriangulated` random 2D points without a 3D point (id −1). Points ids start at 1.
+    """
+    dense = out / VAL_SUBDIR / scene_name / "dense"
+    for old in (dense / "images", dense / "sparse"):  # a re-run replaces the scene's files
+        if old.is_dir():
+            shutil.rmtree(old)
+    scene = build_scene(scene_rng(seed, KIND_VAL, index, STREAM_GEOMETRY))
+    views = sample_views(scene_rng(seed, KIND_VAL, index, STREAM_VIEWS), n_images, width,
+                         height, portrait_every=portrait_every)
+    rrng = scene_rng(seed, KIND_VAL, index, STREAM_RENDER)
+    imgs, depths = render_views(scene, views, rrng, supersample)
+    prng = scene_rng(seed, KIND_VAL, index, STREAM_POINTS)
+    pts = sample_surface_points(scene, n_points, prng)
+    kept, per_idx, per_xy, _ = observations(scene, views, depths, pts)
+
+    cameras: dict[int, Camera] = {}
+    images: dict[int, Image] = {}
+    obs_images: dict[int, list[int]] = {int(i) + 1: [] for i in range(len(kept))}
+    for k, (v, img) in enumerate(zip(views, imgs)):
+        iid = k + 1
+        name = f"{index:02d}{k:06d}_{int(rrng.integers(1e8, 1e9))}.jpg"
+        save_jpeg(dense / "images" / name, img)
+        f, cx, cy = v.K[0, 0], v.K[0, 2], v.K[1, 2]
+        model = CAMERA_MODELS[k % len(CAMERA_MODELS)]
+        params = {
+            "SIMPLE_PINHOLE": [f, cx, cy],
+            "PINHOLE": [f, v.K[1, 1], cx, cy],
+            "SIMPLE_RADIAL": [f, cx, cy, 0.0],
+            "RADIAL": [f, cx, cy, 0.0, 0.0],
+        }[model]
+        cameras[iid] = Camera(model, v.width, v.height, np.array(params, dtype=np.float64))
+        extra = np.stack([rrng.uniform(0, v.width, n_untriangulated),
+                          rrng.uniform(0, v.height, n_untriangulated)], axis=1)
+        xys = np.concatenate([per_xy[k], extra])
+        p3d = np.concatenate([per_idx[k] + 1, -np.ones(n_untriangulated, np.int64)])
+        order = rrng.permutation(len(xys))
+        qvec = np.asarray(rotmat2qvec(v.R), dtype=np.float64)
+        images[iid] = Image(name, iid, qvec, v.t.copy(), p3d[order], xys[order])
+        for p in per_idx[k]:
+            obs_images[int(p) + 1].append(iid)
+    points3D = {
+        pid: Point3D(pts[kept[pid - 1]].copy(), np.array(ims, dtype=np.int64))
+        for pid, ims in obs_images.items()
+    }
+    write_model(dense / "sparse", cameras, images, points3D)
+    return dense
