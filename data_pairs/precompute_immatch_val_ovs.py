@@ -17,7 +17,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -26,6 +25,8 @@ import numpy as np
 from scipy import sparse
 
 from utils.colmap.read_model import Image, read_images
+from utils.common.cli import UsageError, make_parser, run_command
+from utils.common.safe_pickle import safe_load_npy
 from utils.common.setup_helper import save_npy_atomic
 
 __all__ = [
@@ -99,8 +100,8 @@ def overlap_pairs(
 
 
 def load_ov_pairs(path: str | Path) -> dict[float, list[tuple[str, str]]]:
-    """Load an ``ov_pairs.npy`` file (a pickled dict: only from trusted sources)."""
-    return np.load(path, allow_pickle=True).item()
+    """Load an ``ov_pairs.npy`` file (a pickled dict; nothing but data is accepted)."""
+    return safe_load_npy(path)
 
 
 def _is_complete(path: Path, overlaps: Iterable[float]) -> bool:
@@ -148,31 +149,43 @@ def find_scenes(data_root: str | Path) -> list[Path]:
     return sorted(p / "dense" for p in root.iterdir() if (p / "dense" / "sparse").is_dir())
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m data_pairs.precompute_immatch_val_ovs",
-        description="Write dense/sparse/ov_pairs.npy for every validation scene.",
-    )
+PROG = "data_pairs.precompute_immatch_val_ovs"
+
+
+def _main(argv: list[str] | None = None) -> int:
+    p = make_parser(PROG, "Write dense/sparse/ov_pairs.npy for every validation scene.")
     p.add_argument("--data_root", default="data/immatch_benchmark/val_dense",
                    help="folder holding <scene>/dense/{images,sparse}")
     p.add_argument("--scenes", nargs="*", default=None, help="only these scenes")
     p.add_argument("--overlaps", type=float, nargs="+", default=list(OVERLAPS))
     p.add_argument("--overwrite", action="store_true", help="recompute existing files")
     args = p.parse_args(argv)
+    bad = [o for o in args.overlaps if not 0 < o < 1]
+    if bad:
+        p.error(f"--overlaps must lie in (0, 1), got {bad}")
     root = Path(args.data_root)
     if not root.is_dir():
-        print(f"error: data root not found: {root}", file=sys.stderr)
-        return 1
+        raise UsageError(f"--data_root {root}: folder not found")
     if args.scenes:
         scenes = [root / s / "dense" for s in args.scenes]
+        missing = [str(s / "sparse") for s in scenes if not (s / "sparse").is_dir()]
+        if missing:
+            raise UsageError(f"--scenes: no COLMAP model folder {', '.join(missing)}")
     else:
         scenes = find_scenes(root)
     if not scenes:
-        print(f"error: no <scene>/dense/sparse folders under {root}", file=sys.stderr)
-        return 1
+        raise UsageError(f"--data_root {root}: no <scene>/dense/sparse folders under it")
     for sc in scenes:
-        precompute_scene_overlaps(sc, args.overlaps, overwrite=args.overwrite)
+        try:
+            precompute_scene_overlaps(sc, args.overlaps, overwrite=args.overwrite)
+        except (OSError, ValueError) as err:  # missing / unreadable COLMAP model
+            raise UsageError(f"{sc / 'sparse'}: {' '.join(str(err).split())}") from None
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command; bad input gives one ``<prog>: error: ...`` line and exit code 2."""
+    return run_command(PROG, _main, argv)
 
 
 if __name__ == "__main__":

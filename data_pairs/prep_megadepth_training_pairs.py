@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.common.cli import UsageError, make_parser, run_command
+from utils.common.safe_pickle import NpyFileError, safe_load_npy, safe_load_npz
 from utils.common.setup_helper import save_npy_atomic
 from utils.datasets.preprocess import crop_from_bottom_right
 from utils.eval.geometry import pose2fund, qvec2rotmat, relative_pose, rotmat2qvec
@@ -92,15 +94,18 @@ def strip_sfm_prefix(path: str) -> str:
     return path[len(SFM_PREFIX):] if path.startswith(SFM_PREFIX) else path
 
 
+#: The scene_info keys the pair selection reads.
+SCENE_INFO_KEYS = ("overlap_matrix", "image_paths", "intrinsics", "poses", "points3D_id_to_2D")
+
+
 def scene_name_of(scene_file: str | Path) -> str:
     """Scene name of a scene_info file: the part of its file name before the first dot."""
     return Path(scene_file).name.split(".")[0]
 
 
 def load_scene_info(path: str | Path) -> dict[str, np.ndarray]:
-    """All arrays of a D2Net scene_info npz (pickled object arrays: trusted files only)."""
-    with np.load(path, allow_pickle=True) as d:
-        return {k: d[k] for k in d.files}
+    """All arrays of a D2Net scene_info npz; its pickled object arrays may hold only data."""
+    return safe_load_npz(path)
 
 
 def pair_sampson_error(
@@ -252,7 +257,11 @@ def generate_pairs(
         entry = out.setdefault(scene, {"ims": [], "pairs": []})
         budget = max_scene_pairs - len(entry["pairs"])
         stats: dict[str, int] = {}
-        pairs = scene_pairs(load_scene_info(f), rng, min_overlap_ratio, im_target_ratio,
+        info = load_scene_info(f)
+        missing = [k for k in SCENE_INFO_KEYS if k not in info]
+        if missing:
+            raise NpyFileError(f"{f} is not a D2Net scene_info file: no {', '.join(missing)}")
+        pairs = scene_pairs(info, rng, min_overlap_ratio, im_target_ratio,
                             budget, sampson_thres, stats)
         known = {im.name for im in entry["ims"]}
         for p in pairs:
@@ -267,8 +276,8 @@ def generate_pairs(
 
 
 def load_pairs(path: str | Path) -> dict[str, dict[str, list[Namespace]]]:
-    """Load a pair file (pickled argparse.Namespace objects: trusted files only)."""
-    return np.load(path, allow_pickle=True).item()
+    """Load a pair file (pickled argparse.Namespace objects; nothing but data is accepted)."""
+    return safe_load_npy(path)
 
 
 def save_pairs(pairs: dict, path: str | Path) -> Path:
@@ -276,11 +285,11 @@ def save_pairs(pairs: dict, path: str | Path) -> Path:
     return save_npy_atomic(pairs, path)
 
 
+PROG = "data_pairs.prep_megadepth_training_pairs"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m data_pairs.prep_megadepth_training_pairs",
-        description="Generate MegaDepth training pairs from D2Net scene_info files.",
-    )
+    p = make_parser(PROG, "Generate MegaDepth training pairs from D2Net scene_info files.")
     p.add_argument("--base_dir", default="data/MegaDepth_undistort",
                    help="MegaDepth_undistort folder holding scene_info/")
     p.add_argument("--save_dir", default="data_pairs", help="where to write the pair file")
@@ -291,24 +300,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sampson_thres", type=float, default=1.0,
                    help="largest mean Sampson distance (px²) of a kept pair")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair shuffling")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.max_scene_pairs < 1:
+        p.error(f"--max_scene_pairs must be >= 1, got {args.max_scene_pairs}")
+    return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not Path(args.base_dir).is_dir():
+        raise UsageError(f"--base_dir {args.base_dir}: folder not found")
+    if Path(args.save_dir).exists() and not Path(args.save_dir).is_dir():
+        raise UsageError(f"--save_dir {args.save_dir}: exists and is not a folder")
     try:
         pairs = generate_pairs(args.base_dir, args.min_overlap_ratio, args.im_target_ratio,
                                args.max_scene_pairs, args.exclude_tag, args.seed,
                                args.sampson_thres)
     except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise UsageError(f"--base_dir {args.base_dir}: {err}") from None
     name = pair_file_name(args.min_overlap_ratio, args.im_target_ratio, args.max_scene_pairs,
                           args.exclude_tag)
-    path = save_pairs(pairs, Path(args.save_dir) / name)
+    try:
+        path = save_pairs(pairs, Path(args.save_dir) / name)
+    except OSError as err:
+        raise UsageError(f"--save_dir {args.save_dir}: cannot write {name}: {err}") from None
     n_pairs = sum(len(v["pairs"]) for v in pairs.values())
     print(f"wrote {path}: {len(pairs)} scenes, {n_pairs} pairs")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command; bad input gives one ``<prog>: error: ...`` line and exit code 2."""
+    return run_command(PROG, _main, argv)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ def test_max_pairs_and_seeded_order(mega):
 
 
 def test_missing_scene_info(tmp_path, capsys):
-    assert prep.main(["--base_dir", str(tmp_path), "--save_dir", str(tmp_path)]) == 1
+    assert prep.main(["--base_dir", str(tmp_path), "--save_dir", str(tmp_path)]) == 2
     assert "scene_info" in capsys.readouterr().err
 
 
@@ -256,7 +256,7 @@ def test_val_overlaps_cli_on_synthetic_scene(tmp_path, capsys):
                         want.add((nb, na))
         assert set(pairs) == want and len(pairs) == len(want)
     assert got[0.1]
-    assert pov.main(["--data_root", str(tmp_path / "missing")]) == 1
+    assert pov.main(["--data_root", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
 
 

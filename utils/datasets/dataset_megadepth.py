@@ -1,7 +1,7 @@
 """MegaDepth training pairs (data-formats.md §2-3): `ImMatchDatasetMega`.
 
-The pair file is a numpy-saved dict (loaded with ``allow_pickle=True``, so only from trusted
-sources)::
+The pair file is a numpy-saved dict (a pickle inside; loaded through the restricted unpickler of
+:mod:`utils.common.safe_pickle`, which refuses anything but data, data-formats.md §6)::
 
     {scene: {'ims': [Namespace(name, crop)],
              'pairs': [Namespace(im1, im2, overlap, K1, K2, t, q, R, crop1, crop2)]}}
@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from utils.common.safe_pickle import NpyFileError, safe_load_npy
 from utils.datasets.preprocess import get_tuple_transform_ops, open_image
 from utils.eval.geometry import pose2fund, qvec2rotmat
 
@@ -52,23 +53,23 @@ def resolve_megadepth_root(data_root: str | os.PathLike) -> str:
 
 
 def load_pair_file(match_file: str | os.PathLike) -> dict[str, dict[str, list[Any]]]:
-    """Load a training-pair file (data-formats.md §2). Trusted files only (pickle inside).
+    """Load a training-pair file (data-formats.md §2) without running code from it.
 
     Returns:
         {scene: {'ims': [...], 'pairs': [...]}}.
     Raises:
-        FileNotFoundError / ValueError naming the file.
+        FileNotFoundError naming the file when it is missing;
+        UnsafePickleError (a ValueError) when its pickle refers to anything but data;
+        NpyFileError (a ValueError) when it is not a readable pair file.
     """
     path = os.fspath(match_file)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"training-pair file not found: {path}")
-    try:
-        data = np.load(path, allow_pickle=True)
-        data = data.item() if isinstance(data, np.ndarray) and data.dtype == object else data
-    except Exception as e:  # corrupt / not a numpy file
-        raise ValueError(f"cannot read training-pair file {path}: {e}") from e
+    data = safe_load_npy(path)
+    if isinstance(data, np.ndarray) and data.dtype == object and data.size == 1:
+        data = data.reshape(()).item()
     if not isinstance(data, dict):
-        raise ValueError(f"training-pair file {path} does not hold a dict of scenes")
+        raise NpyFileError(f"training-pair file {path} does not hold a dict of scenes")
     return data
 
 

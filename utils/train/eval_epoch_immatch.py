@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from utils.colmap.read_model import camera_intrinsics, image_pose, read_model
+from utils.common.safe_pickle import NpyFileError, safe_load_npy
 from utils.eval.geometry import pose2fund, relative_pose
 from utils.eval.measure import (
     INLIER_DIST_BINS,
@@ -117,7 +118,9 @@ def load_overlap_pairs(path: Path, min_overlap: float) -> list[tuple[str, str]]:
     Raises:
         KeyError: naming the file and its keys when `min_overlap` is not one of them.
     """
-    ov = np.load(path, allow_pickle=True).item()
+    ov = safe_load_npy(path)  # a pickled dict: refused unless it holds only data
+    if not isinstance(ov, dict):
+        raise NpyFileError(f"{path} does not hold a dict of overlap → pairs")
     for k, pairs in ov.items():
         if math.isclose(float(k), float(min_overlap), abs_tol=1e-6):
             return [(str(a), str(b)) for a, b in pairs]
