@@ -103,7 +103,7 @@ def worker(args: argparse.Namespace) -> None:
                                  imsize=args.imsize), args.repeats)
     im1, _ = load_im_flexible(args.im1, 2, net.upsample, imsize=args.imsize)
     im2, _ = load_im_flexible(args.im2, 2, net.upsample, imsize=args.imsize)
-    im1, im2 = im1.to(args.device), im2.to(args.device)
+    im1, im2 = im1.unsqueeze(0).to(args.device), im2.unsqueeze(0).to(args.device)
     parts: dict[str, float] = {}
     import networks.patch2pix as p2p
 

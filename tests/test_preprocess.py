@@ -92,33 +92,41 @@ def test_cal_rescale_size(w, h, imsize, k, up, expect):
 def test_load_im_flexible_sizes_and_values(tmp_path):
     arr = write_image(tmp_path / "a.png", 100, 60)
     x, scale = load_im_flexible(tmp_path / "a.png", k_size=2, upsample=8)
-    assert x.shape == (1, 3, 48, 96) and x.dtype == torch.float32
+    assert x.shape == (3, 48, 96) and x.dtype == torch.float32  # unbatched, as the original
     assert scale == (100 / 96, 60 / 48)
-    torch.testing.assert_close(x[0], expected_tensor(arr, (96, 48)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(x, expected_tensor(arr, (96, 48)), atol=1e-6, rtol=0)
     x, scale = load_im_flexible(str(tmp_path / "a.png"), k_size=1, upsample=8, imsize=50)
-    assert x.shape == (1, 3, 24, 48) and scale == (100 / 48, 60 / 24)
+    assert x.shape == (3, 24, 48) and scale == (100 / 48, 60 / 24)
 
 
 def test_load_im_flexible_exact_multiple_is_not_resized(tmp_path):
     arr = write_image(tmp_path / "b.png", 64, 32, seed=1)
     x, scale = load_im_flexible(tmp_path / "b.png", k_size=2, upsample=16)
     assert scale == (1.0, 1.0)
-    torch.testing.assert_close(x[0], expected_tensor(arr, None), atol=1e-6, rtol=0)
+    torch.testing.assert_close(x, expected_tensor(arr, None), atol=1e-6, rtol=0)
 
 
 def test_load_im_flexible_crop_square(tmp_path):
-    arr = write_image(tmp_path / "c.png", 100, 60, seed=2)
+    """model.md §6: crop after resizing, keep the first W rows; scale is the resize's."""
+    arr = write_image(tmp_path / "c.png", 60, 100, seed=2)  # portrait: 60 wide, 100 high
     x, scale = load_im_flexible(tmp_path / "c.png", k_size=2, upsample=8, crop_square=True)
-    assert x.shape == (1, 3, 48, 48) and scale == (60 / 48, 60 / 48)
-    torch.testing.assert_close(x[0], expected_tensor(arr[:, :60], (48, 48)), atol=1e-6, rtol=0)
+    assert x.shape == (3, 48, 48) and scale == (60 / 48, 100 / 96)
+    full = expected_tensor(arr, (48, 96))  # resized to 48x96 first, then the first 48 rows
+    torch.testing.assert_close(x, full[:, :48, :], atol=1e-6, rtol=0)
+    # a landscape image is unchanged by crop_square
+    write_image(tmp_path / "d.png", 100, 60, seed=3)
+    y, sy = load_im_flexible(tmp_path / "d.png", k_size=2, upsample=8, crop_square=True)
+    z, sz = load_im_flexible(tmp_path / "d.png", k_size=2, upsample=8)
+    assert y.shape == z.shape == (3, 48, 96) and sy == sz
+    torch.testing.assert_close(y, z, atol=0, rtol=0)
 
 
 def test_load_im_flexible_grey_input_becomes_rgb(tmp_path):
     Image.fromarray(np.full((32, 64), 128, np.uint8)).save(tmp_path / "g.png")
     x, _ = load_im_flexible(tmp_path / "g.png", k_size=2, upsample=16)
-    assert x.shape == (1, 3, 32, 64)
+    assert x.shape == (3, 32, 64)
     expect = (128 / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
-    torch.testing.assert_close(x[0, :, 5, 7], expect.float())
+    torch.testing.assert_close(x[:, 5, 7], expect.float())
 
 
 def test_loaders_name_missing_and_broken_files(tmp_path):

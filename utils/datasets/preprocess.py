@@ -117,19 +117,18 @@ def load_im_flexible(
         k_size: relocalisation pooling size.
         upsample: down-sampling factor of the coarse features.
         imsize: target longer side; None / ≤ 0 keeps the image's own size.
-        crop_square: first crop the top-left ``min(w, h)`` square (pixel coordinates of the
-            crop equal those of the original image, so `scale` alone maps matches back).
+        crop_square: after resizing, keep the first ``W`` rows (``im[:, :W, :]``, for
+            plotting): a portrait image becomes W×W, a landscape one is unchanged; `scale`
+            stays that of the resize.
     Returns:
-        (im, scale): im (1, 3, H, W) float32 CPU tensor, scale ``(w_orig / W, h_orig / H)``
-        with w_orig, h_orig the size before resizing (after the optional square crop).
+        (im, scale): im **unbatched** (3, H, W) float32 CPU tensor (callers add the batch
+        dimension, ``im.unsqueeze(0)``, as with the original), scale
+        ``(w_orig / W, h_orig / H)`` of the resize.
     Raises:
         FileNotFoundError / ValueError naming the path when the file is missing / unreadable;
         ValueError when the image is smaller than one feature cell.
     """
     im = open_image(im_path)
-    if crop_square:
-        side = min(im.size)
-        im = im.crop((0, 0, side, side))
     w, h = im.size
     wt, ht = cal_rescale_size(imsize, w, h, k_size=k_size, upsample=upsample)
     if wt <= 0 or ht <= 0:
@@ -139,7 +138,9 @@ def load_im_flexible(
         )
     if (wt, ht) != (w, h):
         im = im.resize((wt, ht), Image.Resampling.BICUBIC)
-    x = normalize_imagenet(pil_to_tensor(im)).unsqueeze(0)
+    x = normalize_imagenet(pil_to_tensor(im))
+    if crop_square:
+        x = x[:, :wt, :].contiguous()
     return x, (w / wt, h / ht)
 
 

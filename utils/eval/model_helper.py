@@ -138,7 +138,7 @@ def estimate_matches(
     device = net.device
     t1, sc1 = load_im_flexible(im1, ksize, net.upsample, imsize=imsize)
     t2, sc2 = load_im_flexible(im2, ksize, net.upsample, imsize=imsize)
-    t1, t2 = t1.to(device), t2.to(device)
+    t1, t2 = t1.unsqueeze(0).to(device), t2.unsqueeze(0).to(device)
     upscale = np.array([sc1 + sc2], dtype=np.float64)
     if eval_type == "coarse":
         coarse, scores = net.predict_coarse(t1, t2, ksize, ncn_thres, mutual)
