@@ -43,8 +43,13 @@ from utils.common.cli import UsageError, make_parser, run_command
 from utils.common.safe_pickle import NpyFileError, safe_load_npy, safe_load_npz
 from utils.common.setup_helper import save_npy_atomic
 from utils.datasets.preprocess import crop_from_bottom_right
-from utils.eval.geometry import pose2fund, qvec2rotmat, relative_pose, rotmat2qvec
-from utils.eval.measure import sampson_distance
+from utils.geometry import (
+    pose2fund,
+    qvec2rotmat,
+    relative_pose,
+    rotmat2qvec,
+    sampson_distance,
+)
 
 __all__ = [
     "EXCLUDED_SCENES",

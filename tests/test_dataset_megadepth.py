@@ -14,8 +14,7 @@ from torch.utils.data import DataLoader
 
 from utils.datasets import ImMatchDatasetMega
 from utils.datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD, crop_from_bottom_right
-from utils.eval.geometry import qvec2rotmat, relative_pose, rotmat2qvec
-from utils.eval.measure import sampson_distance
+from utils.geometry import qvec2rotmat, relative_pose, rotmat2qvec, sampson_distance
 
 WT, HT = 60, 40  # small training resolution for speed
 

@@ -1,4 +1,5 @@
-"""Two-view geometry: F from poses, relative poses, quaternions, OpenCV pose recovery."""
+"""Two-view geometry (utils.geometry): F from poses, relative poses, quaternions, AUC, and
+OpenCV pose recovery (utils.eval.geometry)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from utils.eval.geometry import (
+import utils.eval.geometry as eval_geometry
+import utils.geometry as geo
+from utils.eval.geometry import matches2relapose_cv
+from utils.geometry import (
     abs2relapose,
-    matches2relapose_cv,
+    as_f64,
+    cal_rot_angle_error,
+    cal_vec_angle_error,
+    error_auc,
     normalize_points,
     pose2essential,
     pose2fund,
@@ -18,7 +25,6 @@ from utils.eval.geometry import (
     rotmat2qvec,
     skew,
 )
-from utils.eval.measure import cal_rot_angle_error, cal_vec_angle_error
 
 
 def rot(axis, deg: float) -> np.ndarray:
@@ -170,3 +176,44 @@ def test_matches2relapose_cv_too_few_matches():
     assert matches2relapose_cv(np.zeros((0, 2)), np.zeros((0, 2)), K1, K2) is None
     with pytest.raises(ValueError):
         matches2relapose_cv(np.zeros((6, 2)), np.zeros((5, 2)), K1, K2)
+
+
+def test_api_names_stay_importable_from_utils_eval_geometry():
+    """api.md's names still import from utils.eval.geometry and are the one implementation."""
+    for name in ("pose2fund", "abs2relapose", "relative_pose", "qvec2rotmat", "rotmat2qvec",
+                 "quat2mat", "mat2quat", "skew", "pose2essential", "normalize_points"):
+        assert getattr(eval_geometry, name) is getattr(geo, name), name
+        assert name in eval_geometry.__all__
+    assert "matches2relapose_cv" in eval_geometry.__all__
+
+
+def test_as_f64_accepts_lists_arrays_and_tensors():
+    out = as_f64(torch.tensor([[1, 2]], dtype=torch.int32))
+    assert out.dtype == np.float64 and out.tolist() == [[1.0, 2.0]]
+    assert as_f64([3, 4]).tolist() == [3.0, 4.0] and as_f64(np.float32(0.5)) == 0.5
+
+
+def test_error_auc_exact_values():
+    # one error at 5: recall rises linearly from (0, 0) to (5, 1), then stays at 1
+    assert error_auc([5.0], (10,)) == pytest.approx([0.75])
+    # an error equal to the threshold is not counted (SuperGlue's convention: the curve is cut
+    # before it, at recall 0), only one strictly below it
+    assert error_auc([5.0], (5,)) == [0.0]
+    assert error_auc([4.0], (5,)) == pytest.approx([0.5 * 4 / 5 + 1 / 5])
+    assert error_auc([2.0], [5.0]) == pytest.approx([0.8])
+    assert error_auc([0.0, 0.0], (5, 10)) == pytest.approx([1.0, 1.0])
+    # failures (inf / NaN) are never recalled: half the pairs fail → at most 0.5
+    assert error_auc([0.0, np.inf], (10,)) == pytest.approx([0.5])
+    assert error_auc([np.inf, np.nan], (5,)) == [0.0]
+    assert error_auc([], (1.0, 3.0)) == [0.0, 0.0]
+    # four pairs, one failed: the curve runs through (0, 0) (0.5, 1/4) (2, 1/2) (4, 3/4) and
+    # stays at 3/4. t = 3: (0.5·¼/2 + 1.5·(¼+½)/2 + 1·½) / 3 = 1.125 / 3
+    errs = [4.0, 0.5, np.inf, 2.0]
+    assert error_auc(errs, (1, 3, 5)) == pytest.approx([0.1875, 0.375, 0.525])
+    # the default thresholds are 5, 10, 20 (t = 20: (0.0625 + 0.5625 + 1.25 + 16·¾) / 20)
+    assert error_auc(errs) == pytest.approx([0.525, 0.6375, 0.69375])
+    # any iterable (a generator) and a tensor give the same
+    assert error_auc(e for e in errs) == pytest.approx([0.525, 0.6375, 0.69375])
+    assert error_auc(torch.tensor(errs), (3,)) == pytest.approx([0.375])
+    with pytest.raises(ValueError, match="positive"):
+        error_auc([1.0], (0,))

@@ -29,7 +29,7 @@ from data_pairs.synthetic.scene import (
     scene_rng,
 )
 from utils.colmap.read_model import Camera, Image, Point3D, write_model
-from utils.eval.geometry import rotmat2qvec
+from utils.geometry import rotmat2qvec
 
 __all__ = ["VAL_SUBDIR", "CAMERA_MODELS", "make_val_scene", "val_scene_name"]
 

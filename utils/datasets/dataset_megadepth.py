@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from utils.common.safe_pickle import NpyFileError, safe_load_npy
 from utils.datasets.preprocess import get_tuple_transform_ops, open_image
-from utils.eval.geometry import pose2fund, qvec2rotmat
+from utils.geometry import pose2fund, qvec2rotmat
 
 __all__ = ["ImMatchDatasetMega", "load_pair_file", "resolve_megadepth_root"]
 

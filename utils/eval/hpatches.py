@@ -41,6 +41,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from utils.geometry import error_auc
+
 MMA_THRESHOLDS: tuple[int, ...] = tuple(range(1, 11))
 HOMOGRAPHY_THRESHOLDS: tuple[int, ...] = (1, 3, 5, 10)
 
@@ -184,35 +186,6 @@ def estimate_homography(
     if H is None or H.shape != (3, 3) or not np.all(np.isfinite(H)):
         return None, inl
     return H, mask.reshape(-1).astype(bool)
-
-
-def error_auc(errors: Iterable[float], thresholds: Sequence[float]) -> list[float]:
-    """Normalised area under the cumulative error curve (the SuperGlue / LoFTR convention).
-
-    The curve passes through (0, 0) and (e_i, i / n) for the sorted errors e_1 <= .. <= e_n
-    (linear between those points, flat after the last one below t); the area on [0, t] is
-    divided by t. Infinite errors (failures) count as pairs that are never recalled.
-
-    Args:
-        errors: (n,) errors (e.g. corner errors in px), inf for failures.
-        thresholds: (T,) upper limits t.
-
-    Returns:
-        T floats in [0, 1] (0 for an empty error list).
-    """
-    e = np.sort(np.asarray(list(errors), dtype=np.float64).reshape(-1))
-    n = len(e)
-    out = []
-    for t in thresholds:
-        if n == 0:
-            out.append(0.0)
-            continue
-        k = int(np.searchsorted(e, t, side="left"))  # errors strictly below t
-        xs = np.concatenate([[0.0], e[:k], [float(t)]])
-        ys = np.concatenate([[0.0], np.arange(1, k + 1) / n, [k / n]])
-        area = float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2.0))
-        out.append(area / float(t))
-    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Numpy match measures: epipolar distances, pose errors, pose-estimation evaluation, histograms.
+"""Evaluation of matches by relative pose: pose-estimation errors, histograms, pass rates.
 
-Distances follow ../shared/spec/README.md: the Sampson distance and the symmetric epipolar
-distance are squared (px²) unless `sqrt=True` is asked for.
+The epipolar distances, angle errors and the AUC live in :mod:`utils.geometry`; the
+original's names stay importable from here (``sampson_distance``,
+``symmetric_epipolar_distance``, ``cal_*_angle_error``, ``cal_error_auc``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,18 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from utils.eval.geometry import matches2relapose_cv, qvec2rotmat
+from utils.eval.geometry import matches2relapose_cv
+from utils.geometry import (
+    Array,
+    as_f64,
+    cal_quat_angle_error,
+    cal_rot_angle_error,
+    cal_vec_angle_error,
+    error_auc,
+    qvec2rotmat,
+    sampson_distance,
+    symmetric_epipolar_distance,
+)
 
 __all__ = [
     "INLIER_DIST_BINS",
@@ -28,134 +40,18 @@ __all__ = [
     "cal_selection_rate",
 ]
 
-Array = NDArray[np.float64]
-
 # Histogram bins (px²) of training.md §6.
 INLIER_DIST_BINS: tuple[float, ...] = (0, 0.01, 1, 5, 10, 25, 50, 100, 2500, 1e5)
 # Pose-error thresholds (degrees) for pass rates, training.md §6.
 PASS_THRESHOLDS: tuple[int, ...] = tuple(range(1, 11))
 
-
-def _as_f64(x: ArrayLike) -> Array:
-    if hasattr(x, "detach"):  # torch tensor
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def _to_homogeneous(pts: ArrayLike, homos: bool) -> Array:
-    """(N, 2) → (N, 3) with a column of ones when `homos`; (N, 3) input is used as is."""
-    pts = _as_f64(pts)
-    if pts.ndim != 2 or pts.shape[1] not in (2, 3):
-        raise ValueError(f"points must have shape (N, 2) or (N, 3), got {pts.shape}")
-    if pts.shape[1] == 2:
-        if not homos:
-            raise ValueError("(N, 2) points need homos=True to be made homogeneous")
-        pts = np.concatenate([pts, np.ones((len(pts), 1))], axis=1)
-    return pts
-
-
-def _epipolar_terms(pts1: ArrayLike, pts2: ArrayLike, F: ArrayLike, homos: bool):
-    x1 = _to_homogeneous(pts1, homos)
-    x2 = _to_homogeneous(pts2, homos)
-    F = _as_f64(F).reshape(3, 3)
-    Fx1 = x1 @ F.T  # (N, 3), rows F x1
-    Ftx2 = x2 @ F  # (N, 3), rows Fᵀ x2
-    x2tFx1 = np.sum(x2 * Fx1, axis=1)  # (N,)
-    return x2tFx1, Fx1, Ftx2
-
-
-def sampson_distance(pts1: ArrayLike, pts2: ArrayLike, F: ArrayLike, homos: bool = True) -> Array:
-    """Squared Sampson distance (px²) of correspondences under F.
-
-    ``d = (x2ᵀFx1)² / ((Fx1)₀² + (Fx1)₁² + (Fᵀx2)₀² + (Fᵀx2)₁² + 1e-8)``.
-
-    Args:
-        pts1, pts2: (N, 2) pixel coordinates (x, y) (made homogeneous when `homos`) or
-            (N, 3) homogeneous points.
-        F: (3, 3) fundamental matrix with ``x2ᵀ F x1 = 0``.
-        homos: append a column of ones to (N, 2) inputs.
-    Returns:
-        (N,) float64 distances.
-    """
-    x2tFx1, Fx1, Ftx2 = _epipolar_terms(pts1, pts2, F, homos)
-    denom = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2 + 1e-8
-    return x2tFx1**2 / denom
-
-
-def symmetric_epipolar_distance(
-    pts1: ArrayLike, pts2: ArrayLike, F: ArrayLike, sqrt: bool = False
-) -> Array:
-    """Symmetric epipolar distance: sum of the point-to-epipolar-line distances in both images.
-
-    Squared (px², default): ``(x2ᵀFx1)² (1/((Fᵀx2)₀² + (Fᵀx2)₁²) + 1/((Fx1)₀² + (Fx1)₁²))``;
-    with `sqrt`: ``|x2ᵀFx1| (1/‖(Fᵀx2)₀,₁‖ + 1/‖(Fx1)₀,₁‖)`` (px).
-
-    Args:
-        pts1, pts2: (N, 2) pixel coordinates or (N, 3) homogeneous points.
-        F: (3, 3) fundamental matrix.
-        sqrt: return the unsquared version.
-    Returns:
-        (N,) float64 distances.
-    """
-    x2tFx1, Fx1, Ftx2 = _epipolar_terms(pts1, pts2, F, True)
-    n1 = Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2
-    n2 = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2
-    if sqrt:
-        return np.abs(x2tFx1) * (1.0 / np.sqrt(n1) + 1.0 / np.sqrt(n2))
-    return x2tFx1**2 * (1.0 / n1 + 1.0 / n2)
-
-
-def cal_vec_angle_error(v_est: ArrayLike, v_gt: ArrayLike, sign_invariant: bool = True) -> float:
-    """Angle (degrees) between two 3-vectors, e.g. estimated and true translation directions.
-
-    Args:
-        v_est, v_gt: (3,) vectors (any scale).
-        sign_invariant: return ``min(err, 180 − err)`` (a translation from an essential matrix
-            is known up to sign).
-    Returns:
-        Angle in [0, 90] (sign-invariant) or [0, 180]; NaN when a vector is zero.
-    """
-    a = _as_f64(v_est).reshape(-1)
-    b = _as_f64(v_gt).reshape(-1)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0:
-        return float("nan")
-    cos = np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0)
-    err = float(np.degrees(np.arccos(cos)))
-    return min(err, 180.0 - err) if sign_invariant else err
-
-
-def cal_rot_angle_error(R_est: ArrayLike, R_gt: ArrayLike) -> float:
-    """Angle (degrees) of the rotation ``R_estᵀ R_gt``.
-
-    Args:
-        R_est, R_gt: (3, 3) rotation matrices.
-    Returns:
-        Angle in [0, 180].
-    """
-    R_est = _as_f64(R_est).reshape(3, 3)
-    R_gt = _as_f64(R_gt).reshape(3, 3)
-    cos = np.clip((np.trace(R_est.T @ R_gt) - 1.0) / 2.0, -1.0, 1.0)
-    return float(np.degrees(np.arccos(cos)))
-
-
-def cal_quat_angle_error(q_est: ArrayLike, q_gt: ArrayLike) -> float:
-    """Rotation angle (degrees) between two quaternions (w, x, y, z): ``2 acos(|⟨q̂1, q̂2⟩|)``.
-
-    Args:
-        q_est, q_gt: (4,) quaternions (normalised here).
-    Returns:
-        Angle in [0, 180].
-    """
-    a = _as_f64(q_est).reshape(4)
-    b = _as_f64(q_gt).reshape(4)
-    d = abs(np.dot(a / np.linalg.norm(a), b / np.linalg.norm(b)))
-    return float(np.degrees(2.0 * np.arccos(np.clip(d, 0.0, 1.0))))
+# The AUC of pose errors under its original name (see utils.geometry.error_auc).
+cal_error_auc = error_auc
 
 
 def _as_rotation(q_or_R: ArrayLike) -> Array:
     """A (4,) quaternion (w, x, y, z) or a (3, 3) matrix → (3, 3) rotation matrix."""
-    arr = _as_f64(q_or_R)
+    arr = as_f64(q_or_R)
     if arr.size == 4:
         return qvec2rotmat(arr)
     if arr.size == 9:
@@ -187,7 +83,7 @@ def eval_matches_relapose(
         else ``(err_q, err_t, inliers)``: rotation error and sign-invariant translation angle
         error in degrees and the (N,) bool RANSAC inlier mask.
     """
-    matches = _as_f64(matches).reshape(-1, 4)
+    matches = as_f64(matches).reshape(-1, 4)
     ret = matches2relapose_cv(matches[:, :2], matches[:, 2:], K1, K2, rthres=cv_thres)
     if ret is None:
         return None
@@ -219,9 +115,9 @@ def check_inliers_distr(
         ``(hist, text)``.
     """
     if isinstance(dists, np.ndarray) or hasattr(dists, "detach"):
-        groups = [_as_f64(dists).reshape(-1)]
+        groups = [as_f64(dists).reshape(-1)]
     else:
-        groups = [_as_f64(d).reshape(-1) for d in dists]
+        groups = [as_f64(d).reshape(-1) for d in dists]
     edges = np.asarray(bins, dtype=np.float64)
     hists, means = [], []
     for d in groups:
@@ -249,7 +145,7 @@ def cal_pass_rates(
     Returns:
         {threshold: rate in [0, 1]} (0 for every threshold when there are no errors).
     """
-    err = _as_f64(errors).reshape(-1)
+    err = as_f64(errors).reshape(-1)
     if err.size == 0:
         return {thr: 0.0 for thr in thresholds}
     err = np.where(np.isfinite(err), err, np.inf)
@@ -265,30 +161,3 @@ def cal_selection_rate(errors: ArrayLike) -> float:
     r = cal_pass_rates(errors, (1, 5, 10))
     return 0.34 * r[1] + 0.33 * r[5] + 0.33 * r[10]
 
-
-def cal_error_auc(errors: ArrayLike, thresholds: Sequence[float] = (5, 10, 20)) -> list[float]:
-    """Area under the cumulative error curve up to each threshold, normalised to [0, 1].
-
-    The recall curve is the fraction of errors ≤ e as a function of e (starting at (0, 0));
-    NaN/inf errors count as never recalled.
-
-    Args:
-        errors: (N,) errors; thresholds: upper integration limits.
-    Returns:
-        One AUC per threshold.
-    """
-    err = _as_f64(errors).reshape(-1)
-    n = err.size
-    if n == 0:
-        return [0.0 for _ in thresholds]
-    err = np.sort(err[np.isfinite(err)])
-    recall = np.arange(1, err.size + 1) / n
-    err = np.concatenate([[0.0], err])
-    recall = np.concatenate([[0.0], recall])
-    aucs = []
-    for thr in thresholds:
-        last = np.searchsorted(err, thr)  # points with err < thr
-        e = np.concatenate([err[:last], [thr]])
-        r = np.concatenate([recall[:last], [recall[last - 1]]])
-        aucs.append(float(np.trapezoid(r, x=e) / thr))
-    return aucs

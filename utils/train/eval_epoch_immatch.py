@@ -33,7 +33,6 @@ import torch
 
 from utils.colmap.read_model import camera_intrinsics, image_pose, read_model
 from utils.common.safe_pickle import NpyFileError, safe_load_npy
-from utils.eval.geometry import pose2fund, relative_pose
 from utils.eval.measure import (
     INLIER_DIST_BINS,
     PASS_THRESHOLDS,
@@ -41,8 +40,8 @@ from utils.eval.measure import (
     cal_selection_rate,
     check_inliers_distr,
     eval_matches_relapose,
-    sampson_distance,
 )
+from utils.geometry import pose2fund, relative_pose, sampson_distance
 
 FAILED_POSE_ERR = 180.0
 VAL_SUBDIR = Path("immatch_benchmark") / "val_dense"
