@@ -24,6 +24,7 @@ __all__ = [
     "normalize_imagenet",
     "cal_rescale_size",
     "load_im_flexible",
+    "prepare_image",
     "load_im_tensor",
     "TupleTransform",
     "get_tuple_transform_ops",
@@ -128,20 +129,41 @@ def load_im_flexible(
         FileNotFoundError / ValueError naming the path when the file is missing / unreadable;
         ValueError when the image is smaller than one feature cell.
     """
-    im = open_image(im_path)
+    x, scale = prepare_image(open_image(im_path), k_size, upsample, imsize,
+                             name=os.fspath(im_path))
+    if crop_square:
+        x = x[:, : x.shape[-1], :].contiguous()
+    return x, scale
+
+
+def prepare_image(
+    im: Image.Image,
+    k_size: int = 2,
+    upsample: int = 16,
+    imsize: int | None = None,
+    name: str = "image",
+) -> tuple[torch.Tensor, tuple[float, float]]:
+    """The resize + normalisation of :func:`load_im_flexible`, for an RGB PIL image in memory.
+
+    Args:
+        im: RGB PIL image (w × h).
+        k_size, upsample, imsize: as in :func:`load_im_flexible`.
+        name: how errors refer to the image (e.g. its path).
+    Returns:
+        (im, scale): (3, H, W) float32 CPU tensor, scale ``(w / W, h / H)``.
+    Raises:
+        ValueError: naming `name`, when the image is smaller than one feature cell.
+    """
     w, h = im.size
     wt, ht = cal_rescale_size(imsize, w, h, k_size=k_size, upsample=upsample)
     if wt <= 0 or ht <= 0:
         raise ValueError(
-            f"image {os.fspath(im_path)} ({w}x{h}) is too small for imsize={imsize}, "
+            f"image {name} ({w}x{h}) is too small for imsize={imsize}, "
             f"k_size={k_size}, upsample={upsample}"
         )
     if (wt, ht) != (w, h):
         im = im.resize((wt, ht), Image.Resampling.BICUBIC)
-    x = normalize_imagenet(pil_to_tensor(im))
-    if crop_square:
-        x = x[:, :wt, :].contiguous()
-    return x, (w / wt, h / ht)
+    return normalize_imagenet(pil_to_tensor(im)), (w / wt, h / ht)
 
 
 def load_im_tensor(

@@ -132,14 +132,45 @@ def estimate_matches(
         io_thres: keep rows whose score is above it (all rows when none pass).
     Returns:
         matches (N, 4) (x1, y1, x2, y2), scores (N,), coarse matches (M, 4), all numpy.
+    Raises:
+        NoRegressorsError: eval_type 'fine' / 'mid' with a coarse-only (NCNet) model.
+    """
+    t1, sc1 = load_im_flexible(im1, ksize, net.upsample, imsize=imsize)
+    t2, sc2 = load_im_flexible(im2, ksize, net.upsample, imsize=imsize)
+    return match_prepared(net, t1, t2, sc1, sc2, ksize, ncn_thres, mutual, io_thres, eval_type)
+
+
+@torch.inference_mode()
+def match_prepared(
+    net: Patch2Pix,
+    t1: torch.Tensor,
+    t2: torch.Tensor,
+    scale1: tuple[float, float],
+    scale2: tuple[float, float],
+    ksize: int = 2,
+    ncn_thres: float = 0.0,
+    mutual: bool = True,
+    io_thres: float = 0.25,
+    eval_type: str = "fine",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Match two preprocessed images (the core of :func:`estimate_matches`).
+
+    Args:
+        t1, t2: (3, H, W) or (1, 3, H, W) ImageNet-normalised images, sides multiples of
+            ``net.upsample · ksize`` (``preprocess.load_im_flexible`` / ``prepare_image``).
+        scale1, scale2: (sx, sy) from network-input pixels to the caller's pixels.
+        Others: as in :func:`estimate_matches`.
+    Returns:
+        matches (N, 4), scores (N,), coarse matches (N, 4), numpy, in the caller's pixels.
     """
     if eval_type not in ("coarse", "mid", "fine"):
         raise ValueError(f"eval_type must be 'coarse', 'mid' or 'fine', got {eval_type!r}")
+    if eval_type != "coarse":
+        net.require_regressors(f"eval_type={eval_type!r}")
     device = net.device
-    t1, sc1 = load_im_flexible(im1, ksize, net.upsample, imsize=imsize)
-    t2, sc2 = load_im_flexible(im2, ksize, net.upsample, imsize=imsize)
-    t1, t2 = t1.unsqueeze(0).to(device), t2.unsqueeze(0).to(device)
-    upscale = np.array([sc1 + sc2], dtype=np.float64)
+    t1 = (t1 if t1.dim() == 4 else t1.unsqueeze(0)).to(device)
+    t2 = (t2 if t2.dim() == 4 else t2.unsqueeze(0)).to(device)
+    upscale = np.array([tuple(scale1) + tuple(scale2)], dtype=np.float64)
     if eval_type == "coarse":
         coarse, scores = net.predict_coarse(t1, t2, ksize, ncn_thres, mutual)
         matches, scores, coarse = coarse[0], scores[0], coarse[0]
@@ -204,7 +235,11 @@ def refine_matches(
             loaded (possibly downscaled) images' pixels.
     Returns:
         matches (M, 4) in original pixels and their scores (None with `coarse_only`).
+    Raises:
+        NoRegressorsError: refinement (not `coarse_only`) with a coarse-only (NCNet) model.
     """
+    if not coarse_only:
+        net.require_regressors("refine_matches")
     t1, g1, sc1 = load_im_tensor(im1_path, net.device, imsize, with_gray=True)
     t2, g2, sc2 = load_im_tensor(im2_path, net.device, imsize, with_gray=True)
     upscale = np.array([sc1 + sc2], dtype=np.float64)
