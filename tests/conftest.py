@@ -1,8 +1,17 @@
-"""Shared test helpers: thread count, the reference test vectors and their weight rule."""
+"""Shared test helpers and fixtures.
+
+Thread count, the reference test vectors and their weight rule; a free loopback port, a
+real Visdom server (the project's offline command) and a tiny synthetic training set with
+its pair file, shared by the end-to-end tests (no test module imports another).
+"""
 
 from __future__ import annotations
 
 import math
+import socket
+import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -48,3 +57,116 @@ def refvec() -> dict:
     if not TESTVECTORS.exists():
         pytest.skip(f"reference test vectors not found at {TESTVECTORS} (../shared is absent)")
     return torch.load(TESTVECTORS, weights_only=True)
+
+
+PAIR_FILE = "megadepth_pairs.ov0.35_imrat1.5.pair500.excl_test.npy"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (at the time of the call)."""
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def visdom_server(tmp_path_factory):
+    """(port, env_path) of a Visdom server on 127.0.0.1, started with the project's command.
+
+    ``python -m utils.common.visdom_server`` serves the page from the installed npm assets
+    (``scripts/setup_env.sh``); environments are saved under ``env_path``.
+    """
+    env_path = tmp_path_factory.mktemp("visdom_env")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "utils.common.visdom_server", "--port", str(port),
+         "--hostname", "127.0.0.1", "--env_path", str(env_path), "--bind_local",
+         "--logging_level", "WARNING"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"visdom server died: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("visdom server did not start in 30 s")
+    yield port, env_path
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory) -> Path:
+    """Tiny synthetic MegaDepth + validation scenes (240x160) and their training-pair file.
+
+    Layout: ``<root>/data`` (``--data_root``) and ``<root>/pairs/{PAIR_FILE}``
+    (``--pair_root``).
+    """
+    from data_pairs import make_synthetic, prep_megadepth_training_pairs
+
+    root = tmp_path_factory.mktemp("train_data")
+    rc = make_synthetic.main(["--out", str(root / "data"), "--scenes", "1",
+                              "--images_per_scene", "4", "--val_scenes", "1",
+                              "--val_images", "4", "--width", "240", "--height", "160",
+                              "--points", "400", "--supersample", "1", "--portrait_every", "0"])
+    assert rc == 0
+    rc = prep_megadepth_training_pairs.main(["--base_dir", str(root / "data/MegaDepth_undistort"),
+                                             "--save_dir", str(root / "pairs")])
+    assert rc == 0 and (root / "pairs" / PAIR_FILE).is_file()
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A Patch2Pix checkpoint (original format) with predictable matching behaviour.
+
+    A random backbone, an identity neighbourhood-consensus filter (coarse matches are the
+    mutual nearest neighbours of the features) and regressors whose offsets are exactly
+    zero (probability ~0.98): on a pair whose second image is the first one enlarged 1.5x,
+    every match satisfies (x2, y2) = 1.5 (x1, y1) in original pixels.
+    """
+    from argparse import Namespace
+
+    from networks.patch2pix import Patch2Pix
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    torch.manual_seed(0)
+    rc = Namespace(
+        conv_kers=[3, 3], conv_dims=[8, 8], conv_strs=[2, 1], fc_dims=[8], feat_comb="pre",
+        psize=[16, 16], pshift=8, panc=1, shared=False,
+    )
+    net = Patch2Pix(Namespace(
+        training=False, backbone="ResNet34", change_stride=True, feat_idx=[0, 1, 2, 3],
+        regressor_config=rc, regr_batch=1200, weights_dict=None, imagenet_init=False,
+    ))
+    sd = net.state_dict()
+    for k in ("ncn.conv.0", "ncn.conv.2"):  # identity 4D filter: centre tap 1, channel 0
+        sd[f"{k}.weight"].zero_()
+        sd[f"{k}.bias"].zero_()
+        sd[f"{k}.weight"][1, 0, 0, 1, 1, 1] = 1.0
+    for reg in ("regress_mid", "regress_fine"):  # offset 16 tanh(relu(b)) - 8 = 0, p ~ 0.98
+        last = max(int(k.split(".")[2]) for k in sd if k.startswith(f"{reg}.fc."))
+        sd[f"{reg}.fc.{last}.weight"].zero_()
+        sd[f"{reg}.fc.{last}.bias"].copy_(torch.tensor([math.atanh(0.5)] * 4 + [4.0]))
+    torch.save(
+        {
+            "last_epoch": 0, "best_vals": [math.inf, 0.0, math.inf, 0.0],
+            "backbone": "ResNet34", "feat_idx": [0, 1, 2, 3], "change_stride": True,
+            "regressor_config": net.regressor_config, "state_dict": sd,
+        },
+        path,
+    )
+    return path

@@ -10,9 +10,7 @@ in original pixels they (and the refined ones) must satisfy (x2, y2) = 1.5 (x1, 
 from __future__ import annotations
 
 import csv
-import math
 import os
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -28,42 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 SCALE = 1.5
 
 
-def tiny_checkpoint(path: Path) -> Path:
-    """Write a Patch2Pix checkpoint (original format) with predictable matching behaviour."""
-    from networks.patch2pix import Patch2Pix
-
-    torch.manual_seed(0)
-    rc = Namespace(
-        conv_kers=[3, 3], conv_dims=[8, 8], conv_strs=[2, 1], fc_dims=[8], feat_comb="pre",
-        psize=[16, 16], pshift=8, panc=1, shared=False,
-    )
-    net = Patch2Pix(Namespace(
-        training=False, backbone="ResNet34", change_stride=True, feat_idx=[0, 1, 2, 3],
-        regressor_config=rc, regr_batch=1200, weights_dict=None, imagenet_init=False,
-    ))
-    sd = net.state_dict()
-    for k in ("ncn.conv.0", "ncn.conv.2"):  # identity 4D filter: centre tap 1, channel 0
-        sd[f"{k}.weight"].zero_()
-        sd[f"{k}.bias"].zero_()
-        sd[f"{k}.weight"][1, 0, 0, 1, 1, 1] = 1.0
-    for reg in ("regress_mid", "regress_fine"):  # offset 16 tanh(relu(b)) - 8 = 0, p ~ 0.98
-        last = max(int(k.split(".")[2]) for k in sd if k.startswith(f"{reg}.fc."))
-        sd[f"{reg}.fc.{last}.weight"].zero_()
-        sd[f"{reg}.fc.{last}.bias"].copy_(torch.tensor([math.atanh(0.5)] * 4 + [4.0]))
-    torch.save(
-        {
-            "last_epoch": 0, "best_vals": [math.inf, 0.0, math.inf, 0.0],
-            "backbone": "ResNet34", "feat_idx": [0, 1, 2, 3], "change_stride": True,
-            "regressor_config": net.regressor_config, "state_dict": sd,
-        },
-        path,
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+def ckpt(tiny_ckpt: Path) -> Path:
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_visdom import visdom_server  # noqa: F401 - fixture
 
 import train_patch2pix
 from utils.common.setup_helper import load_checkpoint_safe
@@ -25,7 +24,6 @@ from utils.train.cli import parse_args
 from utils.train.experiment import make_tags
 
 REPO = Path(__file__).resolve().parents[1]
-PAIR_FILE = "megadepth_pairs.ov0.35_imrat1.5.pair500.excl_test.npy"
 TINY = (
     "--change_stride --conv_dims 8 8 --fc_dims 8 8 --ptmax 20 --batch 1 --train_size 160 96 "
     "--max_iters_per_epoch 2 --plot_counts 2 --val_imsize 160 --val_sample_max 2 "
@@ -34,20 +32,9 @@ TINY = (
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """Synthetic MegaDepth + val scenes and their training-pair file under one folder."""
-    from data_pairs import make_synthetic, prep_megadepth_training_pairs
-
-    root = tmp_path_factory.mktemp("train_data")
-    rc = make_synthetic.main(["--out", str(root / "data"), "--scenes", "1",
-                              "--images_per_scene", "4", "--val_scenes", "1",
-                              "--val_images", "4", "--width", "240", "--height", "160",
-                              "--points", "400", "--supersample", "1", "--portrait_every", "0"])
-    assert rc == 0
-    rc = prep_megadepth_training_pairs.main(["--base_dir", str(root / "data/MegaDepth_undistort"),
-                                             "--save_dir", str(root / "pairs")])
-    assert rc == 0 and (root / "pairs" / PAIR_FILE).is_file()
-    return root
+def data(train_data: Path) -> Path:
+    """Synthetic MegaDepth + val scenes and their training-pair file (tests/conftest.py)."""
+    return train_data
 
 
 def base_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -71,7 +58,7 @@ def sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(data, tmp_path_factory, visdom_server):  # noqa: F811
+def trained(data, tmp_path_factory, visdom_server):
     """Two epochs of the tiny configuration (epochs 0 and 1), with validation and Visdom."""
     out = tmp_path_factory.mktemp("out")
     port = visdom_server[0]

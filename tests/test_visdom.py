@@ -3,53 +3,8 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
-
-import pytest
 
 from utils.common.visdom_helper import PLOTS, VisdomPlotter
-
-SERVER = (
-    "import sys; sys.argv = ['visdom', '-port', sys.argv[1], '--hostname', '127.0.0.1', "
-    "'-env_path', sys.argv[2], '-bind_local', '-logging_level', 'WARNING']; "
-    "from visdom.server.run_server import main; main()"
-)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def visdom_server(tmp_path_factory):
-    pytest.importorskip("visdom")
-    env_path = tmp_path_factory.mktemp("visdom_env")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(env_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"visdom server died: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("visdom server did not start in 30 s")
-    yield port, env_path
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def _traces(vis, win, env) -> dict[str, list]:
@@ -97,8 +52,8 @@ def test_no_host_sends_nothing():
     assert plotter.plot("train", 0.1, {"loss": {"pair": 1.0}}) == []
 
 
-def test_unreachable_server_disables_with_message():
+def test_unreachable_server_disables_with_message(free_port):
     msgs: list[str] = []
-    plotter = VisdomPlotter("127.0.0.1", str(_free_port()), "env", lprint=msgs.append)
+    plotter = VisdomPlotter("127.0.0.1", str(free_port), "env", lprint=msgs.append)
     assert plotter.plot("train", 0.1, {"loss": {"pair": 1.0}}) == []
     assert not plotter.enabled and "Visdom disabled" in msgs[0]
