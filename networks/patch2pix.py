@@ -10,11 +10,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from utils.common.cli import UsageError
+
 from .ncn.extract_ncmatches import corr_to_matches
 from .ncn.model import (
+    FeatureCorrelation,
     NeighConsensus,
-    correlation_4d,
-    correlation_maxpool4d,
     feature_l2norm,
     mutual_matching,
 )
@@ -24,6 +25,15 @@ from .utils import filter_coarse, select_local_patch_feats, shift_to_anchors
 
 log = logging.getLogger(__name__)
 
+
+class NoRegressorsError(UsageError, RuntimeError):
+    """Refinement asked of a coarse-only model (NCNet weights, ``regressor_config=None``)."""
+
+
+# Entries of the construction config that the model does not keep (they hold the weights /
+# optimiser states it was built from; keeping them would hold every tensor twice).
+_DROPPED_CONFIG_KEYS = ("weights_dict",)
+_DROPPED_OPTIM_KEYS = ("optimizer_dict", "lr_scheduler_dict")
 
 
 def load_weights(net: nn.Module, weights: dict[str, Tensor], lprint=log.info) -> None:
@@ -81,7 +91,7 @@ class Patch2Pix(nn.Module):
 
     def __init__(self, config: Namespace) -> None:
         super().__init__()
-        self.config = config
+        self.config = self._kept_config(config)
         self.backbone = getattr(config, "backbone", "ResNet34")
         if self.backbone != "ResNet34":
             raise ValueError(f"unsupported backbone {self.backbone!r} (only 'ResNet34')")
@@ -91,6 +101,7 @@ class Patch2Pix(nn.Module):
         self.extract = ResNet34(change_stride=self.change_stride)
         self.upsample = self.extract.upsample
         self.feats_downsample = self.extract.feats_downsample
+        self.combine = FeatureCorrelation(shape="4D", normalization=False)
         self.ncn = NeighConsensus(kernel_sizes=[3, 3], channels=[16, 1], symmetric_mode=True)
 
         self.regressor_config = getattr(config, "regressor_config", None)
@@ -129,6 +140,30 @@ class Patch2Pix(nn.Module):
         """Device of the model's parameters."""
         return next(self.parameters()).device
 
+    @staticmethod
+    def _kept_config(config: Namespace) -> Namespace:
+        """A copy of `config` without the weights dict and optimiser / scheduler states."""
+        kept = Namespace(**{k: v for k, v in vars(config).items()
+                            if k not in _DROPPED_CONFIG_KEYS})
+        oc = getattr(config, "optim_config", None)
+        if isinstance(oc, Namespace):
+            kept.optim_config = Namespace(**{k: v for k, v in vars(oc).items()
+                                             if k not in _DROPPED_OPTIM_KEYS})
+        return kept
+
+    def has_regressors(self) -> bool:
+        """False for a coarse-only model (NCNet weights, ``regressor_config=None``)."""
+        return self.regressor_config is not None
+
+    def require_regressors(self, what: str) -> None:
+        """Raise :class:`NoRegressorsError` for `what` on a coarse-only model."""
+        if self.regressor_config is None:
+            raise NoRegressorsError(
+                f"{what}: this model has no regressors (coarse-only NCNet weights, "
+                "regressor_config=None), so it gives coarse matches only: use "
+                "eval_type='coarse' (predict_coarse), or load a Patch2Pix checkpoint"
+            )
+
     # ------------------------------------------------------------------ training set-up
     def set_optimizer(self, config: Namespace) -> None:
         """Freeze backbone parameters and build the optimiser and LR scheduler (training.md §2)."""
@@ -159,10 +194,10 @@ class Patch2Pix(nn.Module):
         f1, f2 = feature_l2norm(f1), feature_l2norm(f2)
         delta4d = None
         if ksize > 1:
-            corr4d, *delta = correlation_maxpool4d(f1, f2, ksize)
+            corr4d, *delta = self.combine.pooled(f1, f2, ksize)
             delta4d = tuple(delta)
         else:
-            corr4d = correlation_4d(f1, f2)
+            corr4d = self.combine(f1, f2)
         corr4d = mutual_matching(corr4d)
         corr4d = self.ncn(corr4d)
         corr4d = mutual_matching(corr4d)
@@ -275,8 +310,7 @@ class Patch2Pix(nn.Module):
         Returns:
             mid matches, mid probabilities, fine matches, fine probabilities (lists per image).
         """
-        if self.regressor_config is None:
-            raise RuntimeError("this model has no regressors (coarse-only NCNet weights)")
+        self.require_regressors("refinement")
         mid, mid_p = self.forward_fine_match(
             feats1, feats2, matches, self.psize[0], self.ptype[0], self.regress_mid
         )
@@ -299,7 +333,10 @@ class Patch2Pix(nn.Module):
         Returns:
             fine_matches, fine_scores, coarse_matches (lists per image); with `return_all`:
             fine, fine_scores, mid, mid_scores, coarse.
+        Raises:
+            NoRegressorsError: on a coarse-only model (use `predict_coarse`).
         """
+        self.require_regressors("predict_fine")
         corr4d, delta4d, feats1, feats2 = self.forward(im1, im2, ksize, return_feats=True)
         coarse, scores = self.cal_coarse_matches(corr4d, delta4d, ksize, self.upsample, True)
         coarse, _ = filter_coarse(coarse, scores, ncn_thres, mutual)
@@ -341,7 +378,10 @@ class Patch2Pix(nn.Module):
         Returns:
             numpy refined (M, 4), scores (M,), coarse (M, 4): the rows with score >
             `io_thres` when any pass, else all rows.
+        Raises:
+            NoRegressorsError: on a coarse-only model.
         """
+        self.require_regressors("refine_matches")
         coarse = torch.as_tensor(coarse_matches, device=self.device).reshape(-1, 4)
         if coarse.shape[0] == 0:
             empty = np.zeros((0, 4), dtype=np.float32)

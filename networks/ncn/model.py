@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +32,32 @@ def correlation_4d(f1: Tensor, f2: Tensor) -> Tensor:
 
 
 class FeatureCorrelation(nn.Module):
-    """Module form of `correlation_4d` (optionally L2-normalising the output over A or B)."""
+    """The original's parameter-free correlation module (Patch2Pix's ``combine``).
+
+    ``combine(f1, f2)`` is `correlation_4d`; :meth:`pooled` is the fused correlation +
+    relocalisation pool that the model's forward uses for ``ksize > 1``. Being a module lets
+    outside code move it between devices by name, as with the original (it holds nothing).
+
+    Args:
+        shape: only '4D' (the original's Patch2Pix setting).
+        normalization: only False (the original's Patch2Pix setting; features are
+            L2-normalised before the correlation instead).
+    """
+
+    def __init__(self, shape: str = "4D", normalization: bool = False) -> None:
+        super().__init__()
+        if shape != "4D" or normalization:
+            raise ValueError("FeatureCorrelation supports shape='4D', normalization=False only")
+        self.shape = shape
+        self.normalization = normalization
 
     def forward(self, f1: Tensor, f2: Tensor) -> Tensor:
+        """(B, C, h1, w1), (B, C, h2, w2) → (B, 1, h1, w1, h2, w2)."""
         return correlation_4d(f1, f2)
+
+    def pooled(self, f1: Tensor, f2: Tensor, k_size: int) -> tuple[Tensor, ...]:
+        """``maxpool4d(self(f1, f2), k_size)`` without the full volume (`correlation_maxpool4d`)."""
+        return correlation_maxpool4d(f1, f2, k_size)
 
 
 def maxpool4d(corr: Tensor, k_size: int = 2) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -145,28 +168,45 @@ def swap_ab(corr: Tensor) -> Tensor:
     return corr.permute(0, 1, 4, 5, 2, 3)
 
 
+_UNSET: Any = object()
+
+
 class NeighConsensus(nn.Module):
     """Neighbourhood consensus: a stack of Conv4d + ReLU, optionally symmetric in A and B.
 
+    The original's signature, positionally or by keyword (api.md):
+    ``NeighConsensus(use_cuda=True, kernel_sizes=[3, 3, 3], channels=[10, 10, 1],
+    symmetric_mode=True)``; Patch2Pix uses ``kernel_sizes=[3, 3], channels=[16, 1]``.
+    A call whose first positional argument is a list (``NeighConsensus([3, 3], [16, 1])``)
+    is read as ``(kernel_sizes, channels, symmetric_mode)``.
+
     Args:
-        kernel_sizes: kernel of each layer (default [3, 3]).
-        channels: output channels of each layer (default [16, 1]); the input has 1 channel.
-        symmetric_mode: ``y = net(x) + swapAB(net(swapAB(x)))``.
         use_cuda: accepted for compatibility with the original and ignored: the module runs
-            wherever its parameters are.
+            wherever its parameters are (the original moved itself to CUDA, model.md §7).
+        kernel_sizes: kernel of each layer.
+        channels: output channels of each layer; the input has 1 channel.
+        symmetric_mode: ``y = net(x) + swapAB(net(swapAB(x)))``.
     """
 
     def __init__(
         self,
-        kernel_sizes: Sequence[int] = (3, 3),
-        channels: Sequence[int] = (16, 1),
-        symmetric_mode: bool = True,
-        use_cuda: bool | None = None,
+        use_cuda: bool | Sequence[int] = True,
+        kernel_sizes: Sequence[int] = _UNSET,
+        channels: Sequence[int] | bool = _UNSET,
+        symmetric_mode: bool = _UNSET,
     ) -> None:
         super().__init__()
-        del use_cuda
-        if isinstance(kernel_sizes, bool):  # original positional order (use_cuda first)
-            raise TypeError("NeighConsensus(kernel_sizes, channels, symmetric_mode)")
+        if isinstance(use_cuda, (list, tuple)):  # (kernel_sizes, channels[, symmetric_mode])
+            if channels is not _UNSET and symmetric_mode is not _UNSET:
+                raise TypeError("NeighConsensus: symmetric_mode given twice")
+            shifted = channels if channels is not _UNSET else symmetric_mode
+            kernel_sizes, channels, symmetric_mode = use_cuda, kernel_sizes, shifted
+        kernel_sizes = [3, 3, 3] if kernel_sizes is _UNSET else list(kernel_sizes)
+        channels = [10, 10, 1] if channels is _UNSET else list(channels)  # type: ignore[arg-type]
+        symmetric_mode = True if symmetric_mode is _UNSET else bool(symmetric_mode)
+        if len(kernel_sizes) != len(channels):
+            raise ValueError(f"NeighConsensus: {len(kernel_sizes)} kernel sizes but "
+                             f"{len(channels)} channel counts")
         layers: list[nn.Module] = []
         ch_in = 1
         for k, ch in zip(kernel_sizes, channels, strict=True):
