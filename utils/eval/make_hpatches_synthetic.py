@@ -15,15 +15,19 @@ output folder can be given to ``utils.eval.eval_hpatches --root``.
 
 from __future__ import annotations
 
-import argparse
 import os
+import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from utils.common.cli import UsageError, make_parser, run_command
 from utils.eval.hpatches import write_homography
+
+PROG = "utils.eval.make_hpatches_synthetic"
 
 PHOTOS: tuple[str, ...] = (
     "astronaut",
@@ -172,7 +176,8 @@ def make_synthetic_hpatches(
         photos: scikit-image photograph names, used in turn.
 
     Returns:
-        The sequence folders, sorted.
+        The sequence folders, sorted. Each is written into a hidden temporary folder and
+        renamed into place when complete, so a failure leaves no half-written sequence.
     """
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -182,24 +187,45 @@ def make_synthetic_hpatches(
         for s in range(n_seqs):
             name = photos[(s + (0 if kind == "i" else n_seqs)) % len(photos)]
             seq = root / f"{kind}_synth{s:02d}_{name}"
-            make_sequence(seq, load_photo(name, max_side), kind, rng)
+            tmp = root / f".{seq.name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                make_sequence(tmp, load_photo(name, max_side), kind, rng)
+                if seq.exists():
+                    shutil.rmtree(seq)
+                tmp.rename(seq)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
             seqs.append(seq)
     return sorted(seqs)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line entry point."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _main(argv: Sequence[str] | None = None) -> int:
+    ap = make_parser(PROG, __doc__.split("\n\n")[0])
     ap.add_argument("--out", default="data/hpatches-synthetic", help="output folder")
     ap.add_argument("--n_seqs", type=int, default=2, help="sequences of each kind (i_, v_)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max_side", type=int, default=640, help="longer image side (<=0: native)")
     args = ap.parse_args(argv)
-    seqs = make_synthetic_hpatches(
-        args.out, args.n_seqs, args.seed, args.max_side if args.max_side > 0 else None
-    )
+    if args.n_seqs < 1:
+        ap.error(f"--n_seqs must be >= 1, got {args.n_seqs}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    try:
+        seqs = make_synthetic_hpatches(
+            out, args.n_seqs, args.seed, args.max_side if args.max_side > 0 else None
+        )
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write the data set: {e}") from None
     print(f"wrote {len(seqs)} sequences under {args.out}: " + ", ".join(p.name for p in seqs))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; bad input gives one ``<prog>: error:`` line, exit code 2."""
+    return run_command(PROG, _main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
