@@ -21,8 +21,8 @@ Usage::
     python -m data_pairs.make_synthetic --out data [--scenes 2 --images_per_scene 12
         --width 640 --height 480 --val_scenes 1 --seed 0]
 
-The names of this module's pre-split API (``build_scene``, ``make_megadepth_scene``, ...)
-stay importable from here.
+The two scene writers (``make_megadepth_scene``, ``make_val_scene``) stay importable from
+here; everything else is imported from :mod:`data_pairs.synthetic`.
 """
 
 from __future__ import annotations
@@ -31,66 +31,19 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from data_pairs.synthetic import (
-    CAMERA_MODELS,
-    DEPTH_SUBDIR,
-    KIND_TRAIN,
-    KIND_VAL,
-    SFM_PREFIX,
-    STREAM_GEOMETRY,
-    STREAM_POINTS,
-    STREAM_RENDER,
-    STREAM_VIEWS,
-    VAL_SUBDIR,
-    Scene,
-    View,
-    build_scene,
-    cast_rays,
-    make_megadepth_scene,
-    make_val_scene,
-    observe_points,
-    pixel_rays,
-    render,
-    sample_surface_points,
-    sample_views,
-    scene_rng,
-    val_scene_name,
-)
-from data_pairs.synthetic.megadepth_writer import SFM_LAYOUTS
+from data_pairs.synthetic.colmap_writer import VAL_SUBDIR, make_val_scene, val_scene_name
+from data_pairs.synthetic.megadepth_writer import SFM_LAYOUTS, make_megadepth_scene
+from data_pairs.synthetic.synthesize import SceneSpec
 from utils.common.cli import make_parser, run_command
 
-__all__ = [
-    "Scene",
-    "View",
-    "build_scene",
-    "sample_views",
-    "cast_rays",
-    "pixel_rays",
-    "render",
-    "sample_surface_points",
-    "observe_points",
-    "scene_rng",
-    "make_megadepth_scene",
-    "make_val_scene",
-    "val_scene_name",
-    "generate",
-    "parse_args",
-    "main",
-    "CAMERA_MODELS",
-    "DEPTH_SUBDIR",
-    "SFM_PREFIX",
-    "VAL_SUBDIR",
-    "KIND_TRAIN",
-    "KIND_VAL",
-    "STREAM_GEOMETRY",
-    "STREAM_VIEWS",
-    "STREAM_POINTS",
-    "STREAM_RENDER",
-]
+__all__ = ["generate", "build_parser", "parse_args", "main", "make_megadepth_scene",
+           "make_val_scene"]
 
 MODULE = "data_pairs.make_synthetic"
+_DEFAULT = SceneSpec()
 
 # Flags that were spelled with hyphens before every command used underscores: the old
 # spellings are still accepted (not shown by --help), so old scripts keep working.
@@ -115,25 +68,24 @@ def generate(
 ) -> dict[str, list[str]]:
     """Generate all scenes of `args` (see :func:`parse_args`); returns the scene names."""
     out = Path(args.out)
+    spec = SceneSpec(seed=args.seed, n_images=args.images_per_scene, width=args.width,
+                     height=args.height, n_points=args.points, supersample=args.supersample,
+                     portrait_every=args.portrait_every)
     train_names, val_names = [], []
     for k in range(args.scenes):
         name = f"{args.first_scene_id + k:04d}"
         t0 = time.time()
-        make_megadepth_scene(out, name, k, seed=args.seed, n_images=args.images_per_scene,
-                             width=args.width, height=args.height, n_points=args.points,
-                             supersample=args.supersample, portrait_every=args.portrait_every,
-                             none_entries=args.none_entries, sfm_layout=args.sfm_layout)
+        make_megadepth_scene(out, name, k, spec, none_entries=args.none_entries,
+                             sfm_layout=args.sfm_layout)
         train_names.append(name)
-        log(f"MegaDepth-like scene {name}: {args.images_per_scene} images "
-            f"({time.time() - t0:.1f} s)")
+        log(f"MegaDepth-like scene {name}: {spec.n_images} images ({time.time() - t0:.1f} s)")
+    val_spec = replace(spec, n_images=args.val_images)
     for k in range(args.val_scenes):
         name = val_scene_name(k)
         t0 = time.time()
-        make_val_scene(out, name, k, seed=args.seed, n_images=args.val_images,
-                       width=args.width, height=args.height, n_points=args.points,
-                       supersample=args.supersample, portrait_every=args.portrait_every)
+        make_val_scene(out, name, k, val_spec)
         val_names.append(name)
-        log(f"validation scene {name}: {args.val_images} images ({time.time() - t0:.1f} s)")
+        log(f"validation scene {name}: {val_spec.n_images} images ({time.time() - t0:.1f} s)")
     if val_names and not args.no_ov_pairs:
         from data_pairs.precompute_immatch_val_ovs import precompute_scene_overlaps
 
@@ -151,17 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="data", help="data root to write into")
     p.add_argument("--scenes", type=int, default=2, help="MegaDepth-like training scenes")
-    p.add_argument("--images_per_scene", type=int, default=12,
+    p.add_argument("--images_per_scene", type=int, default=_DEFAULT.n_images,
                    help="images per training scene")
     p.add_argument("--val_scenes", type=int, default=1, help="PhotoTourism-like val scenes")
     p.add_argument("--val_images", type=int, default=None,
-                   help="images per validation scene (default: --images_per_scene)")
-    p.add_argument("--width", type=int, default=640, help="landscape image width")
-    p.add_argument("--height", type=int, default=480, help="landscape image height")
-    p.add_argument("--points", type=int, default=3000, help="3D points sampled per scene")
-    p.add_argument("--supersample", type=int, default=2,
+                   help="images per validation scene (None: as many as --images_per_scene)")
+    p.add_argument("--width", type=int, default=_DEFAULT.width, help="landscape image width")
+    p.add_argument("--height", type=int, default=_DEFAULT.height, help="landscape image height")
+    p.add_argument("--points", type=int, default=_DEFAULT.n_points,
+                   help="3D points sampled per scene")
+    p.add_argument("--supersample", type=int, default=_DEFAULT.supersample,
                    help="rays per pixel along each axis (anti-aliasing)")
-    p.add_argument("--portrait_every", type=int, default=6,
+    p.add_argument("--portrait_every", type=int, default=_DEFAULT.portrait_every,
                    help="every N-th image is portrait (0: none)")
     p.add_argument("--none_entries", type=int, default=1,
                    help="None slots per scene_info file, as real files have")
@@ -172,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how Undistorted_SfM/<scene> reaches <scene>/images")
     p.add_argument("--no_ov_pairs", action="store_true",
                    help="do not write the validation scenes' sparse/ov_pairs.npy")
-    p.add_argument("--seed", type=int, default=0, help="random seed of all scenes")
+    p.add_argument("--seed", type=int, default=_DEFAULT.seed, help="random seed of all scenes")
     return p
 
 

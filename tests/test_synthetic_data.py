@@ -284,16 +284,26 @@ def test_write_read_roundtrip(tmp_path):
 
 
 def test_generator_is_deterministic(tmp_path):
+    """The same scene twice, once from keyword fields and once from a SceneSpec: same files."""
     kw = dict(seed=11, n_images=2, width=48, height=32, n_points=200, supersample=1,
               portrait_every=0)
     a = syn.make_megadepth_scene(tmp_path / "a", "5003", 3, **kw)
-    b = syn.make_megadepth_scene(tmp_path / "b", "5003", 3, **kw)
+    b = syn.make_megadepth_scene(tmp_path / "b", "5003", 3, syn.SceneSpec(**kw))
     with np.load(a, allow_pickle=True) as da, np.load(b, allow_pickle=True) as db:
         for k in da.files:
             assert repr(da[k].tolist()) == repr(db[k].tolist()), k
     for f in sorted((tmp_path / "a" / "MegaDepth_undistort" / "5003" / "images").iterdir()):
         g = tmp_path / "b" / "MegaDepth_undistort" / "5003" / "images" / f.name
         assert f.read_bytes() == g.read_bytes()
+
+
+def test_scene_spec_fields():
+    spec = syn.scene_spec(None, seed=4, width=32)
+    assert spec == syn.SceneSpec(seed=4, n_images=12, width=32, height=480, n_points=3000,
+                                 supersample=2, portrait_every=6)
+    assert syn.scene_spec(spec, n_images=3).n_images == 3 and spec.n_images == 12
+    with pytest.raises(TypeError, match="n_image"):
+        syn.make_val_scene(Path("unused"), "x", 0, n_image=3)
 
 
 def test_old_hyphenated_flags_still_parse():

@@ -12,6 +12,7 @@ Modules, one responsibility each:
 - ``camera``: camera sampling;
 - ``render``: exact ray casting (images, depth maps);
 - ``observe``: 3D points and their SfM-style observations;
+- ``synthesize``: one scene end to end (the above, in a fixed random order);
 - ``megadepth_writer``: MegaDepth-like training scenes (D2Net's scene_info npz, depths);
 - ``colmap_writer``: PhotoTourism-like validation scenes (COLMAP binary models);
 - ``files``: the JPEG writer both writers use.
@@ -42,6 +43,12 @@ from data_pairs.synthetic.scene import (
     build_scene,
     scene_rng,
 )
+from data_pairs.synthetic.synthesize import (
+    SceneSpec,
+    SyntheticScene,
+    scene_spec,
+    synthesize_scene,
+)
 
 __all__ = [
     "Scene",
@@ -56,6 +63,10 @@ __all__ = [
     "sample_surface_points",
     "observe_points",
     "observations",
+    "SceneSpec",
+    "scene_spec",
+    "SyntheticScene",
+    "synthesize_scene",
     "make_megadepth_scene",
     "make_val_scene",
     "val_scene_name",

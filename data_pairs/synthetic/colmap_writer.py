@@ -15,19 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pairs.synthetic.camera import sample_views
 from data_pairs.synthetic.files import save_jpeg
-from data_pairs.synthetic.observe import observations, sample_surface_points
-from data_pairs.synthetic.render import render_views
-from data_pairs.synthetic.scene import (
-    KIND_VAL,
-    STREAM_GEOMETRY,
-    STREAM_POINTS,
-    STREAM_RENDER,
-    STREAM_VIEWS,
-    build_scene,
-    scene_rng,
-)
+from data_pairs.synthetic.scene import KIND_VAL
+from data_pairs.synthetic.synthesize import SceneSpec, scene_spec, synthesize_scene
 from utils.colmap.read_model import Camera, Image, Point3D, write_model
 from utils.geometry import rotmat2qvec
 
@@ -43,36 +33,24 @@ def val_scene_name(k: int) -> str:
 
 
 def make_val_scene(
-    out: Path,
-    scene_name: str,
-    index: int,
-    seed: int = 0,
-    n_images: int = 12,
-    width: int = 640,
-    height: int = 480,
-    n_points: int = 3000,
-    supersample: int = 2,
-    portrait_every: int = 6,
-    n_untriangulated: int = 40,
+    out: Path, scene_name: str, index: int, spec: SceneSpec | None = None, *,
+    n_untriangulated: int = 40, **spec_fields: int,
 ) -> Path:
     """Render one PhotoTourism-like validation scene; returns its ``dense`` folder.
 
     One COLMAP camera per image, models cycling through SIMPLE_PINHOLE, PINHOLE,
     SIMPLE_RADIAL (k = 0) and RADIAL (k1 = k2 = 0); each image also gets
-    `n_untriangulated` random 2D points without a 3D point (id −1). Points ids start at 1.
+    `n_untriangulated` random 2D points without a 3D point (id −1). Point ids start at 1.
+    The scene is `spec` with `spec_fields` replaced (see :func:`make_megadepth_scene`).
     """
+    spec = scene_spec(spec, **spec_fields)
     dense = out / VAL_SUBDIR / scene_name / "dense"
     for old in (dense / "images", dense / "sparse"):  # a re-run replaces the scene's files
         if old.is_dir():
             shutil.rmtree(old)
-    scene = build_scene(scene_rng(seed, KIND_VAL, index, STREAM_GEOMETRY))
-    views = sample_views(scene_rng(seed, KIND_VAL, index, STREAM_VIEWS), n_images, width,
-                         height, portrait_every=portrait_every)
-    rrng = scene_rng(seed, KIND_VAL, index, STREAM_RENDER)
-    imgs, depths = render_views(scene, views, rrng, supersample)
-    prng = scene_rng(seed, KIND_VAL, index, STREAM_POINTS)
-    pts = sample_surface_points(scene, n_points, prng)
-    kept, per_idx, per_xy, _ = observations(scene, views, depths, pts)
+    syn = synthesize_scene(spec, KIND_VAL, index)
+    views, imgs, pts, kept, rrng = syn.views, syn.images, syn.points, syn.kept, syn.render_rng
+    per_idx, per_xy = syn.obs_idx, syn.obs_xy
 
     cameras: dict[int, Camera] = {}
     images: dict[int, Image] = {}

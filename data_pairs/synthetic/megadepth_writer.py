@@ -23,19 +23,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data_pairs.synthetic.camera import sample_views
 from data_pairs.synthetic.files import save_jpeg
-from data_pairs.synthetic.observe import observations, sample_surface_points
-from data_pairs.synthetic.render import render_views
-from data_pairs.synthetic.scene import (
-    KIND_TRAIN,
-    STREAM_GEOMETRY,
-    STREAM_POINTS,
-    STREAM_RENDER,
-    STREAM_VIEWS,
-    build_scene,
-    scene_rng,
-)
+from data_pairs.synthetic.scene import KIND_TRAIN
+from data_pairs.synthetic.synthesize import SceneSpec, scene_spec, synthesize_scene
 
 __all__ = ["DEPTH_SUBDIR", "SFM_PREFIX", "SFM_LAYOUTS", "make_megadepth_scene"]
 
@@ -120,42 +110,30 @@ def _pair_matrices(
 
 
 def make_megadepth_scene(
-    out: Path,
-    scene_name: str,
-    index: int,
-    seed: int = 0,
-    n_images: int = 12,
-    width: int = 640,
-    height: int = 480,
-    n_points: int = 3000,
-    supersample: int = 2,
-    portrait_every: int = 6,
-    none_entries: int = 1,
-    sfm_layout: str = "link",
+    out: Path, scene_name: str, index: int, spec: SceneSpec | None = None, *,
+    none_entries: int = 1, sfm_layout: str = "link", **spec_fields: int,
 ) -> Path:
     """Render one MegaDepth-like scene under ``out/MegaDepth_undistort``; returns the npz.
 
-    Writes images, depth maps and ``scene_info/<scene>.0.npz`` with D2Net's keys; the npz
-    lists get `none_entries` extra None slots at random positions (as real files have
-    for unusable images). Points ids are 0..n_points3D−1.
+    The scene is `spec` with `spec_fields` (``seed``, ``n_images``, ``width``, ... of
+    :class:`~data_pairs.synthetic.synthesize.SceneSpec`) replaced. Writes images, depth maps
+    and ``scene_info/<scene>.0.npz`` with D2Net's keys; the npz lists get `none_entries`
+    extra None slots at random positions (as real files have for unusable images). Point
+    ids are 0..n_points3D−1.
     """
+    spec = scene_spec(spec, **spec_fields)
     mega = out / "MegaDepth_undistort"
     # a re-run replaces the scene's files instead of mixing old and new ones
     for old in (mega / scene_name / "images", mega / DEPTH_SUBDIR / scene_name):
         if old.is_dir():
             shutil.rmtree(old)
-    scene = build_scene(scene_rng(seed, KIND_TRAIN, index, STREAM_GEOMETRY))
-    views = sample_views(scene_rng(seed, KIND_TRAIN, index, STREAM_VIEWS), n_images, width,
-                         height, portrait_every=portrait_every)
-    imgs, depths = render_views(scene, views, scene_rng(seed, KIND_TRAIN, index, STREAM_RENDER),
-                                supersample)
-    prng = scene_rng(seed, KIND_TRAIN, index, STREAM_POINTS)
-    pts = sample_surface_points(scene, n_points, prng)
-    _, per_idx, per_xy, per_z = observations(scene, views, depths, pts)
+    syn = synthesize_scene(spec, KIND_TRAIN, index)
+    views, imgs, depths, prng = syn.views, syn.images, syn.depths, syn.points_rng
+    per_idx, per_xy, per_z = syn.obs_idx, syn.obs_xy, syn.obs_z
     n_pts3d = int(max((int(i.max()) + 1 for i in per_idx if len(i)), default=0))
 
     # slot order of the npz lists, with None slots mixed in
-    n_slots = n_images + none_entries
+    n_slots = spec.n_images + none_entries
     none_slots = set(prng.choice(n_slots, size=none_entries, replace=False).tolist())
     slot_of = [s for s in range(n_slots) if s not in none_slots]
 

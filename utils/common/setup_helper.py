@@ -1,4 +1,4 @@
-"""Set-up helpers: seeding, safe checkpoint loading and atomic checkpoint writing."""
+"""Set-up helpers: seeding, safe checkpoint loading and atomic file writing."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import argparse
 import os
 import pickle
 import random
-import tempfile
+import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -68,39 +69,50 @@ def load_checkpoint_safe(path: str | os.PathLike, map_location: Any = "cpu") -> 
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
 
 
-def save_checkpoint_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write `obj` with torch.save to a temporary file beside `path`, fsync, then rename.
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a file so that readers and crashes see either the old or the complete new one.
 
-    A crash at any point leaves either the previous file or the complete new one.
+    `write` fills a new temporary file beside `path` (same directory, so same file system;
+    created with the usual permissions, 0666 minus the umask), which is then flushed and
+    fsynced, renamed over `path` (``os.replace``) and the directory entry fsynced. On any
+    failure the temporary file is removed and `path` is left as it was. The project's one
+    atomic writer: checkpoints, .npy files and JSON / text files all go through it.
+
+    Returns:
+        `path` as a Path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def save_checkpoint_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` `obj` to `path` atomically (see :func:`write_atomic`)."""
+    return write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def save_npy_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``np.save`` a (pickled) object to `path` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, obj, allow_pickle=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """``np.save`` a (pickled) object to `path` atomically (see :func:`write_atomic`)."""
+    return write_atomic(path, lambda f: np.save(f, obj, allow_pickle=True))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 `text` to `path` atomically (see :func:`write_atomic`)."""
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))

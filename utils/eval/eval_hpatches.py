@@ -20,9 +20,9 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from utils.common.setup_helper import write_text_atomic
 from utils.eval.hpatches import (
     D2NET_EXCLUDED,
     HOMOGRAPHY_THRESHOLDS,
@@ -73,13 +73,8 @@ def network_matcher(
 
 
 def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
-    """Write `obj` as indented JSON through a temporary file (atomic rename)."""
-    p = Path(path)
-    if p.parent != Path(""):
-        p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, p)
+    """Write `obj` as indented JSON, atomically (utils.common.setup_helper.write_atomic)."""
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,19 +26,9 @@ from utils.geometry import (
     skew,
 )
 
-__all__ = [
-    "skew",
-    "pose2fund",
-    "pose2essential",
-    "abs2relapose",
-    "relative_pose",
-    "qvec2rotmat",
-    "rotmat2qvec",
-    "quat2mat",
-    "mat2quat",
-    "normalize_points",
-    "matches2relapose_cv",
-]
+# api.md's names (the original's module), re-exported from utils.geometry, and the pose solver
+__all__ = ["skew", "pose2fund", "pose2essential", "abs2relapose", "relative_pose", "qvec2rotmat",
+           "rotmat2qvec", "quat2mat", "mat2quat", "normalize_points", "matches2relapose_cv"]
 
 
 def matches2relapose_cv(

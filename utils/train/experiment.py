@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from networks.optim import parse_lr_decay
+from utils.common.setup_helper import write_text_atomic
 
 __all__ = ["ExperimentLog", "ExperimentTags", "make_tags", "parse_lr_decay", "save_config"]
 
@@ -122,10 +123,7 @@ def _jsonable(value: Any) -> Any:
 def save_config(args: Namespace, exp_dir: Path) -> Path:
     """Write the resolved configuration to ``<exp_dir>/config.json`` and return its path."""
     path = Path(exp_dir) / CONFIG_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_jsonable(args), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(_jsonable(args), indent=2, sort_keys=True) + "\n")
 
 
 class ExperimentLog:
