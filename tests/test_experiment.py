@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from utils.train.cli import UsageError, build_parser, check_args, parse_args
-from utils.train.experiment import ExperimentLog, make_tags, parse_lr_decay, save_config
+from utils.train.cli import UsageError, build_parser, check_args, parse_args, parse_lr_decay
+from utils.train.experiment import ExperimentLog, make_tags, save_config
 
 PAPER_CMD = (
     "--epochs 25 --batch 4 --save_step 1 --plot_counts 20 --data_root data --change_stride "
@@ -81,12 +81,6 @@ def test_bad_lr_decay_names_the_flag(tokens):
     a = build_parser().parse_args(["-lrd", *tokens])
     with pytest.raises(UsageError, match="--lr_decay"):
         check_args(a)
-
-
-def test_lr_decay_forms():
-    assert parse_lr_decay(None) is None
-    assert parse_lr_decay(["multistep", "0.2", "5", "10"]) == ("multistep", 0.2, [5, 10])
-    assert parse_lr_decay(["step", "0.5", "3"]) == ("step", 0.5, [3])
 
 
 def test_log_and_metrics_append(tmp_path):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from utils.common.cli import UsageError, make_parser
 
-__all__ = ["UsageError", "build_parser", "check_args", "parse_args"]
+__all__ = ["UsageError", "build_parser", "check_args", "parse_args", "parse_lr_decay"]
 
 DEFAULT_MATCH_NPY = "megadepth_pairs.ov0.35_imrat1.5.pair500.excl_test.npy"
 
@@ -95,14 +95,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_lr_decay(
+    tokens: Sequence[str | float | int] | None,
+) -> tuple[str, float, list[int]] | None:
+    """Parse ``--lr_decay``: ``step FACTOR STEP`` or ``multistep FACTOR M1 [M2 ...]``.
+
+    Returns:
+        (kind, factor, steps) or None; raises ValueError naming --lr_decay on a bad form.
+    """
+    if not tokens:
+        return None
+    tokens = [str(t) for t in tokens]
+    kind = tokens[0].lower()
+    usage = "--lr_decay expects 'step FACTOR STEP' or 'multistep FACTOR M1 [M2 ...]'"
+    try:
+        factor = float(tokens[1])
+        steps = [int(t) for t in tokens[2:]]
+    except (IndexError, ValueError):
+        raise ValueError(f"{usage}, got {' '.join(tokens)!r}") from None
+    if kind not in ("step", "multistep") or not steps or (kind == "step" and len(steps) != 1):
+        raise ValueError(f"{usage}, got {' '.join(tokens)!r}")
+    if not 0 < factor <= 1 or any(s <= 0 for s in steps):
+        raise ValueError(f"{usage} with 0 < FACTOR <= 1 and positive steps, got {tokens!r}")
+    return kind, factor, steps
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Value checks that argparse cannot express.
 
     Raises:
         UsageError: with a one-line message naming the flag.
     """
-    from utils.train.experiment import parse_lr_decay
-
     positive = ("epochs", "save_step", "plot_counts", "batch", "regr_batch", "ksize")
     for name in positive:
         if getattr(args, name) <= 0:
