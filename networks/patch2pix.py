@@ -83,10 +83,12 @@ class Patch2Pix(nn.Module):
             ``feat_idx``, ``regressor_config`` (None → coarse-only NCNet model),
             ``regr_batch``, ``weights_dict`` (state_dict or None), ``device`` (optional) and,
             when ``training``: ``freeze_feat``, ``start_epoch``, ``optim_config``.
-            Set ``imagenet_init=False`` to skip looking for ImageNet weights (the model
-            helpers do, since a checkpoint overwrites them anyway). ``lprint`` (default
-            print) receives what the weight loading did: keys skipped by a non-strict load,
-            or that the backbone starts from random weights.
+            ``imagenet_init`` (used only without ``weights_dict``): True (default) takes the
+            ImageNet backbone weights from the torch cache when there (never downloads);
+            ``'download'`` fetches them when missing and raises ImageNetWeightsError when
+            that fails (training, training.md §2); False keeps the random backbone.
+            ``lprint`` (default print) receives what the weight loading did: keys skipped by
+            a non-strict load, or where the backbone weights came from.
     """
 
     def __init__(self, config: Namespace) -> None:
@@ -122,8 +124,9 @@ class Patch2Pix(nn.Module):
         init_weights(self)
         lprint = getattr(config, "lprint", None) or print
         weights = getattr(config, "weights_dict", None)
-        if weights is None and getattr(config, "imagenet_init", True):
-            load_imagenet_weights(self.extract, lprint=lprint)
+        imagenet = getattr(config, "imagenet_init", True)
+        if weights is None and imagenet:
+            load_imagenet_weights(self.extract, lprint=lprint, download=imagenet == "download")
         if weights is not None:
             load_weights(self, weights, lprint=lprint)
         device = getattr(config, "device", None)

@@ -8,17 +8,30 @@ every checkpoint, but never run. ``fc`` and ``avgpool`` are dropped.
 from __future__ import annotations
 
 import logging
+import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from utils.common.cli import UsageError
+
 log = logging.getLogger(__name__)
 
 # File names under which torchvision's ImageNet ResNet-34 weights can sit in the torch cache:
-# the current IMAGENET1K_V1 file, and the name the original repository downloaded.
+# the current IMAGENET1K_V1 file, and the name the original repository downloaded. Each name
+# ends with the first 8 hex digits of the file's SHA-256 (torchvision's convention).
 IMAGENET_FILES = ("resnet34-b627a593.pth", "resnet34-333f7ec4.pth")
+# torchvision's ResNet34_Weights.IMAGENET1K_V1 (what a missing file is fetched from).
+IMAGENET_URL = "https://download.pytorch.org/models/resnet34-b627a593.pth"
+IMAGENET_SHA256_PREFIX = "b627a593"
+
+
+class ImageNetWeightsError(UsageError):
+    """The ImageNet ResNet-34 weights were needed but can be neither found nor downloaded."""
 
 # Channels of the five maps returned by `forward_all` (image, conv1, layer1, layer2, layer3).
 FEAT_CHANNELS = (3, 64, 64, 128, 256)
@@ -83,30 +96,91 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def imagenet_cache_path() -> Path:
+    """Where the ImageNet ResNet-34 weights belong: ``<torch hub dir>/checkpoints/`` +
+    ``resnet34-b627a593.pth`` (``~/.cache/torch/hub/checkpoints`` unless ``TORCH_HOME`` or
+    ``XDG_CACHE_HOME`` move it), the file torchvision itself uses."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILES[0]
+
+
 def find_imagenet_weights() -> Path | None:
     """Path of the ImageNet ResNet-34 weights in the local torch cache, or None (no download)."""
-    ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    ckpt_dir = imagenet_cache_path().parent
     for name in IMAGENET_FILES:
         if (ckpt_dir / name).is_file():
             return ckpt_dir / name
     return None
 
 
-def load_imagenet_weights(net: ResNet34, lprint=log.warning) -> bool:
-    """Load torchvision's ImageNet weights from the local cache when present.
+def download_imagenet_weights(progress: bool = True) -> Path:
+    """Fetch torchvision's ImageNet ResNet-34 weights into the torch cache.
 
-    Returns True when loaded; otherwise says plainly that the backbone starts from random
-    weights (nothing is downloaded).
+    ``torch.hub.download_url_to_file`` writes to a temporary file beside the target, checks
+    the SHA-256 prefix and only then moves it into place: a failed download leaves nothing.
+
+    Returns:
+        the cached file (:func:`imagenet_cache_path`).
+    Raises:
+        ImageNetWeightsError: naming the file, where to put it by hand, and
+            ``--random_backbone``, when the download fails (offline, bad hash, no space).
+    """
+    dst = imagenet_cache_path()
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(IMAGENET_URL, os.fspath(dst),
+                                       hash_prefix=IMAGENET_SHA256_PREFIX, progress=progress)
+    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise ImageNetWeightsError(
+            f"the ImageNet ResNet-34 weights {dst.name} are not in the torch cache and could "
+            f"not be downloaded from {IMAGENET_URL} ({why}). Put that file at {dst} (or set "
+            "TORCH_HOME to a folder holding hub/checkpoints/" + dst.name + "; "
+            "'bash pretrained/download.sh imagenet' fetches it), or pass --random_backbone "
+            "to train from a random backbone"
+        ) from None
+    return dst
+
+
+def _read_imagenet_state(path: Path) -> dict[str, Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+            zipfile.BadZipFile) as e:
+        raise ImageNetWeightsError(
+            f"cannot read the ImageNet ResNet-34 weights {path} ({' '.join(str(e).split())}): "
+            "delete the file to download it again"
+        ) from None
+    if not isinstance(state, dict):
+        raise ImageNetWeightsError(f"{path} holds no ResNet-34 state_dict")
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
+def load_imagenet_weights(net: ResNet34, lprint=log.warning, download: bool = False) -> bool:
+    """Load torchvision's ImageNet weights into `net`: from the torch cache, else (only with
+    `download`) fetched into it first.
+
+    Returns:
+        True when loaded. Without `download` and without a cached file, says plainly through
+        `lprint` that the backbone starts from random weights and returns False.
+    Raises:
+        ImageNetWeightsError: with `download`, when the file can be neither found nor
+            fetched; or when the cached file is unreadable or not a ResNet-34.
     """
     path = find_imagenet_weights()
+    if path is None and download:
+        lprint(f"ImageNet ResNet-34 weights not in the torch cache: downloading {IMAGENET_URL}")
+        path = download_imagenet_weights()
     if path is None:
         lprint(
             "ImageNet ResNet-34 weights not found in the torch cache "
-            f"({Path(torch.hub.get_dir()) / 'checkpoints'}/{IMAGENET_FILES[0]}): "
-            "the backbone starts from random weights."
+            f"({imagenet_cache_path()}): the backbone starts from random weights."
         )
         return False
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    net.load_state_dict(state, strict=True)
+    state = _read_imagenet_state(path)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ImageNetWeightsError(f"{path} is not a ResNet-34 state_dict: {first}") from None
+    lprint(f"backbone initialised from the ImageNet ResNet-34 weights {path}")
     return True

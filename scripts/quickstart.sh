@@ -48,12 +48,13 @@ step "Generating training pairs into $PAIR_ROOT"
 step "Training (${EPOCHS} epochs x ${ITERS} steps, paper model configuration, reduced sizes)"
 # The paper's model flags (--change_stride --panc 8, default regressor dims and patch sizes)
 # with smaller images (--train_size 240 160), fewer coarse matches per pair (--ptmax 25),
-# batch 1 and a small validation (320 px, 5 pairs).
+# batch 1 and a small validation (320 px, 5 pairs). --random_backbone: the quick start needs
+# no download (a real run starts from the ImageNet ResNet-34 weights, fetched when missing).
 "$PY" -m train_patch2pix --data_root "$DATA_ROOT" --pair_root "$PAIR_ROOT" -o "$OUT_DIR" \
     --change_stride --panc 8 --batch 1 --ptmax 25 --train_size 240 160 \
     --epochs "$EPOCHS" --max_iters_per_epoch "$ITERS" --plot_counts 2 --save_step 1 \
     -lr 0.0005 -lrd multistep 0.2 5 --cls_dthres 50 5 --epi_dthres 50 5 \
-    --val_imsize 320 --val_sample_max 5 --workers 1 --device "$DEVICE"
+    --val_imsize 320 --val_sample_max 5 --workers 1 --device "$DEVICE" --random_backbone
 
 step "Done. Experiment directory:"
 find "$OUT_DIR" -name last_ckpt.pth -printf '%h\n' | sort -u

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = (
     "--change_stride --conv_dims 8 8 --fc_dims 8 8 --ptmax 20 --batch 1 --train_size 160 96 "
     "--max_iters_per_epoch 2 --plot_counts 2 --val_imsize 160 --val_sample_max 2 "
-    "--workers 0 --no_progress --device cpu"
+    "--workers 0 --no_progress --device cpu --random_backbone"
 ).split()
 
 

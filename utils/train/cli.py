@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto = cuda:<gpu> when available, else cpu")
     g.add_argument("--workers", type=int, default=2, help="data-loader worker processes")
+    g.add_argument("--random_backbone", action="store_true",
+                   help="without --pretrain/--ckpt/--resume, start from a random backbone "
+                   "instead of the ImageNet ResNet-34 weights (fetched into the torch cache "
+                   "when missing)")
     g.add_argument("--max_iters_per_epoch", type=int, default=0,
                    help="stop an epoch after N steps (0 = whole data set)")
     g.add_argument("--train_size", type=int, nargs=2, default=[480, 320], metavar=("W", "H"),

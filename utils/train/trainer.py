@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from networks.patch2pix import Patch2Pix
+from networks.resnet import download_imagenet_weights, find_imagenet_weights
 from utils.common.setup_helper import (
     CheckpointError,
     load_checkpoint_safe,
@@ -177,6 +178,31 @@ def resolve_start(args: Namespace, exp_dir: Path) -> StartState:
     return st
 
 
+def prepare_backbone(args: Namespace, start: StartState,
+                     lprint: Callable[[str], Any] = print) -> str:
+    """Make sure a run without start weights gets the ImageNet backbone (training.md §2).
+
+    Without ``--pretrain`` / ``--ckpt`` / ``--resume`` the ImageNet ResNet-34 weights are taken
+    from the torch cache, downloaded into it when missing (as the original did), unless
+    ``--random_backbone`` asks for a random backbone.
+
+    Returns:
+        a description of the backbone's start for the log.
+    Raises:
+        ImageNetWeightsError (a UsageError): the weights can be neither found nor downloaded;
+            the message names the file, where to put it, and ``--random_backbone``.
+    """
+    if start.weights is not None:
+        return ", ".join(start.sources)
+    if getattr(args, "random_backbone", False):
+        return "random backbone (--random_backbone)"
+    path = find_imagenet_weights()
+    if path is None:
+        lprint("ImageNet ResNet-34 weights not in the torch cache: downloading them")
+        path = download_imagenet_weights()
+    return f"ImageNet backbone ({path})"
+
+
 def build_model(args: Namespace, device: torch.device, start: StartState,
                 lprint: Callable[[str], Any] = print) -> Patch2Pix:
     """Patch2Pix in training configuration with optimiser and scheduler (training.md §2).
@@ -189,6 +215,7 @@ def build_model(args: Namespace, device: torch.device, start: StartState,
         device=device, training=True, backbone=args.backbone, change_stride=args.change_stride,
         feat_idx=list(args.feat_idx), regressor_config=regressor_config(args),
         regr_batch=args.regr_batch, weights_dict=start.weights, freeze_feat=args.freeze_feat,
+        imagenet_init=False if getattr(args, "random_backbone", False) else "download",
         lprint=lprint,
         start_epoch=start.start_epoch,
         optim_config=Namespace(opt="adam", lr_init=args.lr_init, weight_decay=args.weight_decay,
@@ -354,6 +381,7 @@ class Trainer:
         # Fail fast on user errors before creating anything on disk.
         self.dataset = build_dataset(args)
         start = resolve_start(args, self.exp_dir)
+        start_desc = prepare_backbone(args, start, lprint=echo or (lambda _msg: None))
         self.log = ExperimentLog(self.exp_dir, echo=echo)
         try:
             if args.resume:
@@ -363,7 +391,7 @@ class Trainer:
             self.log(f"Experiment dir: {self.exp_dir}\nVisdom env: {self.tags.visdom_env}\n"
                      f"Device: {self.device}; data: {len(self.dataset)} pairs, "
                      f"{args.train_size[0]}x{args.train_size[1]}; start weights: "
-                     f"{', '.join(start.sources) or 'ImageNet backbone / random init'}")
+                     f"{start_desc}")
             self.start_epoch = start.start_epoch
             seed_all(args.seed + self.start_epoch)
             self.best = BestTracker(list(start.best_vals))
