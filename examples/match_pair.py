@@ -91,14 +91,6 @@ class PairMatches:
         return npz, csv
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image file."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.size
-
-
 def match_pair(
     net: Any,
     im1_path: str | os.PathLike,
@@ -127,6 +119,7 @@ def match_pair(
     Returns:
         A :class:`PairMatches` in original image pixels.
     """
+    from utils.datasets.preprocess import image_size
     from utils.eval.model_helper import estimate_matches
 
     if eval_type is None:

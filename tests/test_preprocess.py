@@ -13,6 +13,7 @@ from utils.datasets.preprocess import (
     cal_rescale_size,
     crop_from_bottom_right,
     get_tuple_transform_ops,
+    image_size,
     load_im_flexible,
     load_im_tensor,
 )
@@ -171,3 +172,14 @@ def test_tuple_transform_ops():
     torch.testing.assert_close(out[1], expected_tensor(b, (30, 20)), atol=1e-6, rtol=0)
     raw = get_tuple_transform_ops(normalize=False)([Image.fromarray(a)])[0]
     torch.testing.assert_close(raw, torch.from_numpy(a.transpose(2, 0, 1) / 255.0).float())
+
+
+def test_image_size_reads_the_header_and_names_bad_files(tmp_path):
+    write_image(tmp_path / "a.png", 37, 21)
+    assert image_size(tmp_path / "a.png") == (37, 21)
+    assert image_size(str(tmp_path / "a.png")) == (37, 21)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        image_size(tmp_path / "missing.png")
+    (tmp_path / "junk.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="junk.jpg"):
+        image_size(tmp_path / "junk.jpg")

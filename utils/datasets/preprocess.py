@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from fractions import Fraction
 
 import numpy as np
@@ -20,6 +21,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "open_image",
+    "image_size",
     "pil_to_tensor",
     "normalize_imagenet",
     "cal_rescale_size",
@@ -35,8 +37,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def open_image(im_path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
-    """Open an image file and convert it to `mode`, with errors that name the path.
+@contextmanager
+def _opened(im_path: str | os.PathLike) -> Iterator[Image.Image]:
+    """PIL's lazy ``Image.open`` of a file, with errors that name the path.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -47,9 +50,30 @@ def open_image(im_path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as im:
-            return im.convert(mode)
+            yield im
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot decode image file {path}: {e}") from e
+
+
+def open_image(im_path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
+    """Open an image file and convert it to `mode`, with errors that name the path.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file cannot be decoded as an image.
+    """
+    with _opened(im_path) as im:
+        return im.convert(mode)
+
+
+def image_size(im_path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header (the pixels are not decoded).
+
+    Raises:
+        FileNotFoundError / ValueError naming the path, as :func:`open_image`.
+    """
+    with _opened(im_path) as im:
+        return im.size
 
 
 def pil_to_tensor(im: Image.Image) -> torch.Tensor:

@@ -41,6 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from utils.datasets.preprocess import image_size
 from utils.geometry import error_auc
 
 MMA_THRESHOLDS: tuple[int, ...] = tuple(range(1, 11))
@@ -238,14 +239,6 @@ def list_sequences(
             p for p in seqs if p.name.startswith("v_")
         ][:max_seqs]
     return seqs
-
-
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image file, read from its header."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.size
 
 
 # --------------------------------------------------------------------------------------
