@@ -188,17 +188,23 @@ def test_runner_with_displaced_matcher(synth_root: Path) -> None:
     assert mma[2:] == [1.0] * 8
 
 
-def test_cli_oracle(synth_root: Path, tmp_path: Path) -> None:
+def test_cli_oracle(synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "res" / "hp.json"
-    eval_hpatches.main(
+    rc = eval_hpatches.main(
         ["--root", str(synth_root), "--matcher", "oracle", "--out", str(out), "--no_progress"]
     )
+    assert rc == 0
     data = json.loads(out.read_text())
     assert set(data) >= {"config", "summary", "pairs"}
     assert data["summary"]["all"]["mma"]["1"] == 1.0
     assert data["config"]["solver"] == "ransac"
-    with pytest.raises(SystemExit):
-        eval_hpatches.main(["--root", str(synth_root)])  # no checkpoint
+    capsys.readouterr()
+    assert eval_hpatches.main(["--root", str(synth_root)]) == 2  # no checkpoint
+    err = capsys.readouterr().err.strip()
+    assert err == "utils.eval.eval_hpatches: error: --ckpt is required (or use --matcher oracle)"
+    assert eval_hpatches.main(["--root", str(tmp_path / "none"), "--matcher", "oracle"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "none") in err
 
 
 def test_exclusion(synth_root: Path) -> None:

@@ -1,7 +1,8 @@
 """HPatches sequences: data layout, matching / homography metrics and the evaluation loop.
 
-Pure numpy / OpenCV; the matcher is any callable ``(im1_path, im2_path) -> matches``, so the
-metrics and the runner work (and are tested) without the network.
+Pure numpy / OpenCV; the matcher is any callable ``(im1_path, im2_path) -> matches`` (see
+``utils/eval/runner.py``), so the metrics and the runner work (and are tested) without the
+network.
 
 Layout (``hpatches-sequences-release``): one folder per sequence, ``i_*`` (illumination
 changes) or ``v_*`` (viewpoint changes), each with images ``1.ppm`` .. ``6.ppm`` and the
@@ -33,7 +34,7 @@ residual is the pixel-centre convention of that rescaling (``x * s`` instead of
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ import cv2
 import numpy as np
 
 from utils.datasets.preprocess import image_size
+from utils.eval.runner import Matcher, as_matches, run_pairs
 from utils.geometry import error_auc
 
 MMA_THRESHOLDS: tuple[int, ...] = tuple(range(1, 11))
@@ -60,9 +62,6 @@ D2NET_EXCLUDED: tuple[str, ...] = (
     "v_talent",
 )
 
-Matcher = Callable[[str, str], Any]
-"""A matcher: (im1_path, im2_path) -> (N, 4) matches in original pixels (or a tuple whose
-first element is that array, e.g. the output of ``estimate_matches``)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -289,15 +288,6 @@ def evaluate_pair(
     return mma.tolist(), corner_error(H_est, H_gt, width, height), int(inl.sum())
 
 
-def _as_matches(out: Any) -> np.ndarray:
-    """Accept a matcher output: an (N, 4) array/tensor or a tuple whose first item is one."""
-    if isinstance(out, (tuple, list)) and len(out) and not np.isscalar(out[0]):
-        out = out[0]
-    if hasattr(out, "detach"):
-        out = out.detach().cpu().numpy()
-    return np.asarray(out, dtype=np.float64).reshape(-1, 4)
-
-
 def summarize(
     pairs: Sequence[PairResult],
     thresholds: Sequence[float] = MMA_THRESHOLDS,
@@ -357,7 +347,7 @@ def evaluate_hpatches(
 
     Args:
         root: the HPatches sequences folder.
-        matcher: (im1_path, im2_path) -> (N, 4) matches in original pixels.
+        matcher: (im1_path, im2_path) -> matches in original pixels (``utils.eval.runner``).
         thresholds: MMA thresholds (px).
         homography_thresholds: corner-error thresholds for correctness / AUC (px).
         ransac_thres, solver: homography estimation settings.
@@ -368,30 +358,25 @@ def evaluate_hpatches(
     Returns:
         {'summary': summarize(...), 'pairs': [per-pair dicts], 'n_seqs': int, 'time_s': float}.
     """
-    import time
-
-    from tqdm import tqdm
-
     seqs = list_sequences(root, exclude, max_seqs)
     if not seqs:
         raise FileNotFoundError(f"no i_*/v_* sequences under {root}")
     jobs = [(s, k) for s in seqs for k in range(2, 7) if (s / f"H_1_{k}").exists()]
-    results: list[PairResult] = []
-    t0 = time.time()
-    bar = tqdm(jobs, desc="HPatches", unit="pair", disable=not progress, dynamic_ncols=True)
-    for seq, k in bar:
+
+    def evaluate(job: tuple[Path, int]) -> PairResult:
+        seq, k = job
         im1, imk = find_image(seq, 1), find_image(seq, k)
         H_gt = read_homography(seq / f"H_1_{k}")
         w, h = image_size(im1)
-        matches = _as_matches(matcher(str(im1), str(imk)))
-        mma, ce, n_inl = evaluate_pair(
-            matches, H_gt, w, h, thresholds, ransac_thres, solver
-        )
-        results.append(PairResult(seq.name, k, len(matches), mma, ce, n_inl))
-        if progress:
-            done = np.mean([r.mma[min(2, len(r.mma) - 1)] for r in results])
-            bar.set_postfix(seq=seq.name, matches=len(matches), mma3=f"{done:.3f}")
-    bar.close()
+        matches = as_matches(matcher(str(im1), str(imk)))
+        mma, ce, n_inl = evaluate_pair(matches, H_gt, w, h, thresholds, ransac_thres, solver)
+        return PairResult(seq.name, k, len(matches), mma, ce, n_inl)
+
+    def postfix(done: list[PairResult]) -> dict[str, Any]:
+        mma3 = np.mean([r.mma[min(2, len(r.mma) - 1)] for r in done])
+        return {"seq": done[-1].seq, "matches": done[-1].n_matches, "mma3": f"{mma3:.3f}"}
+
+    results, seconds = run_pairs(jobs, evaluate, "HPatches", progress, postfix)
     pairs = []
     for r in results:
         d = asdict(r)
@@ -402,7 +387,7 @@ def evaluate_hpatches(
         "summary": summarize(results, thresholds, homography_thresholds),
         "pairs": pairs,
         "n_seqs": len(seqs),
-        "time_s": time.time() - t0,
+        "time_s": seconds,
     }
 
 
