@@ -39,3 +39,18 @@ _download_cleanup() {
     rm -rf "$TMP"
     if [ "$CREATED_TARGET" = 1 ]; then rmdir "$DOWNLOAD_TARGET" 2>/dev/null || true; fi
 }
+
+# find_fetch: defines fetch URL FILE (curl, else wget; fails on HTTP errors); exits 2 when
+# neither is installed.
+find_fetch() {
+    if command -v curl >/dev/null 2>&1; then
+        FETCH_PROGRESS=(-sS)
+        if [ -t 2 ]; then FETCH_PROGRESS=(--progress-bar); fi
+        fetch() { curl -fL "${FETCH_PROGRESS[@]}" --connect-timeout 30 --retry 2 -o "$2" "$1"; }
+    elif command -v wget >/dev/null 2>&1; then
+        fetch() { wget -q --timeout=30 --tries=3 -O "$2" "$1"; }
+    else
+        echo "error: neither curl nor wget is installed" >&2
+        exit 2
+    fi
+}

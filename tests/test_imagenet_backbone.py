@@ -9,6 +9,10 @@ test touches the network.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import subprocess
 import urllib.error
 from argparse import Namespace
 from pathlib import Path
@@ -33,6 +37,7 @@ from utils.common.setup_helper import save_checkpoint_atomic
 from utils.eval.model_helper import load_model
 from utils.train.trainer import StartState, prepare_backbone
 
+DOWNLOAD_SH = Path(__file__).resolve().parents[1] / "pretrained" / "download.sh"
 SMALL_RC = dict(conv_dims=[8, 8], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[8, 8],
                 feat_comb="pre", psize=[16, 16], pshift=8, panc=1, shared=False)
 
@@ -201,3 +206,49 @@ def test_load_model_never_downloads(torch_home, offline, tmp_path, monkeypatch):
                 if k.startswith(("extract.", "ncn."))}, nc)
     load_model(nc, method="nc", lprint=msgs.append, device="cpu")
     assert offline == []
+
+
+# ---------------------------------------------------------------- pretrained/download.sh imagenet
+def _script_env(**extra: str) -> dict[str, str]:
+    """The environment with every proxy pointed at a closed local port (no real host)."""
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    for k in ("http_proxy", "https_proxy", "all_proxy"):
+        env[k] = env[k.upper()] = "http://127.0.0.1:9"
+    env.update(extra)
+    return env
+
+
+def _download_sh(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(DOWNLOAD_SH), "imagenet", *args], env=_script_env(**env),
+                          capture_output=True, text=True, timeout=120, cwd=DOWNLOAD_SH.parents[1])
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+def test_download_script_fetches_into_the_torch_cache(tmp_path):
+    src = tmp_path / "src.pth"
+    torch.save(_imagenet_like_state(6), src)
+    prefix = hashlib.sha256(src.read_bytes()).hexdigest()[:8]
+    home = tmp_path / "th"
+    res = _download_sh(TORCH_HOME=str(home), PATCH2PIX_IMAGENET_URL=src.as_uri(),
+                       PATCH2PIX_IMAGENET_SHA256=prefix)
+    assert res.returncode == 0, res.stderr
+    got = home / "hub" / "checkpoints" / IMAGENET_FILES[0]
+    assert sorted(p.name for p in got.parent.iterdir()) == [IMAGENET_FILES[0]]
+    assert got.read_bytes() == src.read_bytes()
+    res = _download_sh(TORCH_HOME=str(home))  # present: kept, no network needed
+    assert res.returncode == 0 and "exists, kept" in res.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+def test_download_script_fails_cleanly(tmp_path):
+    target = tmp_path / "cache"
+    res = _download_sh(str(target))  # offline
+    assert res.returncode != 0 and not target.exists()
+    assert IMAGENET_FILES[0] in res.stderr and str(target / IMAGENET_FILES[0]) in res.stderr
+    assert "--random_backbone" in res.stderr
+    src = tmp_path / "src.pth"
+    src.write_bytes(b"not the weights")
+    target.mkdir()
+    res = _download_sh(str(target), PATCH2PIX_IMAGENET_URL=src.as_uri())  # real prefix
+    assert res.returncode != 0 and "SHA-256" in res.stderr
+    assert list(target.iterdir()) == []
