@@ -21,7 +21,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/pip" install -q --no-build-isolation -r requirements-dev.txt
   echo "$want" > "$stamp"
 fi
-"$VENV/bin/python" -m ipykernel install --user --name patch2pix --display-name "Patch2Pix (.venv)" >/dev/null
+# the kernel lives in the environment (not ~/.local): jupyter run from .venv finds it, and
+# another clone's set-up cannot redirect it
+"$VENV/bin/python" -m ipykernel install --sys-prefix --name patch2pix --display-name "Patch2Pix (.venv)" >/dev/null
 # Visdom's page assets, pinned in scripts/visdom_assets/package-lock.json, from the npm
 # registry into visdom's static folder (nothing is downloaded once they are installed).
 if ! "$VENV/bin/python" -m utils.common.visdom_assets; then
