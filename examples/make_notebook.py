@@ -24,9 +24,10 @@ of them to pixel level with two local regressors (mid, then fine level). This no
 
 1. loads a model: `pretrained/patch2pix_pretrained.pth` if present, else the newest
    checkpoint under `output/`, else a freshly initialised (untrained) model — with a warning;
-2. matches the example pairs in `examples/images/` and draws the coarse and the refined
-   matches; the pairs come with their ground-truth homography, so every match is coloured
-   by its reprojection error (green 0 px → red ≥ 10 px);
+2. matches the example pairs in `examples/images/` with the library's matcher,
+   `Patch2PixMatcher` (`matcher(image0, image1)`, as LightGlue users write it), and draws the
+   coarse and the refined matches; the pairs come with their ground-truth homography, so
+   every match is coloured by its reprojection error (green 0 px → red ≥ 10 px);
 3. shows NCNet-only coarse matching (`load_model(..., method='nc')`);
 4. refines the matches of another matcher with `refine_matches`.
 
@@ -64,15 +65,10 @@ from IPython.display import Markdown, display
 from PIL import Image
 
 from examples.make_example_pairs import list_pairs
-from examples.match_pair import (
-    draw,
-    find_checkpoint,
-    init_untrained_model,
-    load_homography,
-    match_pair,
-)
+from examples.match_pair import find_checkpoint, init_untrained_model, load_homography
 from utils.common.plotting import colors_from_values, plot_matches
 from utils.eval.hpatches import reprojection_errors, warp_points
+from utils.eval.matcher import Patch2PixMatcher
 from utils.eval.model_helper import load_model, refine_matches
 
 fig_dir = Path(FIG_DIR) if FIG_DIR else None
@@ -111,26 +107,30 @@ print(f"model: {ckpt if ckpt else 'untrained'} on {net.device}; upsample {net.up
 
 PAIRS_MD = """\
 ## 2. Coarse and refined matches on the example pairs
-`match_pair` returns the refined matches, their scores and the coarse match each of them
-comes from, all in **original image pixels**. With the ground-truth homography H (image 1 →
-image 2) the reprojection error of a match is `‖H(x1, y1) − (x2, y2)‖`."""
+`matcher(image0, image1)` takes paths, numpy arrays (H, W, 3), PIL images or [0, 1] tensors
+and returns `keypoints0`, `keypoints1` (the refined matches), `scores` and `coarse` (the
+patch-level match each of them comes from), all in the **input images' pixels**. With the
+ground-truth homography H (image 1 → image 2) the reprojection error of a match is
+`‖H(x1, y1) − (x2, y2)‖`."""
 
 PAIRS = """\
 pairs = list_pairs(ROOT / "examples" / "images")
+matcher = Patch2PixMatcher(net, imsize=IMSIZE, io_thres=IO_THRES, ksize=KSIZE,
+                           ncn_thres=NCN_THRES)
 rows = []
 for im1, im2, h_path in pairs:
     name = im1.name[: -len("_1.jpg")]
-    res = match_pair(net, im1, im2, imsize=IMSIZE, io_thres=IO_THRES, ksize=KSIZE,
-                     ncn_thres=NCN_THRES)
+    out = matcher(im1, im2)
+    refined = np.concatenate([out["keypoints0"], out["keypoints1"]], axis=1)
     H = load_homography(h_path) if h_path is not None else None
-    for kind, m in (("coarse", res.coarse), ("refined", res.matches)):
+    for kind, m in (("coarse", out["coarse"]), ("refined", refined)):
         if H is not None:
             err = reprojection_errors(m, H)
             colors = colors_from_values(err, 0.0, MAX_ERR, "RdYlGn", reverse=True)
             rows.append((name, kind, len(m), *[np.mean(err <= t) for t in (1, 3, 5)],
                          np.median(err) if len(err) else np.nan))
         else:
-            colors = colors_from_values(res.scores, 0.0, 1.0, "viridis")
+            colors = colors_from_values(out["scores"], 0.0, 1.0, "viridis")
         fig = plot_matches(im1, im2, m, Npts=NPTS, lines=True, radius=2, dpi=100,
                            colors=colors, title=f"{name}: {kind} ({len(m)} matches)")
         show(fig, f"{name}_{kind}")
@@ -155,15 +155,20 @@ else:
     print(f"{ncn_path} not found: using the coarse stage of the model above")
     ncnet = net
 im1, im2, h_path = pairs[0]
-res_nc = match_pair(ncnet, im1, im2, imsize=IMSIZE, io_thres=0.0, ksize=KSIZE,
-                    ncn_thres=NCN_THRES, eval_type="coarse")
+ncn_matcher = Patch2PixMatcher(ncnet, imsize=IMSIZE, io_thres=0.0, ksize=KSIZE,
+                               ncn_thres=NCN_THRES, eval_type="coarse")
+out = ncn_matcher(im1, im2)
+m_nc = np.concatenate([out["keypoints0"], out["keypoints1"]], axis=1)
 H = load_homography(h_path) if h_path is not None else None
-fig = draw(res_nc, H, Npts=NPTS, max_error=MAX_ERR, title=f"NCNet coarse ({len(res_nc)})")
-show(fig, "ncnet_coarse")
+colors = None
 if H is not None:
-    err = res_nc.errors(H)
+    err = reprojection_errors(m_nc, H)
+    colors = colors_from_values(err, 0.0, MAX_ERR, "RdYlGn", reverse=True)
     mma = [round(float(np.mean(err <= t)), 3) for t in (1, 3, 5, 10)]
-    print("NCNet coarse MMA@1/3/5/10px:", mma)"""
+    print("NCNet coarse MMA@1/3/5/10px:", mma)
+fig = plot_matches(im1, im2, m_nc, Npts=NPTS, lines=True, radius=3, dpi=100, colors=colors,
+                   title=f"NCNet coarse ({len(m_nc)})")
+show(fig, "ncnet_coarse")"""
 
 REFINE_MD = """\
 ## 4. Refining another matcher's matches

@@ -10,11 +10,14 @@ ORIGINAL image pixels (x = column, y = row), whatever ``--imsize`` the network r
 With ``--H`` (a 3x3 homography from image 1 to image 2, .txt or .npy) the matches are
 coloured by their reprojection error (green 0 px -> red >= 10 px) and MMA is printed.
 
-From Python / a notebook::
+From Python / a notebook, the library's matcher (``utils.eval.matcher``)::
 
-    from examples.match_pair import match_pair
-    res = match_pair(net, "a.jpg", "b.jpg", imsize=512)
-    res.matches, res.scores, res.coarse
+    from utils.eval.matcher import Patch2PixMatcher
+    matcher = Patch2PixMatcher("pretrained/patch2pix_pretrained.pth", imsize=1024)
+    out = matcher("a.jpg", "b.jpg")  # keypoints0, keypoints1, scores, coarse
+
+or this module's ``match_pair(net, "a.jpg", "b.jpg", imsize=512)``, which wraps it and adds
+image sizes, saving and drawing (``res.matches``, ``res.scores``, ``res.coarse``).
 """
 
 from __future__ import annotations
@@ -120,18 +123,17 @@ def match_pair(
         A :class:`PairMatches` in original image pixels.
     """
     from utils.datasets.preprocess import image_size
-    from utils.eval.model_helper import estimate_matches
+    from utils.eval.matcher import Patch2PixMatcher
 
     if eval_type is None:
         eval_type = "coarse" if getattr(net, "regressor_config", None) is None else "fine"
-    matches, scores, coarse = estimate_matches(
-        net, im1_path, im2_path, ksize=ksize, ncn_thres=ncn_thres, mutual=mutual,
-        io_thres=io_thres, eval_type=eval_type, imsize=imsize,
-    )
+    matcher = Patch2PixMatcher(net, imsize=imsize, io_thres=io_thres, ksize=ksize,
+                               eval_type=eval_type, ncn_thres=ncn_thres, mutual=mutual)
+    out = matcher(im1_path, im2_path)
     return PairMatches(
-        np.asarray(matches, dtype=np.float64).reshape(-1, 4),
-        np.asarray(scores, dtype=np.float64).reshape(-1),
-        np.asarray(coarse, dtype=np.float64).reshape(-1, 4),
+        np.concatenate([out["keypoints0"], out["keypoints1"]], axis=1),
+        out["scores"],
+        out["coarse"],
         str(im1_path),
         str(im2_path),
         image_size(im1_path),
