@@ -129,9 +129,35 @@ def test_select_local_patch_feats_indices_and_clamping():
                     ex2 = min(max((x2 + dx) // ds, 0), w // ds - 1)
                     assert f1[lvl, :, n, dyi, dxi].tolist() == [lvl, ey1, ex1]
                     assert f2[lvl, :, n, dyi, dxi].tolist() == [lvl, ey2, ex2]
-    # feat_idx subset and ptype other than centre (offsets 0..psize-1)
-    g1, _ = select_local_patch_feats(feats, feats, 0, matches[:1], [2], [1, 2, 2, 2], 4, "lt")
-    assert g1.view(3, 4, 4)[2].tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_select_local_patch_lt_differs_from_center():
+    """Away from the borders 'lt' windows start at the match, 'center' ones psize/2 before it."""
+    feats = coord_maps(48, 64, [1, 2, 4, 8])
+    match = torch.tensor([[10.7, 20.2, 30.9, 5.5]])  # truncated to (10, 20) and (30, 5)
+    out = {}
+    for ptype in ("center", "lt"):
+        f1, f2 = select_local_patch_feats(feats, feats, 0, match, [0, 1], [1, 2, 2, 2], 4, ptype)
+        assert f1.shape == f2.shape == (6, 16)
+        # (level 0 / 1, channel lvl / y / x, dy, dx)
+        out[ptype] = (f1.view(2, 3, 4, 4), f2.view(2, 3, 4, 4))
+
+    def grid(xs, ys):  # expected (y, x) channels: rows follow dy, columns dx
+        return [[y] * 4 for y in ys], [list(xs) for _ in ys]
+
+    expect = {  # (image, level): (xs, ys) for 'center', then for 'lt'
+        (0, 0): (([8, 9, 10, 11], [18, 19, 20, 21]), ([10, 11, 12, 13], [20, 21, 22, 23])),
+        (0, 1): (([4, 4, 5, 5], [9, 9, 10, 10]), ([5, 5, 6, 6], [10, 10, 11, 11])),
+        (1, 0): (([28, 29, 30, 31], [3, 4, 5, 6]), ([30, 31, 32, 33], [5, 6, 7, 8])),
+        (1, 1): (([14, 14, 15, 15], [1, 2, 2, 3]), ([15, 15, 16, 16], [2, 3, 3, 4])),
+    }
+    for (im, lvl), per_type in expect.items():
+        for ptype, (xs, ys) in zip(("center", "lt"), per_type):
+            f = out[ptype][im][lvl]
+            assert f[0].eq(lvl).all()
+            ey, ex = grid(xs, ys)
+            assert f[1].tolist() == ey and f[2].tolist() == ex, (ptype, im, lvl)
+    assert not torch.equal(out["center"][0], out["lt"][0])
 
 
 def test_ref_corr_to_matches(refvec):

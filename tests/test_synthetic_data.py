@@ -345,9 +345,10 @@ def test_every_photo_texture_is_installed():
     greys = [name for (im, grey), name in zip(photos, textures.PHOTO_TEXTURES) if grey]
     assert greys == ["camera", "brick", "grass", "gravel", "coins", "clock", "moon", "text",
                      "page"]
-    im, _ = photos[0]  # astronaut.png is 512 x 512 RGB
+    im, _ = photos[0]  # astronaut.png: 512 x 512 RGB using the full 8-bit range, / 255
     assert im.shape == (512, 512, 3) and im.dtype == np.float32
-    assert 0.0 <= float(im.min()) < 0.01 and 0.99 < float(im.max()) <= 1.0
+    assert (float(im.min()), float(im.max())) == (0.0, 1.0)
+    np.testing.assert_array_equal(im * 255, np.round(im * 255))
 
 
 @pytest.mark.parametrize("table, missing", [

@@ -83,7 +83,13 @@ def test_two_epochs_outputs(trained):
     assert set(train["loss"]) >= {"pair", "cls_mid", "cls_fine", "epi_mid", "epi_fine"}
     assert train["x"] == pytest.approx(0.5)
     val = next(r for r in recs if r["kind"] == "val")
-    assert val["num_pairs"] == 2 and 0.0 <= val["rate"] <= 1.0
+    assert val["num_pairs"] == 2
+    pr = {int(t): v for t, v in val["pass_rates"].items()}
+    assert list(pr) == list(range(1, 11)) and set(pr.values()) <= {0.0, 0.5, 1.0}  # 2 pairs
+    assert val["rate"] == pytest.approx(0.34 * pr[1] + 0.33 * pr[5] + 0.33 * pr[10])
+    assert val["median_err"] == pytest.approx(val["mean_err"])  # the median of two is the mean
+    for t, v in pr.items():  # both errors below t ⇒ mean below t; none below ⇒ mean ≥ t
+        assert (v < 1.0 or val["mean_err"] < t) and (v > 0.0 or val["mean_err"] >= t)
     assert json.loads((exp / "config.json").read_text())["conv_dims"] == [8, 8]
 
     # Visdom: the run's environment holds the train windows with their legends
