@@ -8,10 +8,14 @@ re-run it rather than editing the .ipynb by hand.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from utils.common.cli import make_parser, run_command
 
 HERE = Path(__file__).resolve().parent
 NOTEBOOK = HERE / "visualize_matches.ipynb"
@@ -234,13 +238,19 @@ def build() -> nbformat.NotebookNode:
     return nb
 
 
-def main() -> None:
-    """Write the notebook next to this file."""
+def _main(argv: Sequence[str] | None = None) -> None:
+    make_parser("examples.make_notebook", f"Write {NOTEBOOK.name} (outputs cleared) next to "
+                "this file.").parse_args(argv)
     nb = build()
     nbformat.validate(nb)
     nbformat.write(nb, NOTEBOOK)
     print(f"wrote {NOTEBOOK}")
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the notebook next to this file."""
+    return run_command("examples.make_notebook", _main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
