@@ -25,16 +25,7 @@ read -r -a SCENES <<<"${PATCH2PIX_VAL_SCENES:-reichstag sacre_coeur st_peters_sq
 
 if [ -x "$REPO/.venv/bin/python" ]; then PY="$REPO/.venv/bin/python"; else PY=python3; fi
 
-if command -v curl >/dev/null 2>&1; then
-    CURL_PROGRESS=(-sS)
-    if [ -t 2 ]; then CURL_PROGRESS=(--progress-bar); fi
-    fetch() { curl -fL "${CURL_PROGRESS[@]}" --connect-timeout 30 --retry 2 -o "$2" "$1"; }
-elif command -v wget >/dev/null 2>&1; then
-    fetch() { wget -q --timeout=30 --tries=3 -O "$2" "$1"; }
-else
-    echo "error: neither curl nor wget is installed" >&2
-    exit 2
-fi
+find_fetch
 
 make_download_tmp "$TARGET"
 
