@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pairs.synthetic.files import save_jpeg
-from data_pairs.synthetic.megadepth_writer import DEPTH_SUBDIR, SFM_PREFIX, _save_depth
+from data_pairs.synthetic.files import object_array, save_depth, save_jpeg
+from data_pairs.synthetic.megadepth_writer import DEPTH_SUBDIR, SFM_PREFIX
 from data_pairs.synthetic.synthesize import SceneSpec, scene_spec, synthesize_scene
 from utils.common.cli import make_parser, run_command
 
@@ -62,14 +62,6 @@ SCENE_FILES: tuple[tuple[str, float, float], ...] = (
 def file_name(scene: str, lo: float, hi: float) -> str:
     """``0015_0.1_0.3``: the benchmark's name of a scene-info file (without ``.npz``)."""
     return f"{scene}_{lo:.1f}_{hi:.1f}"
-
-
-def _object_array(items: Sequence) -> np.ndarray:
-    """1-D object array holding `items` as they are (arrays, tuples, strings or None)."""
-    arr = np.empty(len(items), dtype=object)
-    for k, it in enumerate(items):
-        arr[k] = it
-    return arr
 
 
 def _pairs_by_overlap(obs_idx: list[np.ndarray], obs_xy: list[np.ndarray]) -> list[tuple]:
@@ -127,7 +119,7 @@ def write_megadepth1500(
         depth_paths: list = []
         for k, (img, depth) in enumerate(zip(syn.images, syn.depths)):
             save_jpeg(img_dir / f"{k:04d}.jpg", img)
-            _save_depth(depth_dir / f"{k:04d}.h5", depth)
+            save_depth(depth_dir / f"{k:04d}.h5", depth)
             image_paths.append(f"{SFM_PREFIX}/{scene}/images/{k:04d}.jpg")
             depth_paths.append(f"{DEPTH_SUBDIR.as_posix()}/{scene}/dense0/depths/{k:04d}.h5")
         intrinsics = [v.K.copy() for v in syn.views] + [None] * none_entries
@@ -142,11 +134,11 @@ def write_megadepth1500(
             chosen = [p for p in pairs if lo <= p[1] < hi][:pairs_per_file]
             np.savez(
                 info_dir / f"{name}.npz",
-                image_paths=_object_array(image_paths),
-                depth_paths=_object_array(depth_paths),
-                intrinsics=_object_array(intrinsics),
-                poses=_object_array(poses),
-                pair_infos=_object_array(chosen),
+                image_paths=object_array(image_paths),
+                depth_paths=object_array(depth_paths),
+                intrinsics=object_array(intrinsics),
+                poses=object_array(poses),
+                pair_infos=object_array(chosen),
             )
             counts[name] = len(chosen)
         log(f"MegaDepth-1500 scene {scene}: {len(syn.views)} images, {len(pairs)} "

@@ -20,10 +20,9 @@ import os
 import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from data_pairs.synthetic.files import save_jpeg
+from data_pairs.synthetic.files import object_array, save_depth, save_jpeg
 from data_pairs.synthetic.scene import KIND_TRAIN
 from data_pairs.synthetic.synthesize import SceneSpec, scene_spec, synthesize_scene
 
@@ -32,22 +31,6 @@ __all__ = ["DEPTH_SUBDIR", "SFM_PREFIX", "SFM_LAYOUTS", "make_megadepth_scene"]
 DEPTH_SUBDIR = Path("phoenix/S6/zl548/MegaDepth_v1")
 SFM_PREFIX = "Undistorted_SfM"
 SFM_LAYOUTS = ("link", "copy", "none")
-
-
-def _save_depth(path: Path, depth: np.ndarray) -> None:
-    """Write an (H, W) depth map as MegaDepth does: HDF5 dataset 'depth', float32."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("depth", data=depth.astype(np.float32), compression="gzip",
-                         compression_opts=4, shuffle=True)
-
-
-def _object_array(items: list) -> np.ndarray:
-    """1-D object array holding `items` as they are (arrays, dicts, strings or None)."""
-    arr = np.empty(len(items), dtype=object)
-    for k, it in enumerate(items):
-        arr[k] = it
-    return arr
 
 
 def _link_or_copy_sfm(mega_root: Path, scene_name: str, layout: str) -> None:
@@ -147,7 +130,7 @@ def make_megadepth_scene(
         s = slot_of[k]
         stem = f"{k:04d}"
         save_jpeg(mega / scene_name / "images" / f"{stem}.jpg", img)
-        _save_depth(mega / DEPTH_SUBDIR / scene_name / "dense0" / "depths" / f"{stem}.h5", depth)
+        save_depth(mega / DEPTH_SUBDIR / scene_name / "dense0" / "depths" / f"{stem}.h5", depth)
         image_paths[s] = f"{SFM_PREFIX}/{scene_name}/images/{stem}.jpg"
         depth_paths[s] = f"{DEPTH_SUBDIR.as_posix()}/{scene_name}/dense0/depths/{stem}.h5"
         intrinsics[s] = v.K.copy()
@@ -164,15 +147,15 @@ def make_megadepth_scene(
     npz = info / f"{scene_name}.0.npz"
     np.savez(
         npz,
-        image_paths=_object_array(image_paths),
-        depth_paths=_object_array(depth_paths),
-        intrinsics=_object_array(intrinsics),
-        poses=_object_array(poses),
+        image_paths=object_array(image_paths),
+        depth_paths=object_array(depth_paths),
+        intrinsics=object_array(intrinsics),
+        poses=object_array(poses),
         overlap_matrix=overlap,
         scale_ratio_matrix=scale_ratio,
         angles=angles,
         n_points3D=np.array(n_pts3d),
-        points3D_id_to_2D=_object_array(id_to_2d),
-        points3D_id_to_ndepth=_object_array(id_to_nd),
+        points3D_id_to_2D=object_array(id_to_2d),
+        points3D_id_to_ndepth=object_array(id_to_nd),
     )
     return npz
