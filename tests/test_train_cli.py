@@ -105,6 +105,20 @@ def test_two_epochs_outputs(trained):
     assert [len(t["x"]) for t in win["content"]["data"]] == [4] * 5
     for plot in ("cls_mid", "cls_fine", "cls_ratios", "match_dist", "mem", "pair_scores"):
         assert vis.win_exists(f"train.{plot}", env=env), plot
+    # ... and the per-epoch validation in the test windows, at x = 1, 2, equal to metrics.jsonl
+    vals = [r for r in recs if r["kind"] == "val"]
+    win = json.loads(vis.get_window_data("test.pose_err", env=env))
+    lines = {t["name"]: (t["x"], t["y"]) for t in win["content"]["data"]}
+    assert lines["mean"][0] == [1, 2] and lines["median"][0] == [1, 2]
+    assert lines["mean"][1] == pytest.approx([v["mean_err"] for v in vals])
+    win = json.loads(vis.get_window_data("test.sel_rate", env=env))
+    assert win["content"]["data"][0]["y"] == pytest.approx([v["rate"] for v in vals])
+    win = json.loads(vis.get_window_data("test.dist_fine", env=env))
+    shares = [t["y"] for t in win["content"]["data"]]  # one line per distance bin
+    for k, v in enumerate(vals):  # percent of the fine matches per bin, as recorded
+        assert [y[k] for y in shares] == pytest.approx([100 * f for f in v["dist_hist"]["fine"]])
+    for plot in ("pass_rates", "dist_coarse", "dist_inlier"):
+        assert vis.win_exists(f"test.{plot}", env=env), plot
 
     # checkpoint format of data-formats.md §5, loadable through the safe loader
     ckpt = load_checkpoint_safe(exp / "last_ckpt.pth")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from utils.common.visdom_helper import PLOTS, VisdomPlotter
+from utils.common.visdom_helper import DIST_LEGENDS, PLOTS, VAL_PLOTS, VisdomPlotter
 
 
 def _traces(vis, win, env) -> dict[str, list]:
@@ -57,3 +57,36 @@ def test_unreachable_server_disables_with_message(free_port):
     plotter = VisdomPlotter("127.0.0.1", str(free_port), "env", lprint=msgs.append)
     assert plotter.plot("train", 0.1, {"loss": {"pair": 1.0}}) == []
     assert not plotter.enabled and "Visdom disabled" in msgs[0]
+
+
+def test_validation_windows(visdom_server):
+    """The per-epoch validation result goes to the test.* windows, one point per epoch."""
+    from utils.common.visdom_helper import validation_means
+    from utils.train.eval_epoch_immatch import ImmatchValResult
+
+    port, _ = visdom_server
+    env = "test_env.validation"
+    plotter = VisdomPlotter("127.0.0.1", str(port), env)
+    hist = [0.5, 0.25, 0.25, 0, 0, 0, 0, 0, 0]
+    res = ImmatchValResult(
+        mean_err=4.0, median_err=3.0, rate=0.5, pass_rates={t: t / 10 for t in range(1, 11)},
+        fine_dist=2.0, inlier_ratio=0.6, num_pairs=2, num_failed=0,
+        dist_hist={"coarse": hist, "fine": hist[::-1], "inlier": hist},
+    )
+    wins = plotter.plot("test", 1, validation_means(res.as_dict()))
+    assert wins == [f"test.{p}" for p in VAL_PLOTS]
+    res.mean_err, res.rate = 2.0, 0.75
+    plotter.plot("test", 2, validation_means(res.as_dict()))
+    vis = plotter.vis
+    assert _traces(vis, "test.pose_err", env) == {"mean": [(1, 4.0), (2, 2.0)],
+                                                   "median": [(1, 3.0), (2, 3.0)]}
+    assert _traces(vis, "test.sel_rate", env) == {"rate": [(1, 0.5), (2, 0.75)]}
+    rates = _traces(vis, "test.pass_rates", env)
+    assert set(rates) == {f"{t}deg" for t in range(1, 11)}
+    assert rates["3deg"] == [(1, 30.0), (2, 30.0)]  # percent
+    fine = _traces(vis, "test.dist_fine", env)
+    assert list(fine) == list(DIST_LEGENDS)
+    assert [fine[name][0][1] for name in DIST_LEGENDS] == [100 * v for v in hist[::-1]]
+    assert json.loads(vis.get_window_data("test.dist_fine", env=env))["title"] == "test.dist_fine"
+    # validation windows belong to the test set only
+    assert plotter.plot("train", 1, validation_means(res.as_dict())) == []

@@ -4,6 +4,12 @@ Two plot sets, prefixes ``train`` and ``test``; each window ``<prefix>.<plot>`` 
 per legend of :data:`PLOTS`, plotted as the epoch-fractional x against the mean of the values
 since the last plot (the caller passes those means). Lines with no value are not drawn. The
 environment is saved on the server after each update. Without a host nothing is sent.
+
+The per-epoch validation (training.md §6) goes to the ``test`` set, x = the epoch count
+after the validated epoch: the windows of :data:`VAL_PLOTS` (pose-error pass rates, mean /
+median error, the selection rate that decides the best checkpoint, and the share of
+coarse / fine / RANSAC-inlier matches per Sampson-distance bin), built from a validation
+result by :func:`validation_means`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+
+from utils.eval.measure import INLIER_DIST_BINS
 
 PLOTS: dict[str, tuple[str, ...]] = {
     "pair_scores": ("pos", "neg"),
@@ -26,6 +34,37 @@ PLOTS: dict[str, tuple[str, ...]] = {
     "mem": ("rss", "vms", "gpu_maloc", "gpu_mres"),
 }
 PREFIXES: tuple[str, ...] = ("train", "test")
+
+# one legend per Sampson-distance bin (px²) of the validation histograms
+DIST_LEGENDS: tuple[str, ...] = tuple(
+    f"[{a:g},{b:g})" for a, b in zip(INLIER_DIST_BINS, INLIER_DIST_BINS[1:])
+)
+VAL_PLOTS: dict[str, tuple[str, ...]] = {
+    "pose_err": ("mean", "median"),
+    "pass_rates": tuple(f"{t}deg" for t in range(1, 11)),
+    "sel_rate": ("rate",),
+    "dist_coarse": DIST_LEGENDS,
+    "dist_fine": DIST_LEGENDS,
+    "dist_inlier": DIST_LEGENDS,
+}
+"""Windows ``test.<plot>`` of the per-epoch validation (one line per legend)."""
+
+
+def validation_means(res: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """A validation result (``ImmatchValResult.as_dict()`` or its ``metrics.jsonl`` record)
+    as ``{plot: {legend: value}}`` for the ``test`` windows of :data:`VAL_PLOTS`.
+
+    Pass rates and histogram shares are in percent.
+    """
+    out: dict[str, dict[str, float]] = {
+        "pose_err": {"mean": res.get("mean_err"), "median": res.get("median_err")},
+        "pass_rates": {f"{int(k)}deg": 100.0 * float(v)
+                       for k, v in (res.get("pass_rates") or {}).items()},
+        "sel_rate": {"rate": res.get("rate")},
+    }
+    for tag, hist in (res.get("dist_hist") or {}).items():
+        out[f"dist_{tag}"] = {name: 100.0 * float(v) for name, v in zip(DIST_LEGENDS, hist)}
+    return out
 
 
 def _finite(v: Any) -> bool:
@@ -87,7 +126,7 @@ class VisdomPlotter:
             prefix: 'train' or 'test'.
             x: fractional epoch.
             means: ``{plot: {legend: mean since the last plot}}``; plots and legends outside
-                :data:`PLOTS` are ignored.
+                :data:`PLOTS` (and, for 'test', :data:`VAL_PLOTS`) are ignored.
         Returns:
             The names of the windows that received points (empty when disabled).
         """
@@ -96,8 +135,9 @@ class VisdomPlotter:
         if prefix not in PREFIXES:
             raise ValueError(f"unknown plot prefix {prefix!r}, expected one of {PREFIXES}")
         updated = []
+        plots = {**PLOTS, **VAL_PLOTS} if prefix == "test" else PLOTS
         try:
-            for plot, legends in PLOTS.items():
+            for plot, legends in plots.items():
                 vals = means.get(plot, {})
                 points = [(n, float(vals[n])) for n in legends if n in vals and _finite(vals[n])]
                 if not points:

@@ -64,6 +64,8 @@ class ImmatchValResult:
         num_pairs, num_failed: evaluated pairs / pairs whose pose could not be estimated.
         per_scene: {scene: number of pairs}.
         seconds: wall time.
+        dist_hist: {'coarse' | 'fine' | 'inlier': fractions of the matches per Sampson
+            distance bin of ``INLIER_DIST_BINS`` (mean over pairs)}.
     """
 
     mean_err: float
@@ -76,6 +78,7 @@ class ImmatchValResult:
     num_failed: int
     per_scene: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    dist_hist: dict[str, list[float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-ready)."""
@@ -247,6 +250,10 @@ def eval_immatch_val_sets(
         net.train(was_training)
 
     err = np.asarray(errs, dtype=np.float64)
+    hists, texts = {}, {}
+    for tag, dists in (("coarse", cdists), ("fine", fdists), ("inlier", idists)):
+        hist, texts[tag] = check_inliers_distr(dists, INLIER_DIST_BINS, tag=tag, return_hist=True)
+        hists[tag] = [float(v) for v in hist]
     result = ImmatchValResult(
         mean_err=float(err.mean()) if err.size else float("inf"),
         median_err=float(np.median(err)) if err.size else float("inf"),
@@ -258,13 +265,13 @@ def eval_immatch_val_sets(
         num_failed=failed,
         per_scene=per_scene,
         seconds=time.time() - t0,
+        dist_hist=hists,
     )
     scenes = " ".join(f"{k}:{v}" for k, v in per_scene.items())
     lprint_(f">>Val immatch: {result.num_pairs} pairs ({scenes}), {failed} without pose, "
             f"imsize={imsize} io_thres={io_thres} rthres={rthres} ({result.seconds:.1f}s)")
-    lprint_("  " + check_inliers_distr(cdists, INLIER_DIST_BINS, tag="coarse"))
-    lprint_("  " + check_inliers_distr(fdists, INLIER_DIST_BINS, tag="fine"))
-    lprint_("  " + check_inliers_distr(idists, INLIER_DIST_BINS, tag="inlier"))
+    for tag in ("coarse", "fine", "inlier"):
+        lprint_("  " + texts[tag])
     rates = " ".join(f"{k}°={100 * v:.1f}%" for k, v in result.pass_rates.items())
     lprint_(f"  err mean={result.mean_err:.2f} median={result.median_err:.2f} pass: {rates} "
             f"rate={result.rate:.4f}")

@@ -33,7 +33,7 @@ from utils.common.setup_helper import (
     save_checkpoint_atomic,
     seed_all,
 )
-from utils.common.visdom_helper import VisdomPlotter
+from utils.common.visdom_helper import VisdomPlotter, validation_means
 from utils.eval.model_helper import state_dict_of
 from utils.train.cli import UsageError
 from utils.train.eval_epoch_immatch import (
@@ -514,6 +514,7 @@ class Trainer:
         improved = self.best.update(res)
         self.log.metrics({"kind": "val", "epoch": epoch, "improved": improved,
                           "best_vals": self.best.vals, **res.as_dict()})
+        self.vis.plot("test", epoch + 1, validation_means(res.as_dict()))
         if improved:
             self._save(BEST_CKPT, epoch)
             self._save(LAST_CKPT, epoch)  # carries the new best values for --resume
