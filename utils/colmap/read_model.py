@@ -26,6 +26,8 @@ from typing import NamedTuple
 import numpy as np
 import pycolmap
 
+from utils.geometry import qvec2rotmat
+
 __all__ = [
     "Camera",
     "Image",
@@ -242,15 +244,9 @@ def camera_intrinsics(camera: Camera) -> np.ndarray:
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=np.float64)
 
 
-def _rotmat_from_wxyz(qvec: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation matrix of a (w, x, y, z) quaternion, via pycolmap."""
-    w, x, y, z = np.asarray(qvec, dtype=np.float64)
-    return np.asarray(pycolmap.Rotation3d(np.array([x, y, z, w])).matrix(), dtype=np.float64)
-
-
 def image_pose(image: Image) -> tuple[np.ndarray, np.ndarray]:
     """World-to-camera pose of an image: R (3, 3) from its qvec and t (3,)."""
-    return _rotmat_from_wxyz(image.qvec), np.asarray(image.tvec, dtype=np.float64)
+    return qvec2rotmat(image.qvec), np.asarray(image.tvec, dtype=np.float64)
 
 
 def image_camera_center(image: Image) -> np.ndarray:
