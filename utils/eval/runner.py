@@ -23,6 +23,7 @@ import numpy as np
 
 from utils.common.cli import UsageError
 from utils.common.setup_helper import write_text_atomic
+from utils.geometry import as_f64
 
 Matcher = Callable[[str, str], Any]
 """(image0_path, image1_path) -> matches in original pixels (see the module docstring)."""
@@ -38,19 +39,13 @@ def as_matches(out: Any) -> np.ndarray:
     tensor, or a tuple / list whose first item is one of those arrays.
     """
     if isinstance(out, Mapping):
-        k0, k1 = (_numpy(out[k]).reshape(-1, 2) for k in ("keypoints0", "keypoints1"))
+        k0, k1 = (as_f64(out[k]).reshape(-1, 2) for k in ("keypoints0", "keypoints1"))
         if len(k0) != len(k1):
             raise ValueError(f"matcher gave {len(k0)} keypoints0 but {len(k1)} keypoints1")
         return np.concatenate([k0, k1], axis=1)
     if isinstance(out, (tuple, list)) and len(out) and not np.isscalar(out[0]):
         out = out[0]
-    return _numpy(out).reshape(-1, 4)
-
-
-def _numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
+    return as_f64(out).reshape(-1, 4)
 
 
 def add_matcher_args(ap: argparse.ArgumentParser, io_thres: float = 0.5,
