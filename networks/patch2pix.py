@@ -19,6 +19,7 @@ from .ncn.model import (
     feature_l2norm,
     mutual_matching,
 )
+from .regr_chunks import checkpoint_chunk, chunk_sizes
 from .regressor import FeatRegressNet
 from .resnet import FEAT_CHANNELS, ResNet34, init_weights, load_imagenet_weights
 from .utils import filter_coarse, select_local_patch_feats, shift_to_anchors
@@ -89,6 +90,9 @@ class Patch2Pix(nn.Module):
             that fails (training, training.md §2); False keeps the random backbone.
             ``lprint`` (default print) receives what the weight loading did: keys skipped by
             a non-strict load, or where the backbone weights came from.
+            ``grad_ckpt`` (default False): in training with autograd on, each regressor
+            chunk's patch sampling + regressor is recomputed during backward instead of
+            keeping its activations (same loss and gradients, far less memory).
     """
 
     def __init__(self, config: Namespace) -> None:
@@ -100,6 +104,8 @@ class Patch2Pix(nn.Module):
         self.change_stride = bool(getattr(config, "change_stride", False))
         self.feat_idx = list(getattr(config, "feat_idx", [0, 1, 2, 3]))
         self.regr_batch = int(getattr(config, "regr_batch", 1200) or 1200)
+        # --grad_ckpt: recompute each regressor chunk's activations during backward.
+        self.grad_ckpt = bool(getattr(config, "grad_ckpt", False))
         self.extract = ResNet34(change_stride=self.change_stride)
         self.upsample = self.extract.upsample
         self.feats_downsample = self.extract.feats_downsample
@@ -188,25 +194,28 @@ class Patch2Pix(nn.Module):
             delta4d (tuple of 4 int64 offset volumes, or None when ksize == 1)
             [, feats1, feats2: the `forward_all` lists].
         """
-        if return_feats:
-            feats1 = self.extract.forward_all(im1)
-            feats2 = self.extract.forward_all(im2)
-            f1, f2 = feats1[-1], feats2[-1]
-        else:
-            f1, f2 = self.extract(im1), self.extract(im2)
-        f1, f2 = feature_l2norm(f1), feature_l2norm(f2)
-        delta4d = None
-        if ksize > 1:
-            corr4d, *delta = self.combine.pooled(f1, f2, ksize)
-            delta4d = tuple(delta)
-        else:
-            corr4d = self.combine(f1, f2)
-        corr4d = mutual_matching(corr4d)
-        corr4d = self.ncn(corr4d)
-        corr4d = mutual_matching(corr4d)
-        if return_feats:
-            return corr4d, delta4d, feats1, feats2
-        return corr4d, delta4d
+        # The coarse stage stays float32 under autocast (--amp): its argmax decisions and the
+        # correlation normalisation are fragile, and it is a small part of a training step.
+        with torch.autocast(im1.device.type, enabled=False):
+            if return_feats:
+                feats1 = self.extract.forward_all(im1)
+                feats2 = self.extract.forward_all(im2)
+                f1, f2 = feats1[-1], feats2[-1]
+            else:
+                f1, f2 = self.extract(im1), self.extract(im2)
+            f1, f2 = feature_l2norm(f1), feature_l2norm(f2)
+            delta4d = None
+            if ksize > 1:
+                corr4d, *delta = self.combine.pooled(f1, f2, ksize)
+                delta4d = tuple(delta)
+            else:
+                corr4d = self.combine(f1, f2)
+            corr4d = mutual_matching(corr4d)
+            corr4d = self.ncn(corr4d)
+            corr4d = mutual_matching(corr4d)
+            if return_feats:
+                return corr4d, delta4d, feats1, feats2
+            return corr4d, delta4d
 
     @staticmethod
     def cal_coarse_matches(
@@ -270,6 +279,7 @@ class Patch2Pix(nn.Module):
         dtype = feats1[0].dtype
         lo = torch.zeros(4, dtype=dtype, device=feats1[0].device)
         hi = torch.tensor([w1, h1, w2, h2], dtype=dtype, device=feats1[0].device)
+        recompute = self.grad_ckpt and self.training and torch.is_grad_enabled()
         out_m, out_p = [], []
         for ib, imatches in enumerate(matches):
             imatches = imatches.to(dtype)
@@ -277,33 +287,60 @@ class Patch2Pix(nn.Module):
                 out_m.append(imatches.new_zeros((0, 4)))
                 out_p.append(imatches.new_zeros((0,)))
                 continue
-            refined, probs = [], []
-            for chunk in torch.split(imatches, self._chunk_sizes(imatches.shape[0])):
-                f1s, f2s = select_local_patch_feats(
-                    feats1, feats2, ib, chunk, self.feat_idx, self.feats_downsample, psize, ptype
+
+            def regress(chunk: Tensor, ib: int = ib) -> tuple[Tensor, Tensor]:
+                return self._regress_chunk(
+                    feats1, feats2, ib, chunk, psize, ptype, regressor, lo, hi
                 )
-                n = chunk.shape[0]
-                f1s = feature_l2norm(f1s, dim=0).view(-1, n, psize, psize).transpose(0, 1)
-                f2s = feature_l2norm(f2s, dim=0).view(-1, n, psize, psize).transpose(0, 1)
-                out = regressor(torch.cat([f1s, f2s], dim=1))
-                offset = psize * torch.tanh(torch.relu(out[:, :4])) - psize // 2
-                refined.append(torch.clamp(chunk + offset, lo, hi))
-                probs.append(torch.sigmoid(out[:, 4]))
+
+            refined, probs = [], []
+            for chunk in torch.split(imatches, chunk_sizes(imatches.shape[0], self.regr_batch)):
+                if recompute:
+                    m, p = checkpoint_chunk(regress, chunk, modules=(regressor,))
+                else:
+                    m, p = regress(chunk)
+                refined.append(m)
+                probs.append(p)
             out_m.append(torch.cat(refined))
             out_p.append(torch.cat(probs))
         return out_m, out_p
 
+    def _regress_chunk(
+        self,
+        feats1: Sequence[Tensor],
+        feats2: Sequence[Tensor],
+        ib: int,
+        chunk: Tensor,
+        psize: int,
+        ptype: str,
+        regressor: nn.Module,
+        lo: Tensor,
+        hi: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Patch sampling and regression of one chunk of matches of image `ib`.
+
+        Args:
+            chunk: (n, 4) float matches; lo, hi: (4,) clamp bounds (0 and W1, H1, W2, H2).
+        Returns:
+            refined (n, 4) and probabilities (n,), float32 whatever the autocast state: the
+            sampled patches are L2-normalised in float32, only the regressor runs under an
+            enclosing autocast, and its raw output is parsed in float32.
+        """
+        with torch.autocast(chunk.device.type, enabled=False):
+            f1s, f2s = select_local_patch_feats(
+                feats1, feats2, ib, chunk, self.feat_idx, self.feats_downsample, psize, ptype
+            )
+            n = chunk.shape[0]
+            f1s = feature_l2norm(f1s.float(), dim=0).view(-1, n, psize, psize).transpose(0, 1)
+            f2s = feature_l2norm(f2s.float(), dim=0).view(-1, n, psize, psize).transpose(0, 1)
+            patches = torch.cat([f1s, f2s], dim=1)
+        out = regressor(patches).float()
+        offset = psize * torch.tanh(torch.relu(out[:, :4])) - psize // 2
+        return torch.clamp(chunk + offset, lo, hi), torch.sigmoid(out[:, 4])
+
     def _chunk_sizes(self, n: int) -> list[int]:
-        """Row counts of the regressor chunks: ``regr_batch`` each, the rest last. In
-        training a last chunk of one row (which BatchNorm cannot normalise) takes a row
-        from the chunk before it."""
-        sizes = [self.regr_batch] * (n // self.regr_batch)
-        if n % self.regr_batch:
-            sizes.append(n % self.regr_batch)
-        if self.training and len(sizes) > 1 and sizes[-1] == 1:
-            sizes[-2] -= 1
-            sizes[-1] = 2
-        return sizes
+        """Row counts of the regressor chunks for `n` rows (:func:`chunk_sizes`)."""
+        return chunk_sizes(n, self.regr_batch)
 
     def regress_levels(
         self, feats1: Sequence[Tensor], feats2: Sequence[Tensor], matches: Sequence[Tensor]

@@ -96,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val_sample_max", type=int, default=150, help="validation pairs per scene")
     g.add_argument("--no_val", action="store_true", help="skip the per-epoch validation")
     g.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
+
+    g = p.add_argument_group("memory, precision and several processes")
+    g.add_argument("--grad_ckpt", action="store_true",
+                   help="recompute each regressor chunk during backward instead of keeping its "
+                   "activations (same loss and gradients, much less memory, ~1.3x step time)")
+    g.add_argument("--amp", type=str, default="off", choices=["off", "bf16", "fp16"],
+                   help="mixed precision of the regressors (off = float32 as the original; "
+                   "fp16 needs CUDA and uses a gradient scaler)")
+    g.add_argument("--sync_bn", action="store_true",
+                   help="under torchrun on CUDA: synchronise the backbone's BatchNorm "
+                   "statistics across processes (N processes x b = one process with N*b)")
+    g.add_argument("--dist_timeout", type=int, default=600,
+                   help="under torchrun: seconds a process waits for the others before the "
+                   "run stops with an error (a crashed rank cannot hang the run)")
     return p
 
 
@@ -134,6 +148,11 @@ def check_args(args: argparse.Namespace) -> None:
     for name in positive:
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.regr_batch < 2:
+        raise UsageError(f"--regr_batch must be >= 2 in training (BatchNorm cannot normalise a "
+                         f"chunk of one row), got {args.regr_batch}")
+    if args.dist_timeout <= 0:
+        raise UsageError(f"--dist_timeout must be positive, got {args.dist_timeout}")
     if len(args.weight_epi) != 2:
         raise UsageError(f"--weight_epi expects 2 values (fine, mid), got {args.weight_epi}")
     if not args.feat_idx:
