@@ -39,17 +39,16 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pairs import pair_selection
+from data_pairs.pair_selection import (
+    add_pair_images,
+    image_size_from_K,
+    make_pair,
+    pair_sampson_error,
+)
 from utils.common.cli import UsageError, make_parser, run_command
 from utils.common.safe_pickle import NpyFileError, safe_load_npy, safe_load_npz
 from utils.common.setup_helper import save_npy_atomic
-from utils.datasets.preprocess import crop_from_bottom_right
-from utils.geometry import (
-    pose2fund,
-    qvec2rotmat,
-    relative_pose,
-    rotmat2qvec,
-    sampson_distance,
-)
 
 __all__ = [
     "EXCLUDED_SCENES",
@@ -87,12 +86,6 @@ def pair_file_name(
     )
 
 
-def image_size_from_K(K: np.ndarray) -> tuple[int, int]:
-    """(w, h) = (2·cx, 2·cy) of a (3, 3) intrinsic matrix, rounded to ints."""
-    K = np.asarray(K, dtype=np.float64)
-    return int(round(2 * K[0, 2])), int(round(2 * K[1, 2]))
-
-
 def strip_sfm_prefix(path: str) -> str:
     """'Undistorted_SfM/0000/images/1.jpg' → '0000/images/1.jpg' (other paths unchanged)."""
     path = str(path)
@@ -113,60 +106,6 @@ def load_scene_info(path: str | Path) -> dict[str, np.ndarray]:
     return safe_load_npz(path)
 
 
-def pair_sampson_error(
-    pts1_by_id: dict, pts2_by_id: dict, F: np.ndarray
-) -> tuple[float, int]:
-    """Mean Sampson distance (px²) of the shared 3D points' observations, and their count.
-
-    Args:
-        pts1_by_id, pts2_by_id: {point3D_id: (2,) xy} of image 1 and image 2.
-        F: (3, 3) with x2ᵀ F x1 = 0.
-    Returns:
-        (mean distance, number of shared points); (inf, 0) when they share none.
-    """
-    shared = sorted(pts1_by_id.keys() & pts2_by_id.keys())
-    if not shared:
-        return float("inf"), 0
-    p1 = np.array([pts1_by_id[p] for p in shared], dtype=np.float64).reshape(-1, 2)
-    p2 = np.array([pts2_by_id[p] for p in shared], dtype=np.float64).reshape(-1, 2)
-    return float(np.mean(sampson_distance(p1, p2, F))), len(shared)
-
-
-def make_pair(
-    im1: str,
-    im2: str,
-    overlap: float,
-    K1: np.ndarray,
-    K2: np.ndarray,
-    pose1: np.ndarray,
-    pose2: np.ndarray,
-    crop1: tuple[int, int],
-    crop2: tuple[int, int],
-) -> Namespace:
-    """Pair record from two world-to-camera poses (4, 4) or (3, 4) and intrinsics (3, 3).
-
-    Returns:
-        Namespace(im1, im2, overlap, K1, K2, t (3,), q (4,) (w, x, y, z), R (3, 3) = matrix
-        of q, crop1, crop2).
-    """
-    pose1 = np.asarray(pose1, dtype=np.float64)
-    pose2 = np.asarray(pose2, dtype=np.float64)
-    R12, t12 = relative_pose(pose1[:3, :3], pose1[:3, 3], pose2[:3, :3], pose2[:3, 3])
-    q = np.asarray(rotmat2qvec(R12), dtype=np.float64)
-    return Namespace(
-        im1=im1,
-        im2=im2,
-        overlap=float(overlap),
-        K1=np.asarray(K1, dtype=np.float64).copy(),
-        K2=np.asarray(K2, dtype=np.float64).copy(),
-        t=np.asarray(t12, dtype=np.float64),
-        q=q,
-        R=np.asarray(qvec2rotmat(q), dtype=np.float64),
-        crop1=tuple(int(c) for c in crop1),
-        crop2=tuple(int(c) for c in crop2),
-    )
-
-
 def scene_pairs(
     info: dict[str, np.ndarray],
     rng: np.random.RandomState,
@@ -176,7 +115,8 @@ def scene_pairs(
     sampson_thres: float = 1.0,
     stats: dict[str, int] | None = None,
 ) -> list[Namespace]:
-    """Selected pairs of one scene_info file (steps 1–5 of the module docstring).
+    """Selected pairs of one scene_info file (the rules of :mod:`data_pairs.pair_selection`,
+    image sizes from K, names without the ``Undistorted_SfM/`` prefix).
 
     Args:
         info: the npz arrays (see load_scene_info); rng: shuffles the valid pairs.
@@ -185,46 +125,9 @@ def scene_pairs(
     Returns:
         the kept pair Namespaces, in visiting order.
     """
-    overlap = np.asarray(info["overlap_matrix"], dtype=np.float64)
-    paths, Ks, poses = info["image_paths"], info["intrinsics"], info["poses"]
-    pts2d = info["points3D_id_to_2D"]
-    valid = np.logical_and(overlap >= min_overlap_ratio, overlap < 1)
-    idx = np.stack(np.nonzero(valid), axis=1)
-    rng.shuffle(idx)
-    counts = {"valid": len(idx), "size": 0, "sampson": 0, "kept": 0}
-    crops: dict[int, tuple[int, int] | None] = {}
-
-    def crop_of(i: int) -> tuple[int, int] | None:
-        if i not in crops:
-            if paths[i] is None or Ks[i] is None or poses[i] is None:
-                crops[i] = None
-            else:
-                w, h = image_size_from_K(Ks[i])
-                crops[i] = crop_from_bottom_right(w, h, im_target_ratio) if w >= h else None
-        return crops[i]
-
-    pairs: list[Namespace] = []
-    for a, b in idx:
-        if len(pairs) >= max_pairs:
-            break
-        a, b = int(a), int(b)
-        c1, c2 = crop_of(a), crop_of(b)
-        if c1 is None or c2 is None:
-            counts["size"] += 1
-            continue
-        pair = make_pair(strip_sfm_prefix(paths[a]), strip_sfm_prefix(paths[b]), overlap[a, b],
-                         Ks[a], Ks[b], poses[a], poses[b], c1, c2)
-        F = pose2fund(pair.K1, pair.K2, pair.R, pair.t)
-        err, _ = pair_sampson_error(pts2d[a] or {}, pts2d[b] or {}, F)
-        if not err <= sampson_thres:
-            counts["sampson"] += 1
-            continue
-        pairs.append(pair)
-    counts["kept"] = len(pairs)
-    if stats is not None:
-        for k, v in counts.items():
-            stats[k] = stats.get(k, 0) + v
-    return pairs
+    table = {k: info[k] for k in SCENE_INFO_KEYS}  # no 'image_sizes': (w, h) = (2cx, 2cy)
+    return pair_selection.scene_pairs(table, rng, min_overlap_ratio, im_target_ratio,
+                                      max_pairs, sampson_thres, stats, name_of=strip_sfm_prefix)
 
 
 def generate_pairs(
@@ -268,13 +171,7 @@ def generate_pairs(
             raise NpyFileError(f"{f} is not a D2Net scene_info file: no {', '.join(missing)}")
         pairs = scene_pairs(info, rng, min_overlap_ratio, im_target_ratio,
                             budget, sampson_thres, stats)
-        known = {im.name for im in entry["ims"]}
-        for p in pairs:
-            for name, crop in ((p.im1, p.crop1), (p.im2, p.crop2)):
-                if name not in known:
-                    known.add(name)
-                    entry["ims"].append(Namespace(name=name, crop=crop))
-        entry["pairs"].extend(pairs)
+        add_pair_images(entry, pairs)
         log(f"{f.name}: {stats['valid']} valid pairs, rejected {stats['size']} by size/crop "
             f"and {stats['sampson']} by Sampson distance, kept {stats['kept']}")
     return {k: v for k, v in out.items() if v["pairs"]}
