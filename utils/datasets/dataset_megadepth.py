@@ -8,6 +8,9 @@ The pair file is a numpy-saved dict (a pickle inside; loaded through the restric
 
 Image names are relative to ``<data_root>/MegaDepth_undistort/`` (e.g.
 ``0000/images/123.jpg``); `crop` = (dw, dh) pixels cut from the right and the bottom.
+A scene entry may also hold ``'image_dir'`` (the pair files of
+``data_pairs.prep_colmap_training_pairs``): its image names are then relative to that folder,
+an absolute path or one relative to `data_root`.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ class ImMatchDatasetMega(Dataset):
     resized (PIL bicubic) to wt × ht; K is scaled by ``diag(wt / w_crop, ht / h_crop, 1)``.
 
     Args:
-        data_root: folder holding ``MegaDepth_undistort/`` (or that folder itself).
+        data_root: folder holding ``MegaDepth_undistort/`` (or that folder itself); scenes
+            with a relative ``image_dir`` read their images from ``<data_root>/<image_dir>``.
         match_file: the pair file (.npy).
         scene_list: scenes to use (default: all scenes of the file, in file order).
         wt, ht: training width and height.
@@ -114,7 +118,8 @@ class ImMatchDatasetMega(Dataset):
     ) -> None:
         if item_type not in self.ITEM_TYPES:
             raise ValueError(f"item_type must be one of {self.ITEM_TYPES}, got {item_type!r}")
-        self.im_root = resolve_megadepth_root(data_root)
+        self.data_root = os.fspath(data_root)
+        self.im_root: str | None = None  # <data_root>/MegaDepth_undistort, once a scene needs it
         self.match_file = os.fspath(match_file)
         self.wt, self.ht = int(wt), int(ht)
         self.item_type = item_type
@@ -129,6 +134,7 @@ class ImMatchDatasetMega(Dataset):
             if missing:
                 raise ValueError(f"scenes {missing} are not in the pair file {self.match_file}")
         self.scenes = scenes
+        self.scene_roots = {scene: self._scene_root(scene, data[scene]) for scene in scenes}
         self.pairs: list[tuple[str, Any]] = []
         self.scene_ims: dict[str, list[Any]] = {}
         for scene in scenes:
@@ -153,16 +159,42 @@ class ImMatchDatasetMega(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def _scene_root(self, scene: str, entry: dict[str, Any]) -> str:
+        """The folder that the image names of `scene` are relative to: the entry's
+        ``image_dir`` (joined to the data root when relative), else the MegaDepth root."""
+        image_dir = entry.get("image_dir")
+        if image_dir is None:
+            if self.im_root is None:
+                self.im_root = resolve_megadepth_root(self.data_root)
+            return self.im_root
+        if not isinstance(image_dir, str):
+            raise NpyFileError(f"training-pair file {self.match_file}: scene {scene}: image_dir "
+                               f"must be a string, got {type(image_dir).__name__}")
+        root = os.path.join(self.data_root, image_dir)  # an absolute image_dir is kept as is
+        if not os.path.isdir(root):
+            raise FileNotFoundError(
+                f"image folder of scene {scene} not found: {root} (image_dir {image_dir!r} in "
+                f"{self.match_file}; a relative one is joined to the data root {self.data_root})"
+            )
+        return root
+
     def __repr__(self) -> str:
         return (
             f"ImMatchDatasetMega(scenes={len(self.scenes)}, pairs={len(self.pairs)}, "
-            f"size={self.wt}x{self.ht}, item_type={self.item_type!r}, root={self.im_root})"
+            f"size={self.wt}x{self.ht}, item_type={self.item_type!r}, "
+            f"root={self.im_root or self.data_root})"
         )
 
-    def load_cropped(self, name: str, crop: Sequence[float] | None) -> Image.Image:
-        """Open `name` (relative to the MegaDepth root) as RGB and cut (dw, dh) at the right
-        and bottom. Returns the cropped PIL image (w − int(dw)) × (h − int(dh))."""
-        im = open_image(os.path.join(self.im_root, name))
+    def load_cropped(
+        self, name: str, crop: Sequence[float] | None, scene: str | None = None
+    ) -> Image.Image:
+        """Open `name` (relative to the image folder of `scene`; None: the MegaDepth root) as
+        RGB and cut (dw, dh) at the right and bottom. Returns the cropped PIL image
+        (w − int(dw)) × (h − int(dh))."""
+        root = self.scene_roots[scene] if scene is not None else self.im_root
+        if root is None:
+            root = self.im_root = resolve_megadepth_root(self.data_root)
+        im = open_image(os.path.join(root, name))
         if crop is not None:
             dw, dh = int(crop[0]), int(crop[1])
             if dw or dh:
@@ -200,22 +232,23 @@ class ImMatchDatasetMega(Dataset):
         self._geo_cache[index] = out
         return out
 
-    def _sample_negative(self, scene: str) -> Any:
+    def _sample_negative(self, scene: str) -> tuple[str, Any]:
         others = [s for s in self.scenes if s != scene and self.scene_ims[s]]
-        return random.choice(self.scene_ims[random.choice(others)])
+        other = random.choice(others)
+        return other, random.choice(self.scene_ims[other])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index < 0:
             index += len(self)
         scene, p = self.pairs[index]
-        im1 = self.load_cropped(p.im1, getattr(p, "crop1", None))
-        im2 = self.load_cropped(p.im2, getattr(p, "crop2", None))
+        im1 = self.load_cropped(p.im1, getattr(p, "crop1", None), scene)
+        im2 = self.load_cropped(p.im2, getattr(p, "crop2", None), scene)
         F, K1, K2 = self.pair_geometry(index, im1.size, im2.size)
         images = [im1, im2]
         neg = None
         if self.item_type == "triplet":
-            neg = self._sample_negative(scene)
-            images.append(self.load_cropped(neg.name, getattr(neg, "crop", None)))
+            neg_scene, neg = self._sample_negative(scene)
+            images.append(self.load_cropped(neg.name, getattr(neg, "crop", None), neg_scene))
         tensors = self.transform(images)
         item: dict[str, Any] = {
             "src_im": tensors[0],

@@ -282,15 +282,17 @@ def build_dataset(args: Namespace) -> Dataset:
     from utils.datasets import ImMatchDatasetMega
 
     pair_file = Path(args.pair_root) / args.match_npy
-    if not Path(args.data_root).is_dir():
-        raise UsageError(f"--data_root {args.data_root}: folder not found")
     if not pair_file.is_file():
         raise UsageError(f"pair file not found: {pair_file} (--pair_root / --match_npy; "
-                         "generate it with python -m data_pairs.prep_megadepth_training_pairs)")
+                         "generate it with python -m data_pairs.prep_megadepth_training_pairs "
+                         "or data_pairs.prep_colmap_training_pairs)")
     w, h = args.train_size
     try:
         ds = ImMatchDatasetMega(args.data_root, pair_file, wt=w, ht=h, item_type="pair")
     except (FileNotFoundError, ValueError) as e:
+        # Pair files with absolute image folders need no data root; the others name it.
+        if isinstance(e, FileNotFoundError) and not Path(args.data_root).is_dir():
+            raise UsageError(f"--data_root {args.data_root}: folder not found ({e})") from None
         raise UsageError(str(e)) from None
     return _ItemErrors(ds)
 
