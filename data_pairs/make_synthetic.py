@@ -37,7 +37,7 @@ from pathlib import Path
 from data_pairs.synthetic.colmap_writer import VAL_SUBDIR, make_val_scene, val_scene_name
 from data_pairs.synthetic.megadepth_writer import SFM_LAYOUTS, make_megadepth_scene
 from data_pairs.synthetic.synthesize import SceneSpec
-from utils.common.cli import make_parser, run_command
+from utils.common.cli import UsageError, make_parser, run_command
 
 __all__ = ["generate", "build_parser", "parse_args", "main", "make_megadepth_scene",
            "make_val_scene"]
@@ -143,13 +143,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--scenes, --val_scenes, --points and --none_entries must not be negative")
     if args.supersample < 1:
         p.error("--supersample must be at least 1")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        p.error(f"--out {args.out}: exists and is not a folder")
     return args
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
-    names = generate(args)
+    try:
+        names = generate(args)
+    except OSError as e:  # unwritable --out, disk full, ...
+        raise UsageError(f"--out {args.out}: cannot write the data: {e}") from None
     print(f"wrote {len(names['train'])} training and {len(names['val'])} validation scenes "
           f"under {args.out} in {time.time() - t0:.1f} s")
     return 0

@@ -23,7 +23,9 @@ image sizes, saving and drawing (``res.matches``, ``res.scores``, ``res.coarse``
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import sys
 import warnings
 from argparse import Namespace
 from collections.abc import Sequence
@@ -33,6 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from utils.common.cli import UsageError, make_parser, run_command
+
+PROG = "examples.match_pair"
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CKPT = REPO / "pretrained" / "patch2pix_pretrained.pth"
 
@@ -67,13 +72,15 @@ class PairMatches:
         return reprojection_errors(self.matches, H)
 
     def save(self, stem: str | os.PathLike, H: np.ndarray | None = None) -> tuple[Path, Path]:
-        """Write ``<stem>.npz`` and ``<stem>.csv`` (with an error column when H is given).
+        """Write ``<stem>.npz`` and ``<stem>.csv`` (with an error column when H is given),
+        each atomically (a complete file or none).
 
         Returns:
             The two paths.
         """
+        from utils.common.setup_helper import write_atomic, write_text_atomic
+
         stem = Path(stem)
-        stem.parent.mkdir(parents=True, exist_ok=True)
         extra: dict[str, Any] = {}
         cols = [self.matches, self.scores[:, None]]
         header = "x1,y1,x2,y2,score"
@@ -82,15 +89,16 @@ class PairMatches:
             extra = {"errors": err, "H": np.asarray(H, dtype=np.float64)}
             cols.append(err[:, None])
             header += ",error"
-        npz = Path(f"{stem}.npz")
-        np.savez(
-            npz, matches=self.matches, scores=self.scores, coarse=self.coarse,
+        arrays = dict(
+            matches=self.matches, scores=self.scores, coarse=self.coarse,
             im1=self.im1, im2=self.im2, size1=np.array(self.size1), size2=np.array(self.size2),
             **extra,
         )
-        csv = Path(f"{stem}.csv")
         table = np.concatenate(cols, axis=1) if len(self) else np.zeros((0, 5 + (H is not None)))
-        np.savetxt(csv, table, delimiter=",", header=header, comments="", fmt="%.4f")
+        text = io.StringIO()
+        np.savetxt(text, table, delimiter=",", header=header, comments="", fmt="%.4f")
+        npz = write_atomic(Path(f"{stem}.npz"), lambda f: np.savez(f, **arrays))
+        csv = write_text_atomic(Path(f"{stem}.csv"), text.getvalue())
         return npz, csv
 
 
@@ -117,7 +125,7 @@ def match_pair(
         ncn_thres: coarse score threshold.
         mutual: keep only mutual coarse matches.
         eval_type: 'fine' | 'mid' | 'coarse'; default 'fine', or 'coarse' for a model
-            without regressors.
+            without regressors (``net.has_regressors()`` is False).
 
     Returns:
         A :class:`PairMatches` in original image pixels.
@@ -126,7 +134,7 @@ def match_pair(
     from utils.eval.matcher import Patch2PixMatcher
 
     if eval_type is None:
-        eval_type = "coarse" if getattr(net, "regressor_config", None) is None else "fine"
+        eval_type = "fine" if net.has_regressors() else "coarse"
     matcher = Patch2PixMatcher(net, imsize=imsize, io_thres=io_thres, ksize=ksize,
                                eval_type=eval_type, ncn_thres=ncn_thres, mutual=mutual)
     out = matcher(im1_path, im2_path)
@@ -221,7 +229,7 @@ def draw(
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line options."""
-    ap = argparse.ArgumentParser(description="Match an image pair with Patch2Pix.")
+    ap = make_parser(PROG, "Match an image pair with Patch2Pix.")
     ap.add_argument("im1", help="first image")
     ap.add_argument("im2", help="second image")
     ap.add_argument("--ckpt", default=str(DEFAULT_CKPT), help="checkpoint (.pth)")
@@ -232,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--io_thres", type=float, default=0.5, help="match score threshold")
     ap.add_argument("--ksize", type=int, default=2, help="relocalisation kernel size")
     ap.add_argument("--ncn_thres", type=float, default=0.0, help="coarse score threshold")
-    ap.add_argument("--eval_type", default=None, help="fine | mid | coarse")
+    ap.add_argument("--eval_type", choices=["fine", "mid", "coarse"], default=None,
+                    help="default: 'coarse' with --method nc (no regressors), else 'fine'")
     ap.add_argument("--H", default=None, help="ground-truth homography 1->2 (.txt / .npy)")
     ap.add_argument("--Npts", type=int, default=None, help="draw at most this many matches")
     ap.add_argument("--points", action="store_true", help="draw points instead of lines")
@@ -240,21 +249,77 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: Sequence[str] | None = None) -> PairMatches:
-    """Command line entry point."""
-    args = build_parser().parse_args(argv)
+def _check_inputs(ap: argparse.ArgumentParser, args: argparse.Namespace) -> np.ndarray | None:
+    """Every check that needs no model, so that bad input fails before any work.
+
+    Returns:
+        the homography of ``--H`` (or None).
+    Raises:
+        UsageError naming the argument and the file.
+    """
+    import torch
+    from matplotlib.figure import Figure
+
+    from utils.datasets.preprocess import open_image
+
+    if args.ksize < 1:
+        ap.error(f"--ksize must be >= 1, got {args.ksize}")
+    if args.method == "nc" and args.eval_type in ("fine", "mid"):
+        ap.error(f"--eval_type {args.eval_type} needs the regressors, but --method nc loads "
+                 "NCNet weights, which have no regressors: use --eval_type coarse")
+    for flag, path in (("im1", args.im1), ("im2", args.im2)):
+        try:
+            open_image(path).close()  # decodes it all: a truncated file fails here
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{flag}: {e}") from None
+    H = None
+    if args.H:
+        try:
+            H = load_homography(args.H)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--H {args.H}: {' '.join(str(e).split())}") from None
+    out = Path(args.out)
+    fmt = out.suffix.lstrip(".").lower()
+    if fmt not in Figure().canvas.get_supported_filetypes():
+        raise UsageError(f"--out {out}: '{out.suffix}' is not an image format matplotlib "
+                         "writes (use e.g. .png, .pdf, .svg)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create its folder: {e.strerror or e}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise UsageError(f"--out {out}: the folder {out.parent} is not writable")
+    if args.device and str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
+    return H
+
+
+def run(argv: Sequence[str] | None = None) -> PairMatches:
+    """The command's work: match, draw and save; returns the matches.
+
+    Raises:
+        UsageError (CheckpointError, NoRegressorsError included) for bad input; nothing is
+        written then. The figure, ``.npz`` and ``.csv`` are each written atomically.
+    """
+    from utils.common.setup_helper import write_atomic
     from utils.eval.model_helper import load_model
 
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    H = _check_inputs(ap, args)
     net = load_model(args.ckpt, method=args.method, device=args.device)
+    eval_type = args.eval_type or ("coarse" if args.method == "nc" else "fine")
     res = match_pair(
         net, args.im1, args.im2, imsize=args.imsize if args.imsize > 0 else None,
         io_thres=args.io_thres, ksize=args.ksize, ncn_thres=args.ncn_thres,
-        eval_type=args.eval_type,
+        eval_type=eval_type,
     )
-    H = load_homography(args.H) if args.H else None
     out = Path(args.out)
-    draw(res, H, args.Npts, not args.points, sav_fig=out, title=f"{len(res)} matches")
+    fig = draw(res, H, args.Npts, not args.points, title=f"{len(res)} matches")
+    png = io.BytesIO()
+    fig.savefig(png, format=out.suffix.lstrip(".").lower(), dpi=fig.dpi)
     npz, csv = res.save(out.parent / out.stem, H)
+    write_atomic(out, lambda f: f.write(png.getvalue()))
     print(f"{len(res)} matches; figure {out}, matches {npz} and {csv} (original pixels)")
     if H is not None and len(res):
         err = res.errors(H)
@@ -262,5 +327,16 @@ def main(argv: Sequence[str] | None = None) -> PairMatches:
     return res
 
 
+def _main(argv: Sequence[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m examples.match_pair``; bad input gives one
+    ``examples.match_pair: error: ...`` line and exit code 2."""
+    return run_command(PROG, _main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from examples.make_example_pairs import list_pairs, make_pair, write_pairs
-from examples.match_pair import find_checkpoint, load_homography, main, match_pair
+from examples.match_pair import find_checkpoint, load_homography, match_pair, run
 from utils.eval.hpatches import warp_points
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def test_match_pair_cli(ckpt: Path, scaled_pair: tuple[Path, Path], tmp_path: Pa
     h = tmp_path / "H.txt"
     np.savetxt(h, np.diag([SCALE, SCALE, 1.0]))
     out = tmp_path / "res" / "matches.png"
-    res = main([
+    res = run([
         str(p1), str(p2), "--ckpt", str(ckpt), "--out", str(out), "--imsize", "192",
         "--io_thres", "0.5", "--H", str(h), "--device", "cpu",
     ])

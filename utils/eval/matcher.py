@@ -105,8 +105,8 @@ class Patch2PixMatcher:
             raise ValueError(f"eval_type must be one of {EVAL_TYPES}, got {eval_type!r}")
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, method="patch2pix", lprint=lprint, device=device)
-        if eval_type != "coarse" and getattr(model, "regressor_config", None) is None:
-            raise ValueError("a coarse-only model matches with eval_type='coarse'")
+        if eval_type != "coarse":  # NoRegressorsError for a coarse-only (NCNet) model
+            model.require_regressors(f"eval_type={eval_type!r}")
         self.net = model
         self.imsize = imsize if imsize is not None and imsize > 0 else None
         self.io_thres = float(io_thres)

@@ -56,8 +56,9 @@ def add_matcher_args(ap: argparse.ArgumentParser, io_thres: float = 0.5,
                     help="'oracle': ground-truth matches (checks the data and the protocol)")
     ap.add_argument("--method", choices=["patch2pix", "nc"], default="patch2pix",
                     help="'nc': NCNet weights, coarse matches")
-    ap.add_argument("--eval_type", choices=["fine", "mid", "coarse"], default="fine",
-                    help="which matches of the model are evaluated")
+    ap.add_argument("--eval_type", choices=["fine", "mid", "coarse"], default=None,
+                    help="which matches of the model are evaluated (default: 'coarse' with "
+                    "--method nc, whose weights have no regressors, else 'fine')")
     ap.add_argument("--imsize", type=int, default=imsize,
                     help="longer image side the network sees (<=0: native size)")
     ap.add_argument("--io_thres", type=float, default=io_thres, help="match score threshold")
@@ -84,12 +85,15 @@ def matcher_from_args(args: argparse.Namespace, oracle: Callable[[], Matcher],
         return oracle(), {"matcher": "oracle"}
     if not args.ckpt:
         raise UsageError("--ckpt is required (or use --matcher oracle)")
+    if args.method == "nc" and args.eval_type in ("fine", "mid"):
+        raise UsageError(f"--eval_type {args.eval_type} needs the regressors, but --method nc "
+                         "loads NCNet weights, which have no regressors: use --eval_type coarse")
     from utils.eval.matcher import Patch2PixMatcher
     from utils.eval.model_helper import load_model
 
     lprint = lprint or (lambda *a: print(*a, file=sys.stderr))
     net = load_model(args.ckpt, method=args.method, lprint=lprint, device=args.device)
-    eval_type = "coarse" if args.method == "nc" else args.eval_type
+    eval_type = args.eval_type or ("coarse" if args.method == "nc" else "fine")
     matcher = Patch2PixMatcher(net, imsize=args.imsize, io_thres=args.io_thres,
                                ksize=args.ksize, eval_type=eval_type,
                                ncn_thres=args.ncn_thres, mutual=not args.no_mutual)

@@ -1,0 +1,341 @@
+"""One clear line for every bad input, in every command (issue: one line, exit code 2).
+
+Each command has a table of bad inputs. Every row runs the command's ``main([...])`` in
+process and checks: exit code 2 (returned, or ``SystemExit(2)`` for argparse errors),
+exactly one line on stderr, of the form ``<module>: error: ...``, naming the file or flag
+(the row's expected words), no traceback, and no output file left behind.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import rule_state_dict
+from PIL import Image
+
+from networks.patch2pix import Patch2Pix
+from utils.common.cli import UsageError
+from utils.common.setup_helper import CheckpointError, load_checkpoint_safe
+from utils.eval.model_helper import load_model
+
+# A row: (id, argv built from the fixture folders, words the one line must contain).
+Row = tuple[str, Callable[[dict[str, Path]], list[str]], list[str]]
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """Bad (and a few good) inputs shared by the tables."""
+    root = tmp_path_factory.mktemp("cli_inputs")
+    f: dict[str, Path] = {"root": root, "missing": root / "missing" / "nothing.png"}
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    f["photo"] = root / "photo.jpg"
+    photo.save(f["photo"], quality=90)
+    f["png"] = root / "good.png"
+    photo.save(f["png"])
+    f["text"] = root / "notes.txt"
+    f["text"].write_text("these are my notes\n")
+    f["broken"] = root / "broken.jpg"
+    f["broken"].write_bytes(b"this is not an image at all")
+    f["truncated"] = root / "truncated.jpg"
+    f["truncated"].write_bytes(f["photo"].read_bytes()[:300])
+    f["npz"] = root / "arrays.npz"
+    np.savez(f["npz"], a=np.zeros(3))
+    f["a_file"] = root / "a_file"
+    f["a_file"].write_text("x")
+    f["empty_dir"] = root / "empty_dir"
+    f["empty_dir"].mkdir()
+    f["H_bad"] = root / "H_bad.txt"
+    f["H_bad"].write_text("1 2\n3 4\n")
+    # a coarse-only model's bare state_dict (NCNet weights)
+    net = Patch2Pix(Namespace(training=False, backbone="ResNet34", change_stride=True,
+                              feat_idx=[0, 1, 2, 3], regressor_config=None, regr_batch=1200,
+                              weights_dict=None, imagenet_init=False))
+    f["ncn"] = root / "ncn.pth"
+    torch.save(rule_state_dict(net), f["ncn"])
+    # scene_info folders for the pair command
+    for name in ("crafted", "text_npz", "no_keys"):
+        (root / name / "scene_info").mkdir(parents=True)
+    f["marker"] = root / "marker"
+    evil = np.empty(2, dtype=object)
+    evil[:] = [None, _Payload(f["marker"])]
+    np.savez(root / "crafted" / "scene_info" / "0000.0.npz", image_paths=evil)
+    (root / "text_npz" / "scene_info" / "0000.0.npz").write_text("not an archive")
+    np.savez(root / "no_keys" / "scene_info" / "0000.0.npz", a=np.zeros(2))
+    # validation roots for the overlap command
+    (root / "val_bad" / "s1" / "dense" / "sparse").mkdir(parents=True)
+    (root / "val_bad" / "s1" / "dense" / "sparse" / "images.bin").write_bytes(b"\x01\x02")
+    # a crafted training-pair file
+    f["evil_pairs"] = root / "pairs" / "evil.npy"
+    f["evil_pairs"].parent.mkdir()
+    np.save(f["evil_pairs"], {"0000": {"ims": [], "pairs": [_Payload(f["marker"])]}},
+            allow_pickle=True)
+    (root / "pairs" / "notes.npy").write_text("not numpy")
+    return f
+
+
+def _check(main: Callable[[list[str]], int], prog: str, argv: list[str], words: list[str],
+           out: Path | None, capsys) -> str:
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse errors exit from parse_args, as in a real process
+        rc = e.code
+    cap = capsys.readouterr()
+    lines = [x for x in cap.err.splitlines() if x.strip()]
+    assert rc == 2, (rc, cap.err[-2000:])
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith(f"{prog}: error: "), line
+    assert "Traceback" not in cap.err and "Traceback" not in cap.out
+    for w in words:
+        assert w in line, (w, line)
+    if out is not None:
+        left = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+        assert left == [], left
+    return line
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_non_checkpoints_are_named(files):
+    for key, what in (("photo", "JPEG image"), ("png", "PNG image"), ("text", "text file"),
+                      ("npz", "numpy .npz archive"), ("broken", "text file")):
+        for load in (load_checkpoint_safe, lambda p: load_model(p, lprint=lambda *_: None)):
+            with pytest.raises(CheckpointError) as ei:
+                load(files[key])
+            msg = str(ei.value)
+            assert f"{files[key]} is not a PyTorch checkpoint" in msg and what in msg
+            assert isinstance(ei.value, UsageError)
+    with pytest.raises(CheckpointError, match="damaged or truncated"):
+        cut = files["root"] / "cut.pth"
+        cut.write_bytes(files["ncn"].read_bytes()[:2000])
+        load_checkpoint_safe(cut)
+
+
+def test_both_torch_formats_pass_the_check(tmp_path):
+    obj = {"state_dict": {"w": torch.arange(3.0)}, "last_epoch": 2}
+    torch.save(obj, tmp_path / "zip.pth")
+    torch.save(obj, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    for name in ("zip.pth", "legacy.pth"):
+        got = load_checkpoint_safe(tmp_path / name)
+        assert got["last_epoch"] == 2 and torch.equal(got["state_dict"]["w"], torch.arange(3.0))
+
+
+# ---------------------------------------------------------------- examples.match_pair
+def _mp(f, *extra, im1="png", im2="png", ckpt=None):
+    return [str(f[im1]), str(f[im2]), "--ckpt", str(ckpt or f["ncn"]), "--method", "nc",
+            "--imsize", "64", "--device", "cpu", *extra]
+
+
+MATCH_PAIR: list[Row] = [
+    ("missing_image", lambda f: _mp(f, im1="missing"), ["im1", "nothing.png", "not found"]),
+    ("broken_image", lambda f: _mp(f, im2="broken"), ["im2", "broken.jpg"]),
+    ("truncated_image", lambda f: _mp(f, im2="truncated"), ["im2", "truncated.jpg"]),
+    ("jpeg_as_ckpt", lambda f: _mp(f, ckpt=f["photo"]),
+     ["photo.jpg", "not a PyTorch checkpoint", "JPEG"]),
+    ("text_as_ckpt", lambda f: _mp(f, ckpt=f["text"]),
+     ["notes.txt", "not a PyTorch checkpoint", "text file"]),
+    ("npz_as_ckpt", lambda f: _mp(f, ckpt=f["npz"]), ["arrays.npz", "npz"]),
+    ("missing_ckpt", lambda f: _mp(f, ckpt=f["missing"]), ["nothing.png", "not found"]),
+    ("ncn_weights_as_patch2pix",
+     lambda f: [str(f["png"]), str(f["png"]), "--ckpt", str(f["ncn"]), "--device", "cpu"],
+     ["ncn.pth", "method='nc'"]),
+    ("fine_on_coarse_only", lambda f: _mp(f, "--eval_type", "fine"),
+     ["--eval_type fine", "no regressors", "--eval_type coarse"]),
+    ("unknown_eval_type", lambda f: _mp(f, "--eval_type", "best"), ["--eval_type", "best"]),
+    ("missing_H", lambda f: _mp(f, "--H", str(f["missing"])), ["--H", "nothing.png"]),
+    ("bad_H", lambda f: _mp(f, "--H", str(f["H_bad"])), ["--H", "H_bad.txt", "3x3"]),
+    ("bad_out_format", lambda f: _mp(f, "--out", str(f["root"] / "o.xyz")),
+     ["--out", "o.xyz", "format"]),
+    ("out_under_a_file", lambda f: _mp(f, "--out", str(f["a_file"] / "m.png")),
+     ["--out", "a_file"]),
+    ("bad_ksize", lambda f: _mp(f, "--ksize", "0"), ["--ksize"]),
+]
+
+
+@pytest.mark.parametrize("row", MATCH_PAIR, ids=[r[0] for r in MATCH_PAIR])
+def test_match_pair(row, files, tmp_path, capsys):
+    from examples.match_pair import main
+
+    out = tmp_path / "out"
+    argv = row[1](files)
+    if "--out" not in argv:
+        argv += ["--out", str(out / "m.png")]
+    _check(main, "examples.match_pair", argv, row[2], out, capsys)
+
+
+# ---------------------------------------------------------------- utils.eval.eval_hpatches
+EVAL_HPATCHES: list[Row] = [
+    ("missing_root", lambda f: ["--matcher", "oracle", "--root", str(f["missing"])],
+     ["nothing.png"]),
+    ("no_ckpt", lambda f: ["--root", str(f["empty_dir"])], ["--ckpt"]),
+    ("jpeg_as_ckpt", lambda f: ["--root", str(f["empty_dir"]), "--ckpt", str(f["photo"])],
+     ["photo.jpg", "not a PyTorch checkpoint", "JPEG"]),
+    ("text_as_ckpt", lambda f: ["--root", str(f["empty_dir"]), "--ckpt", str(f["text"])],
+     ["notes.txt", "not a PyTorch checkpoint", "text file"]),
+    ("missing_ckpt", lambda f: ["--root", str(f["empty_dir"]), "--ckpt", str(f["missing"])],
+     ["nothing.png", "not found"]),
+    ("fine_on_coarse_only",
+     lambda f: ["--root", str(f["empty_dir"]), "--ckpt", str(f["ncn"]), "--method", "nc",
+                "--eval_type", "mid", "--device", "cpu"],
+     ["--eval_type mid", "no regressors", "--eval_type coarse"]),
+    ("bad_solver", lambda f: ["--matcher", "oracle", "--solver", "magic"], ["--solver"]),
+]
+
+
+@pytest.mark.parametrize("row", EVAL_HPATCHES, ids=[r[0] for r in EVAL_HPATCHES])
+def test_eval_hpatches(row, files, tmp_path, capsys):
+    from utils.eval.eval_hpatches import main
+
+    out = tmp_path / "out"
+    _check(main, "utils.eval.eval_hpatches", row[1](files) + ["--out", str(out / "r.json")],
+           row[2], out, capsys)
+
+
+# ---------------------------------------------------------------- make_hpatches_synthetic
+MAKE_HPATCHES: list[Row] = [
+    ("zero_sequences", lambda f: ["--n_seqs", "0"], ["--n_seqs"]),
+    ("out_is_a_file", lambda f: ["--out", str(f["a_file"])], ["--out", "a_file"]),
+    ("not_an_int", lambda f: ["--n_seqs", "two"], ["--n_seqs", "two"]),
+]
+
+
+@pytest.mark.parametrize("row", MAKE_HPATCHES, ids=[r[0] for r in MAKE_HPATCHES])
+def test_make_hpatches_synthetic(row, files, tmp_path, capsys):
+    from utils.eval.make_hpatches_synthetic import main
+
+    out = tmp_path / "out"
+    argv = row[1](files)
+    if "--out" not in argv:
+        argv += ["--out", str(out)]
+    _check(main, "utils.eval.make_hpatches_synthetic", argv, row[2], out, capsys)
+
+
+# ---------------------------------------------------------------- data_pairs.make_synthetic
+MAKE_SYNTHETIC: list[Row] = [
+    ("out_is_a_file", lambda f: ["--out", str(f["a_file"])], ["--out", "a_file"]),
+    ("one_image", lambda f: ["--images_per_scene", "1"], ["--images_per_scene"]),
+    ("tiny_width", lambda f: ["--width", "8"], ["--width"]),
+    ("bad_layout", lambda f: ["--sfm_layout", "zip"], ["--sfm_layout"]),
+]
+
+
+@pytest.mark.parametrize("row", MAKE_SYNTHETIC, ids=[r[0] for r in MAKE_SYNTHETIC])
+def test_make_synthetic(row, files, tmp_path, capsys):
+    from data_pairs.make_synthetic import main
+
+    out = tmp_path / "out"
+    argv = row[1](files)
+    if "--out" not in argv:
+        argv += ["--out", str(out)]
+    _check(main, "data_pairs.make_synthetic", argv, row[2], out, capsys)
+
+
+# ---------------------------------------------------------------- prep_megadepth_training_pairs
+PREP_PAIRS: list[Row] = [
+    ("missing_base_dir", lambda f: ["--base_dir", str(f["missing"])],
+     ["--base_dir", "nothing.png", "not found"]),
+    ("no_scene_info", lambda f: ["--base_dir", str(f["empty_dir"])], ["scene_info"]),
+    ("crafted_scene_info", lambda f: ["--base_dir", str(f["root"] / "crafted")],
+     ["refusing", "0000.0.npz"]),
+    ("text_as_npz", lambda f: ["--base_dir", str(f["root"] / "text_npz")],
+     ["0000.0.npz", "not an .npz archive"]),
+    ("npz_without_keys", lambda f: ["--base_dir", str(f["root"] / "no_keys")],
+     ["0000.0.npz", "not a D2Net scene_info file"]),
+    ("save_dir_is_a_file",
+     lambda f: ["--base_dir", str(f["empty_dir"]), "--save_dir", str(f["a_file"])],
+     ["--save_dir", "a_file"]),
+    ("zero_pairs", lambda f: ["--base_dir", str(f["empty_dir"]), "--max_scene_pairs", "0"],
+     ["--max_scene_pairs"]),
+    ("unknown_tag", lambda f: ["--exclude_tag", "excl_none"], ["--exclude_tag"]),
+]
+
+
+@pytest.mark.parametrize("row", PREP_PAIRS, ids=[r[0] for r in PREP_PAIRS])
+def test_prep_megadepth_training_pairs(row, files, tmp_path, capsys):
+    from data_pairs.prep_megadepth_training_pairs import main
+
+    out = tmp_path / "out"
+    argv = row[1](files)
+    if "--save_dir" not in argv:
+        argv += ["--save_dir", str(out)]
+    _check(main, "data_pairs.prep_megadepth_training_pairs", argv, row[2], out, capsys)
+    assert not files["marker"].exists()
+
+
+# ---------------------------------------------------------------- precompute_immatch_val_ovs
+VAL_OVS: list[Row] = [
+    ("missing_root", lambda f: ["--data_root", str(f["missing"])],
+     ["--data_root", "nothing.png", "not found"]),
+    ("no_scenes", lambda f: ["--data_root", str(f["empty_dir"])], ["no <scene>/dense/sparse"]),
+    ("unknown_scene", lambda f: ["--data_root", str(f["empty_dir"]), "--scenes", "nope"],
+     ["--scenes", "nope"]),
+    ("corrupt_model", lambda f: ["--data_root", str(f["root"] / "val_bad")],
+     [str(Path("s1") / "dense" / "sparse")]),
+    ("bad_overlap", lambda f: ["--data_root", str(f["empty_dir"]), "--overlaps", "1.5"],
+     ["--overlaps"]),
+]
+
+
+@pytest.mark.parametrize("row", VAL_OVS, ids=[r[0] for r in VAL_OVS])
+def test_precompute_immatch_val_ovs(row, files, capsys):
+    from data_pairs.precompute_immatch_val_ovs import main
+
+    _check(main, "data_pairs.precompute_immatch_val_ovs", row[1](files), row[2], None, capsys)
+    assert not list(files["root"].rglob("ov_pairs.npy"))
+
+
+# ---------------------------------------------------------------- train_patch2pix
+def _train(f: dict[str, Path], data: Path, *extra: str, pair_root: Path | None = None,
+           match_npy: str | None = None) -> list[str]:
+    argv = ["--data_root", str(data / "data"), "--pair_root", str(pair_root or data / "pairs"),
+            "--change_stride", "--conv_dims", "8", "8", "--fc_dims", "8", "8",
+            "--train_size", "160", "96", "--workers", "0", "--no_progress", "--device", "cpu",
+            "--no_val", "--random_backbone", *extra]
+    if match_npy:
+        argv += ["--match_npy", match_npy]
+    return argv
+
+
+TRAIN: list[tuple[str, Callable[[dict[str, Path], Path], list[str]], list[str]]] = [
+    ("jpeg_as_ckpt", lambda f, d: _train(f, d, "--ckpt", str(f["photo"])),
+     ["--ckpt", "photo.jpg", "not a PyTorch checkpoint", "JPEG"]),
+    ("text_as_ckpt", lambda f, d: _train(f, d, "--ckpt", str(f["text"])),
+     ["--ckpt", "notes.txt", "not a PyTorch checkpoint", "text file"]),
+    ("jpeg_as_pretrain", lambda f, d: _train(f, d, "--pretrain", str(f["photo"])),
+     ["--pretrain", "photo.jpg", "JPEG"]),
+    ("missing_pretrain", lambda f, d: _train(f, d, "--pretrain", str(f["missing"])),
+     ["--pretrain", "nothing.png", "not found"]),
+    ("missing_data_root",
+     lambda f, d: ["--data_root", str(f["missing"]), "--random_backbone", "--device", "cpu"],
+     ["--data_root", "nothing.png"]),
+    ("crafted_pair_file",
+     lambda f, d: _train(f, d, pair_root=f["evil_pairs"].parent, match_npy="evil.npy"),
+     ["refusing", "evil.npy"]),
+    ("text_pair_file",
+     lambda f, d: _train(f, d, pair_root=f["evil_pairs"].parent, match_npy="notes.npy"),
+     ["notes.npy"]),
+]
+
+
+@pytest.mark.parametrize("row", TRAIN, ids=[r[0] for r in TRAIN])
+def test_train_patch2pix(row, files, train_data, tmp_path, capsys):
+    import train_patch2pix
+
+    out = tmp_path / "out"
+    argv = row[1](files, train_data) + ["-o", str(out)]
+    _check(train_patch2pix.main, "train_patch2pix", argv, row[2], out, capsys)
+    assert not files["marker"].exists()
+
