@@ -19,8 +19,9 @@ Output ``<save_dir>/megadepth_pairs.ov{ov}_imrat{rat}.pair{max}.{exclude_tag}.np
 numpy-saved dict ``{scene: {'ims': [Namespace(name, crop)], 'pairs': [Namespace(im1, im2,
 overlap, K1, K2, t, q, R, crop1, crop2)]}}`` with image names relative to
 ``MegaDepth_undistort`` without the ``Undistorted_SfM/`` prefix (e.g.
-``0000/images/123.jpg``); crops are (dw, dh) ints. Load with ``allow_pickle=True`` (only
-files from trusted sources).
+``0000/images/123.jpg``); crops are (dw, dh) ints. Plain numpy reads it with
+``np.load(path, allow_pickle=True).item()``; this project loads it (and the scene_info files)
+with :mod:`utils.common.safe_pickle`, which refuses anything but data (data-formats.md §6).
 
 Usage::
 
