@@ -297,3 +297,14 @@ def test_bad_files_name_the_file(tmp_path):
     np.savez(tmp_path / "z.npz", a=np.zeros(2))
     with pytest.raises(NpyFileError, match=r"z\.npz.*\.npz archive"):
         safe_load_npy(tmp_path / "z.npz")
+
+
+def test_pickle_cannot_patch_the_namespace_class(tmp_path):
+    """BUILD with slot state on the allowed class itself would set class attributes."""
+    raw = (b"\x80\x02cargparse\nNamespace\nN}X\x08\x00\x00\x00__repr__K\x01s\x86b.")
+    path = tmp_path / "patch.npy"
+    path.write_bytes(raw)
+    with pytest.raises(UnsafePickleError, match="modifies the class Namespace"):
+        safe_load_npy(path)
+    assert repr(Namespace(a=1)) == "Namespace(a=1)"
+    assert not isinstance(vars(Namespace).get("__repr__"), int)

@@ -122,6 +122,9 @@ def safe_unpickle(fh: IO[bytes], source: str) -> Any:
         UnsafePickleError: a global outside :data:`ALLOWED_GLOBALS` (nothing of it runs).
         NpyFileError: a corrupt or truncated pickle.
     """
+    # BUILD with slot state on the Namespace class itself would set class attributes: the
+    # one mutable class of the allow-list is checked and restored after every load.
+    before = dict(vars(argparse.Namespace))
     try:
         return _RestrictedUnpickler(fh, source).load()
     except UnsafePickleError:
@@ -129,6 +132,23 @@ def safe_unpickle(fh: IO[bytes], source: str) -> Any:
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             IndexError, KeyError, UnicodeDecodeError, OverflowError, MemoryError) as e:
         raise NpyFileError(f"cannot read {source}: corrupt pickle ({e})") from None
+    finally:
+        _restore_class(argparse.Namespace, before, source)
+
+
+def _restore_class(cls: type, before: dict[str, Any], source: str) -> None:
+    """Undo attribute changes a pickle made to `cls`, then refuse the file."""
+    now = dict(vars(cls))
+    if now.keys() == before.keys() and all(now[k] is before[k] for k in before):
+        return
+    for k in now.keys() - before.keys():
+        delattr(cls, k)
+    for k, v in before.items():
+        if now.get(k) is not v:
+            setattr(cls, k, v)
+    raise UnsafePickleError(
+        f"refusing to load {source}: its pickle modifies the class {cls.__qualname__}"
+    )
 
 
 def _read_npy_stream(fh: IO[bytes], source: str) -> np.ndarray:
