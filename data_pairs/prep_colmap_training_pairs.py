@@ -321,17 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if not 0 < args.min_overlap < 1:
-        p.error(f"--min_overlap must lie in (0, 1), got {args.min_overlap}")
+        raise UsageError(f"--min_overlap must lie in (0, 1), got {args.min_overlap}")
     if args.max_pairs < 1:
-        p.error(f"--max_pairs must be >= 1, got {args.max_pairs}")
+        raise UsageError(f"--max_pairs must be >= 1, got {args.max_pairs}")
     if not 1.3 <= args.im_target_ratio <= 1.7:
-        p.error(f"--im_target_ratio must lie in [1.3, 1.7] (the crop rule), got "
-                f"{args.im_target_ratio}")
+        raise UsageError(f"--im_target_ratio must lie in [1.3, 1.7] (the crop rule), got "
+                         f"{args.im_target_ratio}")
     if not args.sampson_thres > 0:
-        p.error(f"--sampson_thres must be positive, got {args.sampson_thres}")
+        raise UsageError(f"--sampson_thres must be positive, got {args.sampson_thres}")
     out = Path(args.out)
     if out.suffix != ".npy":
         raise UsageError(f"--out {out}: the pair file name must end in .npy")

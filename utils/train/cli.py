@@ -2,7 +2,7 @@
 
 Every flag of the original keeps its spelling, aliases, type and default; the new flags
 (``--device``, ``--workers``, ``--max_iters_per_epoch``, ``--val_imsize``,
-``--val_sample_max``, ``--train_size``, ``--no_val``) only add behaviour.
+``--val_sample_max``, ``--train_size``, ``--no_val``, ``--val_root``) only add behaviour.
 """
 
 from __future__ import annotations
@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val_imsize", type=int, default=1024, help="validation image size")
     g.add_argument("--val_sample_max", type=int, default=150, help="validation pairs per scene")
     g.add_argument("--no_val", action="store_true", help="skip the per-epoch validation")
+    g.add_argument("--val_root", type=str, default=None,
+                   help="validate on these held-out COLMAP reconstructions: a folder of "
+                   "<scene>/dense/{images,sparse} with sparse/ov_pairs.npy (default: "
+                   "<data_root>/immatch_benchmark/val_dense)")
     g.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
 
     g = p.add_argument_group("memory, precision and several processes")

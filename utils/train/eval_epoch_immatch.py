@@ -99,9 +99,9 @@ def resolve_val_root(data_root: str | Path) -> Path:
     val_root = cand if cand.is_dir() else root
     if not val_root.is_dir() or not list_scenes(val_root):
         raise ValidationDataMissing(
-            f"no validation scenes with dense/sparse/ov_pairs.npy under {cand} (run "
-            "data/prepare_immatch_val_data.sh and "
-            "python -m data_pairs.precompute_immatch_val_ovs)"
+            f"no validation scenes <scene>/dense/sparse/ov_pairs.npy under {cand} or {root} "
+            "(run data/prepare_immatch_val_data.sh, or for your own reconstructions "
+            f"python -m data_pairs.precompute_immatch_val_ovs --data_root {val_root})"
         )
     return val_root
 

@@ -382,6 +382,12 @@ class Trainer:
         self.loss_cfg = LossConfig.from_args(args)
         # Fail fast on user errors before creating anything on disk.
         self.dataset = build_dataset(args)
+        val_flag = getattr(args, "val_root", None)
+        if val_flag and not args.no_val:
+            try:
+                resolve_val_root(val_flag)
+            except ValidationDataMissing as e:
+                raise UsageError(f"--val_root {val_flag}: {e}") from None
         start = resolve_start(args, self.exp_dir)
         start_desc = prepare_backbone(args, start, lprint=echo or (lambda _msg: None))
         self.log = ExperimentLog(self.exp_dir, echo=echo)
@@ -407,7 +413,7 @@ class Trainer:
                 self.log("Validation disabled (--no_val).")
             else:
                 try:
-                    self.val_root = resolve_val_root(args.data_root)
+                    self.val_root = resolve_val_root(val_flag or args.data_root)
                 except ValidationDataMissing as e:
                     self.log(f"Validation skipped for the whole run: {e}")
         except BaseException:
