@@ -166,3 +166,15 @@ def test_cli_with_network(md_root: Path, tmp_path: Path, tiny_ckpt: Path) -> Non
     data = json.loads(out.read_text())
     assert data["config"]["matcher"] == "network" and data["config"]["imsize"] == 128
     assert all(p["n_matches"] > 0 for p in data["pairs"])
+
+
+def test_writer_cli(tmp_path: Path, capsys) -> None:
+    from data_pairs.synthetic import megadepth1500
+
+    assert megadepth1500.main(["--out", str(tmp_path), "--images_per_scene", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("data_pairs.synthetic.megadepth1500: error: --images_per_scene")
+    rc = megadepth1500.main(["--out", str(tmp_path / "s"), "--images_per_scene", "3",
+                             "--width", "64", "--height", "48", "--supersample", "1"])
+    assert rc == 0 and (tmp_path / "s" / SCENE_INFO_DIR / LIST_FILE).is_file()
+    assert "wrote" in capsys.readouterr().out

@@ -41,7 +41,7 @@ import numpy as np
 from data_pairs.synthetic.files import object_array, save_depth, save_jpeg
 from data_pairs.synthetic.megadepth_writer import DEPTH_SUBDIR, SFM_PREFIX
 from data_pairs.synthetic.synthesize import SceneSpec, scene_spec, synthesize_scene
-from utils.common.cli import make_parser, run_command
+from utils.common.cli import UsageError, make_parser, run_command
 
 __all__ = ["KIND_TEST", "LIST_FILE", "SCENE_INFO_DIR", "SCENE_FILES", "write_megadepth1500"]
 
@@ -163,14 +163,13 @@ def build_parser():
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.images_per_scene < 2:
-        p.error("--images_per_scene must be at least 2")
+        raise UsageError("--images_per_scene must be at least 2")
     if args.width < 16 or args.height < 16:
-        p.error("--width and --height must be at least 16")
+        raise UsageError("--width and --height must be at least 16")
     if args.pairs_per_file < 1 or args.supersample < 1:
-        p.error("--pairs_per_file and --supersample must be at least 1")
+        raise UsageError("--pairs_per_file and --supersample must be at least 1")
     counts = write_megadepth1500(
         args.out, pairs_per_file=args.pairs_per_file, seed=args.seed,
         n_images=args.images_per_scene, width=args.width, height=args.height,

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from utils.common.cli import make_parser, run_command
+from utils.common.cli import UsageError, make_parser, run_command
 from utils.eval.megadepth1500 import (
     RANSAC_METHODS,
     evaluate_megadepth1500,
@@ -51,10 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    ap = build_parser()
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.max_pairs is not None and args.max_pairs < 1:
-        ap.error("--max_pairs must be at least 1")
+        raise UsageError("--max_pairs must be at least 1")
     scene_info = Path(args.scene_info) if args.scene_info else Path(args.data_root) / SCENE_INFO_DIR
     matcher, matcher_cfg = matcher_from_args(
         args, lambda: oracle_matcher(load_pairs(scene_info, args.data_root, args.max_pairs)))
