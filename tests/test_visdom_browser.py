@@ -5,9 +5,10 @@ A Visdom server is started with the project's offline command (``tests/conftest.
 training run plots to it with ``-vh/-vp``, and Debian's ``chromium`` opens the run's
 environment through the DevTools protocol (websocket-client, already a visdom dependency),
 with every host name but 127.0.0.1 unresolvable. Checked in the page: every window the
-server holds is drawn, with its title in the window bar and as the plot title, one plotly
-trace per line with values and drawn SVG line paths; every asset request succeeded and none
-left the machine. A screenshot is saved (``P2P_VISDOM_SCREENSHOT=path`` keeps a copy).
+server holds (the ``train.*`` windows and the validation's ``test.*``) is drawn, with its
+title in the window bar and as the plot title, one plotly trace per line with values and
+drawn SVG line paths; every asset request succeeded and none left the machine. A screenshot
+is saved (``P2P_VISDOM_SCREENSHOT=path`` keeps a copy).
 
 Without Chromium the test is skipped with a loud reason, or fails where a browser is required
 (``P2P_REQUIRE_BROWSER=1`` or ``CI`` set; ``.ci/run`` installs it and sets it).
@@ -34,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 TRAIN_WINDOWS = {f"train.{p}" for p in ("loss", "cls_mid", "cls_fine", "cls_ratios",
                                          "match_dist", "mem", "pair_scores")}
+VIEW = (1400, 1900)  # room for the 13 windows (7 train, 6 validation), 3 per row
 # Per window: title in the bar and in the plot, plotly traces and the SVG line paths drawn.
 WINDOWS_JS = """JSON.stringify(Array.from(document.querySelectorAll('.window')).map(w => {
   const plot = w.querySelector('.js-plotly-plot');
@@ -138,7 +140,7 @@ def browser(tmp_path: Path):
     exe = find_browser()
     profile = tmp_path / "chromium-profile"
     profile.mkdir()
-    dt = DevTools(exe, profile)
+    dt = DevTools(exe, profile, *VIEW)
     yield dt
     dt.close()
 
@@ -176,6 +178,7 @@ def server_windows(port: int, env: str) -> dict[str, dict[str, int]]:
 def test_training_dashboard_in_chromium(browser: DevTools, visdom_server, train_data,
                                         tmp_path: Path) -> None:
     from utils.common.visdom_assets import missing_assets
+    from utils.common.visdom_helper import VAL_PLOTS
     from utils.train.cli import parse_args
     from utils.train.experiment import make_tags
 
@@ -184,15 +187,24 @@ def test_training_dashboard_in_chromium(browser: DevTools, visdom_server, train_
     args = train_with_visdom(train_data, tmp_path / "out", port)
     env = make_tags(parse_args(args)).visdom_env
     expected = server_windows(port, env)
-    assert TRAIN_WINDOWS <= set(expected), sorted(expected)
+    val_windows = {f"test.{p}" for p in VAL_PLOTS}  # the per-epoch validation
+    assert set(expected) == TRAIN_WINDOWS | val_windows, sorted(expected)
 
     browser.send("Page.navigate", url=f"http://127.0.0.1:{port}/env/{urllib.parse.quote(env)}")
+    def drawn_lines(w: dict) -> int:
+        return sum("L" in d for d in w["paths"])
+
+    def lines(title: str) -> int:  # every line with 2+ values is a path with a segment
+        return sum(n >= 2 for n in expected[title].values())
+
     deadline, wins = time.time() + 90, []
     while time.time() < deadline:  # the page draws the windows asynchronously
         wins = json.loads(browser.evaluate(WINDOWS_JS) or "[]")
-        if len(wins) >= len(expected) and all(w["paths"] for w in wins):
+        if len(wins) >= len(expected) and all(
+                w["bar"] in expected and drawn_lines(w) >= lines(w["bar"]) for w in wins):
             break
         time.sleep(0.5)
+    print(f"page drawn in {90 - deadline + time.time():.1f} s")
     shot = browser.screenshot(tmp_path / "visdom.png")
     if os.environ.get("P2P_VISDOM_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["P2P_VISDOM_SCREENSHOT"])
@@ -205,10 +217,9 @@ def test_training_dashboard_in_chromium(browser: DevTools, visdom_server, train_
         assert {t["name"]: t["n"] for t in w["traces"]} == traces, title
         assert all(n > 0 for n in traces.values()), f"{title}: a line without values"
         assert w["drawn"] == len(traces), f"{title}: {w['drawn']} of {len(traces)} drawn"
-        # every line with 2+ values is an SVG path with at least one segment
-        lines = sum(n >= 2 for n in traces.values())
-        assert sum("L" in d for d in w["paths"]) >= lines, f"{title}: {w['paths']}"
+        assert drawn_lines(w) >= lines(title) > 0, f"{title}: {w['paths']}"
     assert len(expected["train.loss"]) == 5 and min(expected["train.loss"].values()) == 4
+    assert expected["test.sel_rate"] == {"rate": 2}  # validated after epochs 1 and 2
 
     # offline: every request stayed on this machine and every asset was served
     requests = {e["params"]["requestId"]: e["params"]["request"]["url"]
@@ -225,4 +236,4 @@ def test_training_dashboard_in_chromium(browser: DevTools, visdom_server, train_
     assert not {u: e for u, e in failed.items() if u and "/static/" in u}, failed
 
     im = np.asarray(Image.open(shot).convert("RGB"))
-    assert im.shape[:2] == (1100, 1400) and im.std() > 20  # a drawn page, not a blank one
+    assert im.shape[:2] == VIEW[::-1] and im.std() > 20  # a drawn page, not a blank one
