@@ -11,11 +11,11 @@ The README activates `.venv` once (`source .venv/bin/activate`) and then writes 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shlex
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,9 +113,34 @@ def test_readme_scripts_exist() -> None:
         assert proc.returncode == 0, f"{s}: {proc.stderr}"
 
 
-def _help(module: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+# Runs `python -m <module> --help` for each module named on its command line, the way
+# `python -m` does (runpy, run_name="__main__"), in one process so torch is imported once;
+# prints {module: [exit code, stdout, stderr]} as JSON.
+HELP_ALL = """
+import contextlib, io, json, runpy, sys
+res = {}
+for mod in sys.argv[1:]:
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    sys.argv = [mod, "--help"]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_module(mod, run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        except BaseException as e:
+            code = 1
+            err.write(repr(e))
+    res[mod] = [code, out.getvalue(), err.getvalue()]
+sys.__stdout__.write(json.dumps(res))
+"""
+
+
+def help_texts(modules: list[str]) -> dict[str, tuple[int, str, str]]:
+    """{module: (exit code, stdout, stderr)} of `python -m <module> --help`."""
+    proc = subprocess.run([sys.executable, "-c", HELP_ALL, *modules], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {m: tuple(v) for m, v in json.loads(proc.stdout).items()}
 
 
 def test_readme_modules_and_flags_exist() -> None:
@@ -125,15 +150,13 @@ def test_readme_modules_and_flags_exist() -> None:
             flags.setdefault(c[2], set()).update(flags_of(c))
     missing = [m for m in flags if importlib.util.find_spec(m) is None]
     assert not missing, f"README names modules that do not exist: {missing}"
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        helps = dict(zip(flags, pool.map(_help, flags)))
     problems = []
-    for mod, proc in helps.items():
-        if proc.returncode != 0 or "usage:" not in proc.stdout:  # a parser, not a silent run
-            problems.append(f"python -m {mod} --help: exit {proc.returncode}, no usage: "
-                            f"{proc.stdout[-300:]} {proc.stderr[-500:]}")
+    for mod, (code, out, err) in help_texts(sorted(flags)).items():
+        if code != 0 or "usage:" not in out:  # a parser, not a silent run
+            problems.append(f"python -m {mod} --help: exit {code}, no usage: "
+                            f"{out[-300:]} {err[-500:]}")
             continue
         for flag in sorted(flags[mod]):
-            if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", proc.stdout):
+            if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", out):
                 problems.append(f"python -m {mod}: README flag {flag} is not in --help")
     assert not problems, "\n".join(problems)
