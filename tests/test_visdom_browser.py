@@ -12,6 +12,7 @@ is saved (``P2P_VISDOM_SCREENSHOT=path`` keeps a copy).
 
 Without Chromium the test is skipped with a loud reason, or fails where a browser is required
 (``P2P_REQUIRE_BROWSER=1`` or ``CI`` set; ``.ci/run`` installs it and sets it).
+``P2P_CHROMIUM=/path/to/chrome`` picks another Chromium build.
 """
 
 from __future__ import annotations
