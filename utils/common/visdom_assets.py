@@ -181,8 +181,11 @@ def install(static: Path | None = None, lock_dir: Path = LOCK_DIR, force: bool =
         contents = package_files(tgz, [src for src, _ in files], what)
         for src, dst in files:
             path = static / dst
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(contents[src])
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(contents[src])
+            except OSError as e:  # e.g. a visdom installed system-wide, read-only
+                raise UsageError(f"cannot write {path}: {e}") from e
             written.append(path)
         lprint(f"visdom assets: {name}@{pin['version']}: {len(files)} file(s)")
     import visdom  # download_scripts skips files that exist once this marker is current
