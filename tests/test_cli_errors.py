@@ -84,6 +84,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
     np.save(f["evil_pairs"], {"0000": {"ims": [], "pairs": [_Payload(f["marker"])]}},
             allow_pickle=True)
     (root / "pairs" / "notes.npy").write_text("not numpy")
+    # HPatches roots with an unreadable and with a missing image
+    from utils.eval.make_hpatches_synthetic import make_synthetic_hpatches
+
+    for name in ("hp_unreadable", "hp_missing"):
+        make_synthetic_hpatches(root / name, n_seqs=1, max_side=48, photos=("astronaut",))
+    (root / "hp_unreadable" / "v_synth00_astronaut" / "3.ppm").write_bytes(b"garbage")
+    (root / "hp_missing" / "i_synth00_astronaut" / "4.ppm").unlink()
     return f
 
 
@@ -192,16 +199,27 @@ EVAL_HPATCHES: list[Row] = [
                 "--eval_type", "mid", "--device", "cpu"],
      ["--eval_type mid", "no regressors", "--eval_type coarse"]),
     ("bad_solver", lambda f: ["--matcher", "oracle", "--solver", "magic"], ["--solver"]),
+    ("unreadable_image",
+     lambda f: ["--matcher", "oracle", "--root", str(f["root"] / "hp_unreadable"),
+                "--exclude", "none"], ["3.ppm", "cannot decode"]),
+    ("missing_image",
+     lambda f: ["--matcher", "oracle", "--root", str(f["root"] / "hp_missing"),
+                "--exclude", "none"], ["i_synth00_astronaut", "4"]),
+    ("unreadable_image_network",
+     lambda f: ["--ckpt", str(f["tiny_ckpt"]), "--root", str(f["root"] / "hp_unreadable"),
+                "--exclude", "none", "--imsize", "48", "--device", "cpu"],
+     ["3.ppm", "cannot decode"]),
 ]
 
 
 @pytest.mark.parametrize("row", EVAL_HPATCHES, ids=[r[0] for r in EVAL_HPATCHES])
-def test_eval_hpatches(row, files, tmp_path, capsys):
+def test_eval_hpatches(row, files, tiny_ckpt, tmp_path, capsys):
     from utils.eval.eval_hpatches import main
 
     out = tmp_path / "out"
-    _check(main, "utils.eval.eval_hpatches", row[1](files) + ["--out", str(out / "r.json")],
-           row[2], out, capsys)
+    argv = row[1]({**files, "tiny_ckpt": tiny_ckpt}) + ["--out", str(out / "r.json"),
+                                                         "--no_progress"]
+    _check(main, "utils.eval.eval_hpatches", argv, row[2], out, capsys)
 
 
 # ---------------------------------------------------------------- make_hpatches_synthetic

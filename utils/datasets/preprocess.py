@@ -17,9 +17,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from utils.common.cli import UsageError
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ImageDecodeError",
+    "ImageNotFoundError",
     "open_image",
     "image_size",
     "pil_to_tensor",
@@ -37,22 +41,31 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class ImageNotFoundError(UsageError, FileNotFoundError):
+    """An image file that does not exist (a FileNotFoundError; every command reports it
+    as one ``<prog>: error: ...`` line)."""
+
+
+class ImageDecodeError(UsageError, ValueError):
+    """An image file that cannot be decoded (a ValueError; one line in every command)."""
+
+
 @contextmanager
 def _opened(im_path: str | os.PathLike) -> Iterator[Image.Image]:
     """PIL's lazy ``Image.open`` of a file, with errors that name the path.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file cannot be decoded as an image.
+        ImageNotFoundError (a FileNotFoundError): the file does not exist.
+        ImageDecodeError (a ValueError): the file cannot be decoded as an image.
     """
     path = os.fspath(im_path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise ImageNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as im:
             yield im
     except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot decode image file {path}: {e}") from e
+        raise ImageDecodeError(f"cannot decode image file {path}: {e}") from e
 
 
 def open_image(im_path: str | os.PathLike, mode: str = "RGB") -> Image.Image:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -75,7 +74,7 @@ def matcher_from_args(args: argparse.Namespace, oracle: Callable[[], Matcher],
     Args:
         args: parsed flags.
         oracle: builds the evaluator's ground-truth matcher (for ``--matcher oracle``).
-        lprint: where the model loading is reported (default: stderr).
+        lprint: where the model loading is reported (default: stdout).
     Returns:
         (matcher, its configuration for the results file).
     Raises:
@@ -91,7 +90,7 @@ def matcher_from_args(args: argparse.Namespace, oracle: Callable[[], Matcher],
     from utils.eval.matcher import Patch2PixMatcher
     from utils.eval.model_helper import load_model
 
-    lprint = lprint or (lambda *a: print(*a, file=sys.stderr))
+    lprint = lprint or print  # stdout: stderr carries only the one-line error, if any
     net = load_model(args.ckpt, method=args.method, lprint=lprint, device=args.device)
     eval_type = args.eval_type or ("coarse" if args.method == "nc" else "fine")
     matcher = Patch2PixMatcher(net, imsize=args.imsize, io_thres=args.io_thres,
