@@ -8,7 +8,8 @@
 #      regressors, 16x16 patches, 8 anchors) at reduced sizes for a few minutes on the CPU
 #      (or the GPU when there is one), with validation after each epoch.
 # Checkpoints, log.txt, metrics.jsonl and config.json end up under $OUT_DIR (default
-# output/quickstart/...); the experiment directory is printed at the end.
+# output/quickstart/...); the experiment directory is printed at the end, and the training
+# plots are drawn into run.png there (python -m utils.train.plot_run).
 #
 # Usage: bash scripts/quickstart.sh
 # Environment overrides: DATA_ROOT (default data/synthetic; kept apart from real data),
@@ -58,3 +59,8 @@ step "Training (${EPOCHS} epochs x ${ITERS} steps, paper model configuration, re
 
 step "Done. Experiment directory:"
 find "$OUT_DIR" -name last_ckpt.pth -printf '%h\n' | sort -u
+
+step "Training plots (losses, F1, match distances, lr, validation) from metrics.jsonl"
+find "$OUT_DIR" -name metrics.jsonl -printf '%h\n' | sort -u | while read -r exp; do
+    "$PY" -m utils.train.plot_run "$exp" --out "$exp/run.png"
+done
