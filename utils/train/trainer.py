@@ -35,6 +35,7 @@ from utils.common.setup_helper import (
 )
 from utils.common.visdom_helper import VisdomPlotter, validation_means
 from utils.eval.model_helper import state_dict_of
+from utils.train.amp import MixedPrecision
 from utils.train.cli import UsageError
 from utils.train.eval_epoch_immatch import (
     BestTracker,
@@ -215,6 +216,7 @@ def build_model(args: Namespace, device: torch.device, start: StartState,
         device=device, training=True, backbone=args.backbone, change_stride=args.change_stride,
         feat_idx=list(args.feat_idx), regressor_config=regressor_config(args),
         regr_batch=args.regr_batch, weights_dict=start.weights, freeze_feat=args.freeze_feat,
+        grad_ckpt=bool(getattr(args, "grad_ckpt", False)),
         imagenet_init=False if getattr(args, "random_backbone", False) else "download",
         lprint=lprint,
         start_epoch=start.start_epoch,
@@ -313,12 +315,18 @@ def train_step(
     loss_cfg: LossConfig,
     ksize: int,
     ptmax: int,
+    amp: MixedPrecision | None = None,
+    forward: Callable[..., tuple] | None = None,
 ) -> tuple[BatchLoss, dict[str, dict[str, float]]]:
     """One optimisation step (training.md §3).
 
     Args:
         net: model in train mode with ``net.optimizer``.
         batch: ``src_im`` (B, 3, H, W), ``pos_im`` (B, 3, H, W), ``F`` (B, 3, 3).
+        amp: mixed precision (``--amp``); None = float32. Only the forward runs under
+            autocast; the loss is computed in float32 (utils/train/amp.py says why).
+        forward: what computes ``net.forward_train(im_src, im_pos, ksize=, ptmax=)``: the
+            DistributedDataParallel wrapper under torchrun (utils/train/distributed.py).
     Returns:
         the :class:`BatchLoss` and the step metrics ``{plot: {legend: value}}``. A batch
         whose pairs were all skipped contributes a zero loss and still makes the Adam step
@@ -328,11 +336,14 @@ def train_step(
     im_src = batch["src_im"].to(dev, non_blocking=True)
     im_pos = batch["pos_im"].to(dev, non_blocking=True)
     Fs = batch["F"].to(dev, non_blocking=True)
-    coarse, mid, mid_p, fine, fine_p = net.forward_train(im_src, im_pos, ksize=ksize, ptmax=ptmax)
+    amp = amp or MixedPrecision("off", dev)
+    with amp.autocast():
+        coarse, mid, mid_p, fine, fine_p = (forward or net.forward_train)(
+            im_src, im_pos, ksize=ksize, ptmax=ptmax)
     out = batch_loss(coarse, mid, mid_p, fine, fine_p, Fs, loss_cfg)
     net.optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()  # a zero loss (still connected) when every pair was skipped
-    net.optimizer.step()
+    # a zero loss (still connected) when every pair was skipped
+    amp.backward_and_step(out.loss, net.optimizer)
     metrics = step_metrics(out, mid_p, fine_p, loss_cfg.cthres)
     return out, metrics
 
@@ -379,6 +390,7 @@ class Trainer:
         self.tags: ExperimentTags = make_tags(args)
         self.exp_dir = self.tags.exp_dir(args.out_dir)
         self.device = select_device(args)
+        self.amp = MixedPrecision.create(getattr(args, "amp", "off"), self.device)
         self.loss_cfg = LossConfig.from_args(args)
         # Fail fast on user errors before creating anything on disk.
         self.dataset = build_dataset(args)
@@ -462,7 +474,8 @@ class Trainer:
                     batch = next(it)
                 except DataItemError as e:
                     raise UsageError(data_item_message(e)) from None
-                out, metrics = train_step(self.net, batch, self.loss_cfg, args.ksize, args.ptmax)
+                out, metrics = train_step(self.net, batch, self.loss_cfg, args.ksize, args.ptmax,
+                                          amp=self.amp)
                 skipped += len(out.skipped)
                 metrics["mem"] = memory_metrics(self.device)
                 since_plot.update(metrics)
