@@ -4,9 +4,11 @@ Each reconstruction (a *scene*) is an undistorted COLMAP model — the ``sparse`
 ``colmap image_undistorter --output_type COLMAP`` writes, binary or text — and its folder of
 undistorted images. For every scene:
 
-1. the registered images, in image-id order; every camera must be PINHOLE or
-   SIMPLE_PINHOLE (anything else is refused with the ``colmap image_undistorter`` command
-   to run first); every image must exist in the image folder with the size of its camera;
+1. the registered images, in image-id order; every camera must be a pinhole camera —
+   PINHOLE, SIMPLE_PINHOLE, or a perspective model whose distortion parameters are all zero,
+   which image_undistorter leaves unchanged (lens distortion or fisheye projection is refused
+   with the ``colmap image_undistorter`` command to run first); every image must exist in
+   the image folder with the size of its camera;
 2. overlaps from shared 3D points, as D2Net's MegaDepth ``overlap_matrix``:
    ``overlap[a, b] = |3D points of a ∩ 3D points of b| / |3D points of a|`` (ordered pairs);
 3. the selection of :mod:`data_pairs.pair_selection` (overlap range, landscape images with a
@@ -50,7 +52,7 @@ from PIL import Image as PILImage
 from scipy import sparse
 
 from data_pairs.pair_selection import add_pair_images, scene_pairs
-from utils.colmap.read_model import Camera, Image, camera_intrinsics, image_pose, read_model
+from utils.colmap.read_model import Camera, Image, image_pose, pinhole_intrinsics, read_model
 from utils.common.cli import UsageError, make_parser, run_command
 from utils.common.setup_helper import save_npy_atomic
 
@@ -111,23 +113,30 @@ def directed_overlaps(point_sets: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def check_pinhole(cameras: dict[int, Camera], images: dict[int, Image], model_dir: Path,
-                  image_dir: Path) -> None:
-    """Refuse cameras with a lens-distortion model (one line naming it and the fix).
+                  image_dir: Path) -> dict[int, np.ndarray]:
+    """K of every camera of the registered images; refuses cameras that distort.
 
+    Returns:
+        {camera_id: (3, 3) K}.
     Raises:
-        UsageError: a registered image uses a camera that is not PINHOLE / SIMPLE_PINHOLE.
+        UsageError: one line naming the first camera with lens distortion (or a fisheye
+            projection), its model and the ``colmap image_undistorter`` command to run.
     """
     used = sorted({im.camera_id for im in images.values()})
-    bad = [(cid, cameras[cid].model) for cid in used if cameras[cid].model not in PINHOLE_MODELS]
+    Ks = {cid: pinhole_intrinsics(cameras[cid]) for cid in used}
+    bad = [cid for cid in used if Ks[cid] is None]
     if bad:
-        cid, model = bad[0]
+        cid, model = bad[0], cameras[bad[0]].model
+        params = " ".join(f"{v:g}" for v in cameras[cid].params)
         more = f" (and {len(bad) - 1} more cameras)" if len(bad) > 1 else ""
         raise UsageError(
-            f"--model {model_dir}: camera {cid} has the model {model}{more}; training needs "
-            f"undistorted {' or '.join(PINHOLE_MODELS)} cameras: run `colmap image_undistorter "
-            f"--image_path {image_dir} --input_path {model_dir} --output_path OUT "
-            "--output_type COLMAP` first and use --model OUT/sparse --images OUT/images"
+            f"--model {model_dir}: camera {cid} has the model {model} with distortion "
+            f"(params {params}){more}; training needs undistorted pinhole cameras "
+            f"({' or '.join(PINHOLE_MODELS)}): run `colmap image_undistorter --image_path "
+            f"{image_dir} --input_path {model_dir} --output_path OUT --output_type COLMAP` "
+            "first and use --model OUT/sparse --images OUT/images"
         )
+    return {cid: K for cid, K in Ks.items() if K is not None}
 
 
 def scene_table(model_dir: str | Path, image_dir: str | Path) -> dict:
@@ -151,7 +160,7 @@ def scene_table(model_dir: str | Path, image_dir: str | Path) -> dict:
     if len(images) < 2:
         raise UsageError(f"--model {model_dir}: {len(images)} registered images; a scene needs "
                          "at least 2")
-    check_pinhole(cameras, images, model_dir, image_dir)
+    Ks = check_pinhole(cameras, images, model_dir, image_dir)
     ids = sorted(images)
     table: dict[str, list] = {k: [] for k in ("image_paths", "intrinsics", "poses",
                                               "points3D_id_to_2D", "image_sizes")}
@@ -177,7 +186,7 @@ def scene_table(model_dir: str | Path, image_dir: str | Path) -> dict:
         pose[:3, :3], pose[:3, 3] = R, t
         obs = np.asarray(im.point3D_ids) >= 0
         table["image_paths"].append(im.name)
-        table["intrinsics"].append(camera_intrinsics(cam))
+        table["intrinsics"].append(Ks[im.camera_id])
         table["poses"].append(pose)
         table["points3D_id_to_2D"].append(
             {int(p): np.asarray(xy, dtype=np.float64)

@@ -212,17 +212,54 @@ def test_directed_overlaps_known_answer():
     np.testing.assert_allclose(ov, expected)
 
 
-def test_distorted_camera_model_is_refused(recs, tmp_path, capsys):
+def test_zero_distortion_models_are_accepted_as_pinhole(recs, castle_pairs, tmp_path):
+    """The generator's own model (SIMPLE_RADIAL / RADIAL with k = 0, which COLMAP's
+    image_undistorter leaves unchanged) gives the pairs of its PINHOLE copy."""
     dense = recs / "syn" / SYN_VAL / "synthetic_val" / "dense"
+    models = {c.model for c in read_model(dense / "sparse")[0].values()}
+    assert {"SIMPLE_RADIAL", "RADIAL"} <= models
     out = tmp_path / "p.npy"
-    rc, _, err = _run(["--model", str(dense / "sparse"), "--images", str(dense / "images"),
-                       "--out", str(out)], capsys)
+    assert pcp.main(["--model", str(dense / "sparse"), "--images", str(dense / "images"),
+                     "--scene", "castle", "--out", str(out), "--min_overlap", "0.2"]) == 0
+    got, ref = load_pair_file(out)["castle"]["pairs"], castle_pairs["castle"]["pairs"]
+    assert [(p.im1, p.im2) for p in got] == [(p.im1, p.im2) for p in ref]
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a.K1, b.K1)
+        np.testing.assert_allclose(a.t, b.t)
+
+
+def test_distorted_model_refused_then_accepted_after_image_undistorter(recs, tmp_path,
+                                                                        castle_pairs, capsys):
+    """A model with lens distortion is refused with the fix; the output of COLMAP's
+    image_undistorter (pycolmap.undistort_images, the same library code) is accepted."""
+    import pycolmap
+
+    cams, ims, pts = read_model(recs / "mine/castle/dense/sparse")
+    distorted = {cid: Camera("SIMPLE_RADIAL", c.width, c.height,
+                             np.array([c.params[0], c.params[2], c.params[3], 1e-4]))
+                 for cid, c in cams.items()}
+    model = write_model(tmp_path / "distorted", distorted, ims, pts)
+    images = recs / "mine/castle/dense/images"
+    out = tmp_path / "p.npy"
+    rc, _, err = _run(["--model", str(model), "--images", str(images), "--out", str(out)],
+                      capsys)
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err
     assert lines[0].startswith("data_pairs.prep_colmap_training_pairs: error: --model ")
-    assert "SIMPLE_RADIAL" in lines[0] or "RADIAL" in lines[0]
-    assert "colmap image_undistorter" in lines[0] and str(dense / "images") in lines[0]
+    assert "camera 1 has the model SIMPLE_RADIAL with distortion" in lines[0]
+    assert f"colmap image_undistorter --image_path {images} --input_path {model}" in lines[0]
     assert not out.exists()
+
+    und = tmp_path / "undistorted"
+    pycolmap.undistort_images(str(und), str(model), str(images))
+    assert {c.model for c in read_model(und / "sparse")[0].values()} == {"PINHOLE"}
+    rc, _, err = _run(["--model", str(und / "sparse"), "--images", str(und / "images"),
+                       "--scene", "castle", "--out", str(out), "--min_overlap", "0.2"], capsys)
+    assert rc == 0, err
+    got = load_pair_file(out)["castle"]["pairs"]
+    # k = 1e-4 moves points by < 0.01 px: the same pairs as the undistorted original
+    assert {(p.im1, p.im2) for p in got} == {(p.im1, p.im2) for p in castle_pairs["castle"]
+                                             ["pairs"]}
 
 
 def test_several_scenes_scenes_file_and_relative_image_dirs(recs, tmp_path, capsys):

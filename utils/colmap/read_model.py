@@ -37,6 +37,7 @@ __all__ = [
     "read_images",
     "read_points3D",
     "camera_intrinsics",
+    "pinhole_intrinsics",
     "image_pose",
     "image_camera_center",
     "write_model",
@@ -242,6 +243,21 @@ def camera_intrinsics(camera: Camera) -> np.ndarray:
             "(supported: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL)"
         )
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=np.float64)
+
+
+def pinhole_intrinsics(camera: Camera) -> np.ndarray | None:
+    """(3, 3) K of a camera that projects like a pinhole, else None.
+
+    Pinhole cameras are PINHOLE, SIMPLE_PINHOLE and every perspective model whose distortion
+    parameters are all zero (COLMAP's image_undistorter leaves such cameras as they are);
+    cameras with lens distortion or a fisheye projection give None.
+    """
+    cam = pycolmap.Camera(model=camera.model, width=int(camera.width),
+                          height=int(camera.height),
+                          params=np.asarray(camera.params, dtype=np.float64))
+    if not (cam.is_undistorted() and cam.is_perspective_pinhole()):
+        return None
+    return np.asarray(cam.calibration_matrix(), dtype=np.float64)
 
 
 def image_pose(image: Image) -> tuple[np.ndarray, np.ndarray]:
