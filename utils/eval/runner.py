@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -154,12 +154,9 @@ def write_json(path: str | os.PathLike, obj: Mapping[str, Any]) -> None:
     write_text_atomic(path, json.dumps(json_ready(obj), indent=2))
 
 
-def finish(result: Mapping[str, Any], summary_text: str, out: str | None,
-           lines: Iterable[str] = ()) -> None:
-    """Print the summary (and extra lines); write the JSON when `out` is given."""
+def finish(result: Mapping[str, Any], summary_text: str, out: str | None) -> None:
+    """Print the summary; write the JSON when `out` is given."""
     print(summary_text)
-    for line in lines:
-        print(line)
     if out:
         write_json(out, result)
         print(f"results written to {out}")
