@@ -1,71 +1,222 @@
-"""Benchmark: one Patch2Pix training step at the paper's setting (performance.md, last row).
+"""Benchmark: Patch2Pix training steps at the paper's setting, variant by variant.
 
-Batch 1, 320×480 images, panc 8, ptmax 400 (3,200 anchor rows per regressor), default
-model configuration, Adam; forward, the loss of training.md §3 and backward + step. Prints
-the median step time and the process's peak RSS (or CUDA allocator peak).
+Setting (performance.md, last row): 320×480 images, default model (ResNet34, change_stride,
+feat_idx 0..3, regressors 512/512 conv, 512/256 FC), ksize 2, panc 8, ptmax 400 (3,200 anchor
+rows per image and regressor), regr_batch 1200, Adam; one step = forward, the loss of
+training.md §3 (every row counts), backward and the optimiser step (``train_step``).
 
-    python -m benchmarks.bench_train_step [--threads 2] [--steps 2] [--device cpu]
+Variants are (batch, --amp, --grad_ckpt). Each runs in a fresh Python process, one after the
+other, so that its peak memory is its own: on CPU the peak RSS of that process (ru_maxrss),
+on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``). Per variant the table
+gives the median step time, peak memory, rows per regressor and the ratios against the
+float32 / no-checkpointing baseline of the same batch (or, when that batch has no baseline
+in the run, the batch-1 baseline per image pair).
+
+    python -m benchmarks.bench_train_step                      # the default variants below
+    python -m benchmarks.bench_train_step --device cuda --variants 1,off,0 1,bf16,0 4,bf16,1
+    python -m benchmarks.bench_train_step --variants 1,off,0 --steps 1 --warmup 0
+
+Default variants: batch 1 with every combination of --amp off/bf16 and --grad_ckpt off/on,
+then batch 4 with --grad_ckpt (off and bf16). fp16 runs on CUDA only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from argparse import Namespace
+from dataclasses import dataclass
 
 import torch
 
-from networks.patch2pix import Patch2Pix
-from utils.train.losses import LossConfig, batch_loss
+DEFAULT_VARIANTS = ["1,off,0", "1,off,1", "1,bf16,0", "1,bf16,1", "4,off,1", "4,bf16,1"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--ptmax", type=int, default=400)
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class Variant:
+    """One benchmark variant: batch size, --amp mode, --grad_ckpt."""
+
+    batch: int
+    amp: str
+    ckpt: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        try:
+            b, amp, ck = text.split(",")
+            v = cls(int(b), amp, bool(int(ck)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--variants: expected BATCH,AMP,CKPT (e.g. 4,bf16,1), got {text!r}") from None
+        if v.batch < 1 or v.amp not in ("off", "bf16", "fp16"):
+            raise argparse.ArgumentTypeError(f"--variants: bad variant {text!r}")
+        return v
+
+    def __str__(self) -> str:
+        return f"{self.batch},{self.amp},{int(self.ckpt)}"
+
+    @property
+    def label(self) -> str:
+        prec = "fp32" if self.amp == "off" else self.amp
+        return f"batch {self.batch}, {prec}" + (", grad_ckpt" if self.ckpt else "")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="benchmarks.bench_train_step",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", nargs="+", type=Variant.parse,
+                    default=[Variant.parse(v) for v in DEFAULT_VARIANTS],
+                    help="BATCH,AMP,CKPT triples (AMP off|bf16|fp16, CKPT 0|1)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
+    ap.add_argument("--steps", type=int, default=1, help="timed steps per variant")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
+    ap.add_argument("--ptmax", type=int, default=400, help="coarse matches per pair")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--child", type=Variant.parse, default=None, help=argparse.SUPPRESS)
+    return ap
+
+
+# ----------------------------------------------------------------------------- one variant
+def run_variant(v: Variant, args: Namespace) -> dict:
+    """Build the model, run warm-up + timed steps of `v` in this process; returns its row."""
+    from networks.patch2pix import Patch2Pix
+    from utils.train.amp import MixedPrecision
+    from utils.train.losses import LossConfig
+    from utils.train.trainer import train_step
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    dev = torch.device(args.device)
     rc = Namespace(conv_dims=[512, 512], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[512, 256],
                    feat_comb="pre", psize=[16, 16], pshift=8, panc=8, shared=False)
     oc = Namespace(opt="adam", lr_init=5e-4, weight_decay=0, lr_decay=None,
                    optimizer_dict=None, lr_scheduler_dict=None)
     net = Patch2Pix(Namespace(
-        training=True, device=args.device, backbone="ResNet34", change_stride=True,
+        training=True, device=dev, backbone="ResNet34", change_stride=True,
         feat_idx=[0, 1, 2, 3], regressor_config=rc, regr_batch=1200, weights_dict=None,
-        imagenet_init=False, freeze_feat=87, start_epoch=0, optim_config=oc)).train()
-    im1 = torch.randn(1, 3, 320, 480, device=args.device)
-    im2 = torch.randn(1, 3, 320, 480, device=args.device)
-    # A plausible F at training resolution: a sideways camera translation.
-    F = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]], device=args.device)
+        imagenet_init=False, freeze_feat=87, start_epoch=0, optim_config=oc,
+        grad_ckpt=v.ckpt)).train()
+    amp = MixedPrecision.create(v.amp, dev)
+    batch = {
+        "src_im": torch.randn(v.batch, 3, 320, 480, device=dev),
+        "pos_im": torch.randn(v.batch, 3, 320, 480, device=dev),
+        # a plausible F at training resolution: a sideways camera translation
+        "F": torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
+                          device=dev).expand(v.batch, 3, 3),
+    }
     cfg = LossConfig(cls_dthres=(1e9, 1e9), epi_dthres=(1e9, 1e9))  # every row counts
-
-    def step():
-        coarse, mid, mid_p, fine, fine_p = net.forward_train(im1, im2, ksize=2, ptmax=args.ptmax)
-        out = batch_loss(coarse, mid, mid_p, fine, fine_p, F, cfg)
-        net.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        net.optimizer.step()
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return coarse[0].shape[0]
-
-    rows = step()
-    times = []
-    for _ in range(args.steps):
+    cuda = dev.type == "cuda"
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    rows, times = 0, []
+    for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda")
+        out, _ = train_step(net, batch, cfg, ksize=2, ptmax=args.ptmax, amp=amp)
+        if cuda:
+            torch.cuda.synchronize(dev)
+        dt = time.perf_counter() - t0
+        rows = sum(int(d.cdist.shape[0]) for d in out.dists) // v.batch
+        if i >= args.warmup:
+            times.append(dt)
+    peak = (torch.cuda.max_memory_allocated(dev) / 2**30 if cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    print(json.dumps({"device": args.device, "threads": args.threads, "rows_per_regressor": rows,
-                      "step_s": statistics.median(times), "peak_gib": round(peak, 2)}))
+    return {
+        "variant": str(v), "label": v.label, "batch": v.batch, "amp": v.amp,
+        "grad_ckpt": v.ckpt, "device": str(dev), "threads": args.threads,
+        "rows_per_regressor": rows * v.batch, "rows_per_image": rows,
+        "step_s": statistics.median(times), "steps": len(times),
+        "peak_gib": round(peak, 2), "rss_after_build_gib": round(rss_before, 2),
+        "loss": float(out.loss.detach()),
+    }
+
+
+# ----------------------------------------------------------------------------- the run
+def run_child(v: Variant, args: Namespace) -> dict:
+    """Run `v` in a fresh process; returns its row (or the reason it failed)."""
+    cmd = [sys.executable, "-m", "benchmarks.bench_train_step", "--child", str(v),
+           "--device", args.device, "--threads", str(args.threads), "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--ptmax", str(args.ptmax)]
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        return {"variant": str(v), "label": v.label, "batch": v.batch, "error": tail,
+                "returncode": proc.returncode}
+    row = json.loads(lines[-1])
+    row.update(wall_s=round(wall, 1), load_before=round(load0, 2),
+               load_after=round(os.getloadavg()[0], 2))
+    return row
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """time_ratio / peak_ratio against the fp32, no-checkpoint row of the same batch, else
+    (per image pair) against the batch-1 baseline; > 1 means slower / more memory."""
+    base = {r["batch"]: r for r in rows if "error" not in r and r["amp"] == "off"
+            and not r["grad_ckpt"]}
+    for r in rows:
+        if "error" in r:
+            continue
+        b = base.get(r["batch"])
+        per_pair = b is None and 1 in base
+        b = b or base.get(1)
+        if b is None:
+            continue
+        scale = r["batch"] / b["batch"]
+        r["baseline"] = b["variant"]
+        r["time_ratio"] = round(r["step_s"] / (b["step_s"] * scale), 3)
+        r["peak_ratio"] = round(r["peak_gib"] / b["peak_gib"], 3)
+        r["per_pair"] = per_pair
+
+
+def markdown(rows: list[dict]) -> str:
+    """The result table (RESULTS.md layout)."""
+    out = ["| variant | rows per regressor | step s | peak GiB | time vs baseline | "
+           "peak vs baseline |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['label']} | | failed: {r['error'][:60]} | | | |")
+            continue
+        tr = f"{r['time_ratio']:.2f}×" if "time_ratio" in r else ""
+        if r.get("per_pair"):
+            tr += " per pair"
+        pr = f"{r['peak_ratio']:.2f}×" if "peak_ratio" in r else ""
+        out.append(f"| {r['label']} | {r['rows_per_regressor']} | {r['step_s']:.1f} | "
+                   f"{r['peak_gib']:.2f} | {tr} | {pr} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(run_variant(args.child, args)), flush=True)
+        return 0
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} {platform.machine()}, "
+          f"torch {torch.__version__}, device {args.device}, {args.threads} threads, "
+          f"{os.cpu_count()} cores", flush=True)
+    rows = []
+    for v in args.variants:
+        row = run_child(v, args)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    add_ratios(rows)
+    print(markdown(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -51,7 +51,7 @@ class FeatRegressNet(nn.Module):
         self.fc = nn.Sequential(*fc)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, 2·D, p, p) patch pairs → (N, 5): four raw offsets and a raw probability."""
+        """(N, 2·D, p, p) patch pairs → (N, 5) float32: four raw offsets and a raw probability."""
         if self.feat_comb == "pre":
             feat = self.pool(self.conv(x)).flatten(1)
         else:
@@ -59,5 +59,10 @@ class FeatRegressNet(nn.Module):
             f1 = self.pool(self.conv(x[:, :d])).flatten(1)
             f2 = self.pool(self.conv(x[:, d:])).flatten(1)
             feat = torch.cat([f1, f2], dim=1)
-        return self.fc(feat)
+        hidden = self.fc[:-1](feat)
+        # The output layer runs in float32 under autocast (--amp): its five numbers become
+        # pixel offsets (16·tanh) and probabilities, where bf16's 8-bit mantissa would
+        # quantise an offset to 1/16 px. It is 0.1% of the regressor's arithmetic.
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.fc[-1](hidden.float())
 
