@@ -20,8 +20,9 @@ def _train(argv: Sequence[str] | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run training; returns the process exit code."""
     from utils.common.cli import run_command
+    from utils.train.distributed import DistributedError
 
-    return run_command("train_patch2pix", _train, argv)
+    return run_command("train_patch2pix", _train, argv, extra=(DistributedError,))
 
 
 if __name__ == "__main__":

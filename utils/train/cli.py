@@ -111,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sync_bn", action="store_true",
                    help="under torchrun on CUDA: synchronise the backbone's BatchNorm "
                    "statistics across processes (N processes x b = one process with N*b)")
-    g.add_argument("--dist_timeout", type=int, default=600,
-                   help="under torchrun: seconds a process waits for the others before the "
-                   "run stops with an error (a crashed rank cannot hang the run)")
+    g.add_argument("--dist_timeout", type=int, default=1800,
+                   help="under torchrun: seconds a process waits for the others (also while "
+                   "rank 0 validates) before the run stops with an error, so a crashed or "
+                   "hung rank cannot hang the run")
     return p
 
 

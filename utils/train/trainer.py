@@ -37,6 +37,20 @@ from utils.common.visdom_helper import VisdomPlotter, validation_means
 from utils.eval.model_helper import state_dict_of
 from utils.train.amp import MixedPrecision
 from utils.train.cli import UsageError
+from utils.train.distributed import (
+    DistInfo,
+    Silent,
+    barrier,
+    collective_error,
+    destroy_process_group,
+    dist_env,
+    init_process_group,
+    is_collective_failure,
+    local_batch,
+    make_sampler,
+    process_device,
+    wrap_model,
+)
 from utils.train.eval_epoch_immatch import (
     BestTracker,
     ValidationDataMissing,
@@ -299,13 +313,23 @@ def build_dataset(args: Namespace) -> Dataset:
     return _ItemErrors(ds)
 
 
-def make_loader(ds: Dataset, args: Namespace, epoch: int, device: torch.device) -> DataLoader:
-    """Shuffled loader whose order depends only on (seed, epoch), so resumes are exact."""
+def make_loader(ds: Dataset, args: Namespace, epoch: int, device: torch.device,
+                dist_info: DistInfo | None = None) -> DataLoader:
+    """Shuffled loader whose order depends only on (seed, epoch), so resumes are exact.
+
+    Under torchrun (`dist_info` with several processes) each process loads its share of
+    ``--batch`` through a DistributedSampler re-shuffled per epoch (utils/train/distributed).
+    """
     gen = torch.Generator()
     gen.manual_seed(args.seed * 1000 + epoch)
-    return DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                      generator=gen, worker_init_fn=_seed_worker, drop_last=False,
-                      pin_memory=device.type == "cuda")
+    common = dict(num_workers=args.workers, generator=gen, worker_init_fn=_seed_worker,
+                  drop_last=False, pin_memory=device.type == "cuda")
+    if dist_info is not None and dist_info.enabled:
+        sampler = make_sampler(ds, dist_info, args.seed)
+        sampler.set_epoch(epoch)
+        return DataLoader(ds, batch_size=local_batch(args.batch, dist_info), sampler=sampler,
+                          **common)
+    return DataLoader(ds, batch_size=args.batch, shuffle=True, **common)
 
 
 # ----------------------------------------------------------------------------- one step
@@ -389,7 +413,11 @@ class Trainer:
         self.args = args
         self.tags: ExperimentTags = make_tags(args)
         self.exp_dir = self.tags.exp_dir(args.out_dir)
-        self.device = select_device(args)
+        self.dist = dist_env()
+        self.device = process_device(args, self.dist) if self.dist.enabled else select_device(args)
+        local_batch(args.batch, self.dist)  # --batch must divide over the processes
+        if getattr(args, "sync_bn", False) and self.device.type != "cuda":
+            raise UsageError("--sync_bn needs CUDA (SyncBatchNorm across torchrun processes)")
         self.amp = MixedPrecision.create(getattr(args, "amp", "off"), self.device)
         self.loss_cfg = LossConfig.from_args(args)
         # Fail fast on user errors before creating anything on disk.
@@ -402,12 +430,22 @@ class Trainer:
                 raise UsageError(f"--val_root {val_flag}: {e}") from None
         start = resolve_start(args, self.exp_dir)
         start_desc = prepare_backbone(args, start, lprint=echo or (lambda _msg: None))
-        self.log = ExperimentLog(self.exp_dir, echo=echo)
+        timeout = float(getattr(args, "dist_timeout", 1800))
+        init_process_group(self.dist, self.device, timeout)
+        # Only rank 0 writes files, plots and validates (utils/train/distributed.py).
+        self.log = ExperimentLog(self.exp_dir, echo=echo) if self.dist.is_main else Silent()
         try:
             if args.resume:
                 self.log(f"\n>>>>>> Resuming at epoch {start.start_epoch}")
             self.log.log_config(args)
-            save_config(args, self.exp_dir)
+            if self.dist.is_main:
+                save_config(args, self.exp_dir)
+            if self.dist.enabled:
+                self.log(f"torchrun: {self.dist.world_size} processes, "
+                         f"{local_batch(args.batch, self.dist)} pairs each per step "
+                         f"(--batch {args.batch} global); collectives wait at most "
+                         f"{timeout:g} s; SyncBatchNorm in the backbone: "
+                         f"{bool(getattr(args, 'sync_bn', False))}")
             self.log(f"Experiment dir: {self.exp_dir}\nVisdom env: {self.tags.visdom_env}\n"
                      f"Device: {self.device}; data: {len(self.dataset)} pairs, "
                      f"{args.train_size[0]}x{args.train_size[1]}; start weights: "
@@ -418,8 +456,11 @@ class Trainer:
             self.net = build_model(args, self.device, start, lprint=self.log)
             n_train = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
             self.log(f"Trainable parameters: {n_train}")
-            self.vis = VisdomPlotter(args.visdom_host, args.visdom_port, self.tags.visdom_env,
-                                     lprint=self.log)
+            self.forward = (wrap_model(self.net, self.dist, self.device,
+                                       bool(getattr(args, "sync_bn", False)))
+                            if self.dist.enabled else None)
+            self.vis = (VisdomPlotter(args.visdom_host, args.visdom_port, self.tags.visdom_env,
+                                      lprint=self.log) if self.dist.is_main else Silent())
             self.val_root: Path | None = None
             if args.no_val:
                 self.log("Validation disabled (--no_val).")
@@ -428,8 +469,11 @@ class Trainer:
                     self.val_root = resolve_val_root(val_flag or args.data_root)
                 except ValidationDataMissing as e:
                     self.log(f"Validation skipped for the whole run: {e}")
+            if not self.dist.is_main:
+                self.val_root = None  # rank 0 validates
         except BaseException:
             self.log.close()
+            destroy_process_group()
             raise
 
     # -------------------------------------------------------------- epochs
@@ -439,13 +483,21 @@ class Trainer:
         if self.start_epoch >= args.epochs:
             self.log(f"Nothing to do: last epoch {self.start_epoch - 1} >= --epochs "
                      f"{args.epochs} - 1")
+            destroy_process_group()
             return
         try:
             for epoch in range(self.start_epoch, args.epochs):
                 self.train_epoch(epoch)
                 self.end_epoch(epoch)
+                barrier()  # the others wait while rank 0 saves and validates
+        except (RuntimeError, OSError) as e:
+            if self.dist.enabled and is_collective_failure(e):
+                raise collective_error(e, self.dist, getattr(args, "dist_timeout", 1800)) \
+                    from None
+            raise
         finally:
             self.log.close()
+            destroy_process_group()
 
     def _lr(self) -> float:
         return float(self.net.optimizer.param_groups[0]["lr"])
@@ -456,7 +508,7 @@ class Trainer:
 
         args = self.args
         self.net.train()
-        loader = make_loader(self.dataset, args, epoch, self.device)
+        loader = make_loader(self.dataset, args, epoch, self.device, self.dist)
         n_iters = len(loader)
         if args.max_iters_per_epoch:
             n_iters = min(n_iters, args.max_iters_per_epoch)
@@ -475,7 +527,7 @@ class Trainer:
                 except DataItemError as e:
                     raise UsageError(data_item_message(e)) from None
                 out, metrics = train_step(self.net, batch, self.loss_cfg, args.ksize, args.ptmax,
-                                          amp=self.amp)
+                                          amp=self.amp, forward=self.forward)
                 skipped += len(out.skipped)
                 metrics["mem"] = memory_metrics(self.device)
                 since_plot.update(metrics)
@@ -505,6 +557,8 @@ class Trainer:
                           "lr": self._lr(), **means})
 
     def _save(self, name: str, epoch: int) -> None:
+        if not self.dist.is_main:
+            return
         save_checkpoint_atomic(checkpoint_dict(self.net, self.args, epoch, self.best.vals),
                                self.exp_dir / name)
 
