@@ -1,7 +1,7 @@
 """Data-parallel training on CPU with gloo and 2 processes (utils/train/distributed.py).
 
-- two DDP steps give the parameters of one process that averages the two processes'
-  gradients;
+- two DDP steps (with --grad_ckpt's checkpointed chunks) give the parameters of one process
+  that averages the two processes' gradients (without checkpointing);
 - under torchrun only rank 0 writes files (one log, one checkpoint in the single-model
   format), and --resume works;
 - a process that crashes makes the other stop with one line within the timeout instead of
@@ -65,6 +65,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     info = DistInfo(rank, world, rank)
     init_process_group(info, torch.device("cpu"), 60)
     net = make_net()
+    net.grad_ckpt = True  # checkpointed chunks under DDP: same step as the reference without
     fwd = wrap_model(net, info, torch.device("cpu"))
     for step in range(2):
         train_step(net, batches(rank, step), LossConfig(), 2, 0, forward=fwd)
