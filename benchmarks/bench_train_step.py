@@ -15,6 +15,7 @@ in the run, the batch-1 baseline per image pair).
     python -m benchmarks.bench_train_step                      # the default variants below
     python -m benchmarks.bench_train_step --device cuda --variants 1,off,0 1,bf16,0 4,bf16,1
     python -m benchmarks.bench_train_step --variants 1,off,0 --steps 1 --warmup 0
+    python -m benchmarks.bench_train_step --warmup 1 --warmup_max_batch 1   # RESULTS.md run 2
 
 Default variants: batch 1 with every combination of --amp off/bf16 and --grad_ckpt off/on,
 then batch 4 with --grad_ckpt (off and bf16). fp16 runs on CUDA only.
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
     ap.add_argument("--steps", type=int, default=1, help="timed steps per variant")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
+    ap.add_argument("--warmup_max_batch", type=int, default=0,
+                    help="variants with a larger batch skip the warm-up (0: none skips it)")
     ap.add_argument("--ptmax", type=int, default=400, help="coarse matches per pair")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--child", type=Variant.parse, default=None, help=argparse.SUPPRESS)
@@ -133,7 +136,7 @@ def run_variant(v: Variant, args: Namespace) -> dict:
         "variant": str(v), "label": v.label, "batch": v.batch, "amp": v.amp,
         "grad_ckpt": v.ckpt, "device": str(dev), "threads": args.threads,
         "rows_per_regressor": rows * v.batch, "rows_per_image": rows,
-        "step_s": statistics.median(times), "steps": len(times),
+        "step_s": statistics.median(times), "steps": len(times), "warmup": args.warmup,
         "peak_gib": round(peak, 2), "rss_after_build_gib": round(rss_before, 2),
         "loss": float(out.loss.detach()),
     }
@@ -142,9 +145,10 @@ def run_variant(v: Variant, args: Namespace) -> dict:
 # ----------------------------------------------------------------------------- the run
 def run_child(v: Variant, args: Namespace) -> dict:
     """Run `v` in a fresh process; returns its row (or the reason it failed)."""
+    warmup = 0 if 0 < args.warmup_max_batch < v.batch else args.warmup
     cmd = [sys.executable, "-m", "benchmarks.bench_train_step", "--child", str(v),
            "--device", args.device, "--threads", str(args.threads), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--ptmax", str(args.ptmax)]
+           "--warmup", str(warmup), "--ptmax", str(args.ptmax)]
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
