@@ -365,3 +365,29 @@ def test_missing_texture_fails_loudly(monkeypatch, table, missing):
         assert missing in str(exc.value) and list(table)[0] in str(exc.value)
     finally:
         textures.photo_textures.cache_clear()
+
+
+def test_synthetic_files_are_written_atomically(tmp_path):
+    """The writers' image / depth / npz files go through write_atomic: a write that fails
+    half-way leaves the previous file as it was and no temporary file beside it."""
+    import pickle
+
+    import h5py
+    from PIL import Image as PILImage
+
+    from data_pairs.synthetic.files import object_array, save_depth, save_jpeg, save_npz
+
+    img = np.full((8, 12, 3), 200, np.uint8)
+    save_jpeg(tmp_path / "a" / "x.jpg", img)
+    assert np.abs(np.asarray(PILImage.open(tmp_path / "a" / "x.jpg"), int) - 200).max() <= 2
+    depth = np.arange(6, dtype=np.float64).reshape(2, 3)
+    save_depth(tmp_path / "d" / "x.h5", depth)
+    with h5py.File(tmp_path / "d" / "x.h5", "r") as f:
+        assert f["depth"].dtype == np.float32 and np.array_equal(f["depth"][()], depth)
+    npz = tmp_path / "s.npz"
+    save_npz(npz, a=object_array([None, {"k": 1}]))
+    before = npz.read_bytes()
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # a lambda: not picklable
+        save_npz(npz, a=object_array([lambda: 0]))
+    assert npz.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "d", "s.npz"]

@@ -38,10 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pairs.synthetic.files import object_array, save_depth, save_jpeg
+from data_pairs.synthetic.files import object_array, save_depth, save_jpeg, save_npz
 from data_pairs.synthetic.megadepth_writer import DEPTH_SUBDIR, SFM_PREFIX
 from data_pairs.synthetic.synthesize import SceneSpec, scene_spec, synthesize_scene
 from utils.common.cli import UsageError, make_parser, run_command
+from utils.common.setup_helper import write_atomic
 
 __all__ = ["KIND_TEST", "LIST_FILE", "SCENE_INFO_DIR", "SCENE_FILES", "write_megadepth1500"]
 
@@ -132,7 +133,7 @@ def write_megadepth1500(
                 continue
             name = file_name(s, lo, hi)
             chosen = [p for p in pairs if lo <= p[1] < hi][:pairs_per_file]
-            np.savez(
+            save_npz(
                 info_dir / f"{name}.npz",
                 image_paths=object_array(image_paths),
                 depth_paths=object_array(depth_paths),
@@ -143,7 +144,8 @@ def write_megadepth1500(
             counts[name] = len(chosen)
         log(f"MegaDepth-1500 scene {scene}: {len(syn.views)} images, {len(pairs)} "
             f"overlapping pairs ({time.time() - t0:.1f} s)")
-    (info_dir / LIST_FILE).write_text("".join(f"{file_name(*f)}\n" for f in SCENE_FILES))
+    listing = "".join(f"{file_name(*f)}\n" for f in SCENE_FILES).encode()
+    write_atomic(info_dir / LIST_FILE, lambda f: f.write(listing))
     return counts
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pairs.synthetic.files import object_array, save_depth, save_jpeg
+from data_pairs.synthetic.files import object_array, save_depth, save_jpeg, save_npz
 from data_pairs.synthetic.scene import KIND_TRAIN
 from data_pairs.synthetic.synthesize import SceneSpec, scene_spec, synthesize_scene
 
@@ -145,7 +145,7 @@ def make_megadepth_scene(
     info = out / "MegaDepth_undistort" / "scene_info"
     info.mkdir(parents=True, exist_ok=True)
     npz = info / f"{scene_name}.0.npz"
-    np.savez(
+    save_npz(
         npz,
         image_paths=object_array(image_paths),
         depth_paths=object_array(depth_paths),
