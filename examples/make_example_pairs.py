@@ -12,8 +12,9 @@ Written per pair ``<name>_1.jpg``, ``<name>_2.jpg`` and the ground truth ``<name
 
 from __future__ import annotations
 
-import argparse
+import io
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from utils.common.cli import UsageError, make_parser, run_command
+from utils.common.setup_helper import save_npy_atomic, write_atomic
 from utils.eval.make_hpatches_synthetic import load_photo, photometric, random_homography
 
 HERE = Path(__file__).resolve().parent
+MODULE = "examples.make_example_pairs"
 
 
 @dataclass(frozen=True)
@@ -92,11 +96,15 @@ def write_pairs(
     for spec in pairs:
         im1, im2, H = make_pair(spec)
         p1, p2 = root / f"{spec.name}_1.jpg", root / f"{spec.name}_2.jpg"
-        Image.fromarray(im1).save(p1, quality=quality)
-        Image.fromarray(im2).save(p2, quality=quality)
+        for path, im in ((p1, im1), (p2, im2)):
+            write_atomic(path, lambda f, im=im: Image.fromarray(im).save(
+                f, format="JPEG", quality=quality))
         ht = root / f"{spec.name}_H.txt"
-        np.savetxt(ht, H, fmt="%.12g")
-        np.save(root / f"{spec.name}_H.npy", H)
+        text = io.StringIO()
+        np.savetxt(text, H, fmt="%.12g")
+        data = text.getvalue().encode()
+        write_atomic(ht, lambda f, data=data: f.write(data))
+        save_npy_atomic(H, root / f"{spec.name}_H.npy")
         written.append((p1, p2, ht))
     return written
 
@@ -114,15 +122,23 @@ def list_pairs(root: str | os.PathLike = HERE / "images") -> list[tuple[Path, Pa
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line entry point."""
-    ap = argparse.ArgumentParser(description="Write the example pairs with ground-truth H.")
+def _main(argv: Sequence[str] | None = None) -> None:
+    ap = make_parser(MODULE, "Write the example pairs with ground-truth H.")
     ap.add_argument("--out", default=str(HERE / "images"), help="output folder")
-    ap.add_argument("--quality", type=int, default=85, help="JPEG quality")
+    ap.add_argument("--quality", type=int, default=85, help="JPEG quality (1-100)")
     args = ap.parse_args(argv)
+    if not 1 <= args.quality <= 100:
+        raise UsageError(f"--quality must be in 1..100, got {args.quality}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a folder")
     for p1, p2, ht in write_pairs(args.out, quality=args.quality):
         print(f"{p1}  {p2}  {ht}")
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m examples.make_example_pairs``; returns the exit code."""
+    return run_command(MODULE, _main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -358,3 +358,22 @@ def test_train_patch2pix(row, files, train_data, tmp_path, capsys):
     _check(train_patch2pix.main, "train_patch2pix", argv, row[2], out, capsys)
     assert not files["marker"].exists()
 
+
+
+# ---------------------------------------------------------------- examples.make_example_pairs
+MAKE_EXAMPLE_PAIRS: list[Row] = [
+    ("out_is_a_file", lambda f: ["--out", str(f["a_file"])], ["--out", "a_file"]),
+    ("quality_zero", lambda f: ["--quality", "0"], ["--quality", "0"]),
+    ("quality_not_an_int", lambda f: ["--quality", "x"], ["--quality", "x"]),
+]
+
+
+@pytest.mark.parametrize("row", MAKE_EXAMPLE_PAIRS, ids=[r[0] for r in MAKE_EXAMPLE_PAIRS])
+def test_make_example_pairs(row, files, tmp_path, capsys):
+    from examples.make_example_pairs import main
+
+    out = tmp_path / "out"
+    argv = row[1](files)
+    if "--out" not in argv:
+        argv += ["--out", str(out)]
+    _check(main, "examples.make_example_pairs", argv, row[2], out, capsys)
