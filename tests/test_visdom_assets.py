@@ -149,3 +149,27 @@ def test_server_without_assets_is_a_one_line_error(monkeypatch, capsys, tmp_path
     assert visdom_server.visdom_argv(8097, "localhost", Path("e"), bind_local=True) == [
         "visdom", "-port", "8097", "--hostname", "localhost", "-env_path", "e",
         "-logging_level", "INFO", "-bind_local"]
+
+
+def test_install_writes_each_file_atomically(fake_registry, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails part-way leaves the asset that was there, whole, and no temporary
+    file in visdom's static folder (plain ``python -m visdom.server`` skips existing files)."""
+    import utils.common.setup_helper as sh
+
+    lock_dir, tarballs = fake_registry
+    static = tmp_path / "static"
+    va.install(static, lock_dir, fetch=tarballs.__getitem__, lprint=lambda *_: None)
+    before = {p: p.read_bytes() for p in static.rglob("*") if p.is_file()}
+
+    def disk_full(src, dst):  # the temporary file is complete; the rename fails
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sh.os, "replace", disk_full)
+    with pytest.raises(UsageError, match="cannot write .*No space left"):
+        va.install(static, lock_dir, fetch=tarballs.__getitem__, force=True,
+                   lprint=lambda *_: None)
+    monkeypatch.undo()
+    after = {p: p.read_bytes() for p in static.rglob("*") if p.is_file()}
+    # the stamp is removed first (an interrupted install is redone); nothing else changed
+    assert after == {p: b for p, b in before.items() if p != static / va.STAMP}

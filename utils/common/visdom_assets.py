@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from utils.common.cli import UsageError, make_parser, run_command
+from utils.common.setup_helper import write_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK_DIR = REPO / "scripts" / "visdom_assets"
@@ -183,15 +184,17 @@ def install(static: Path | None = None, lock_dir: Path = LOCK_DIR, force: bool =
             path = static / dst
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(contents[src])
+                data = contents[src]
+                write_atomic(path, lambda f, data=data: f.write(data))
             except OSError as e:  # e.g. a visdom installed system-wide, read-only
                 raise UsageError(f"cannot write {path}: {e}") from e
             written.append(path)
         lprint(f"visdom assets: {name}@{pin['version']}: {len(files)} file(s)")
     import visdom  # download_scripts skips files that exist once this marker is current
 
-    (static / "version.built").write_text(visdom.__version__)
-    (static / STAMP).write_text(lock_digest(lock_dir) + "\n")
+    version, stamp = visdom.__version__.encode(), (lock_digest(lock_dir) + "\n").encode()
+    write_atomic(static / "version.built", lambda f: f.write(version))
+    write_atomic(static / STAMP, lambda f: f.write(stamp))
     return written
 
 
