@@ -114,3 +114,11 @@ def test_missing_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert err == f"utils.train.plot_run: error: experiment folder {missing} does not exist"
     assert plot_run.main([str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_binary_metrics_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "metrics.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    assert plot_run.main([str(tmp_path), "--out", str(tmp_path / "run.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'metrics.jsonl'}: cannot be read" in err[0]
+    assert not (tmp_path / "run.png").exists()

@@ -78,7 +78,10 @@ def read_metrics(path: str | Path) -> tuple[list[dict[str, Any]], bool]:
         UsageError: naming the file and line, for a malformed line that is not the last.
     """
     p = Path(path)
-    lines = p.read_text().splitlines()
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{p}: cannot be read as a metrics file ({e})") from None
     records: list[dict[str, Any]] = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
