@@ -154,6 +154,13 @@ def test_cli_oracle_json_and_errors(md_root: Path, tmp_path: Path, capsys) -> No
     assert rc == 2 and len(err.splitlines()) == 1 and LIST_FILE in err
     assert eval_megadepth1500.main(["--data_root", str(md_root)]) == 2  # no --ckpt
     assert "--ckpt is required" in capsys.readouterr().err
+    info = tmp_path / "binary_list"
+    info.mkdir()
+    (info / LIST_FILE).write_bytes(b"\x89PNG\r\n\x1a\n\x00")  # an image saved under the name
+    rc = eval_megadepth1500.main(["--data_root", str(md_root), "--scene_info", str(info),
+                                  "--matcher", "oracle"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and f"{info / LIST_FILE}: not a text" in err
 
 
 def test_cli_with_network(md_root: Path, tmp_path: Path, tiny_ckpt: Path) -> None:

@@ -83,7 +83,11 @@ def read_list(scene_info_dir: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise UsageError(f"{path} not found: --scene_info must be the folder holding "
                          f"{LIST_FILE} and the scene-info .npz files")
-    names = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not a text list of scene-info files ({e})") from None
+    names = [ln.split()[0] for ln in text.splitlines() if ln.strip()]
     return [n[:-4] if n.endswith(".npz") else n for n in names]
 
 
