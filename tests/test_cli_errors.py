@@ -87,10 +87,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
     # HPatches roots with an unreadable and with a missing image
     from utils.eval.make_hpatches_synthetic import make_synthetic_hpatches
 
-    for name in ("hp_unreadable", "hp_missing"):
+    for name in ("hp_unreadable", "hp_missing", "hp_bad_H_text", "hp_bad_H_shape"):
         make_synthetic_hpatches(root / name, n_seqs=1, max_side=48, photos=("astronaut",))
     (root / "hp_unreadable" / "v_synth00_astronaut" / "3.ppm").write_bytes(b"garbage")
     (root / "hp_missing" / "i_synth00_astronaut" / "4.ppm").unlink()
+    (root / "hp_bad_H_text" / "i_synth00_astronaut" / "H_1_3").write_text("garbage\n")
+    (root / "hp_bad_H_shape" / "v_synth00_astronaut" / "H_1_2").write_text("1 0\n0 1\n")
     return f
 
 
@@ -205,6 +207,12 @@ EVAL_HPATCHES: list[Row] = [
     ("missing_image",
      lambda f: ["--matcher", "oracle", "--root", str(f["root"] / "hp_missing"),
                 "--exclude", "none"], ["i_synth00_astronaut", "4"]),
+    ("H_not_numbers",
+     lambda f: ["--matcher", "oracle", "--root", str(f["root"] / "hp_bad_H_text"),
+                "--exclude", "none"], ["i_synth00_astronaut/H_1_3", "not a 3x3 homography"]),
+    ("H_not_3x3",
+     lambda f: ["--matcher", "oracle", "--root", str(f["root"] / "hp_bad_H_shape"),
+                "--exclude", "none"], ["v_synth00_astronaut/H_1_2", "3x3", "(2, 2)"]),
     ("unreadable_image_network",
      lambda f: ["--ckpt", str(f["tiny_ckpt"]), "--root", str(f["root"] / "hp_unreadable"),
                 "--exclude", "none", "--imsize", "48", "--device", "cpu"],

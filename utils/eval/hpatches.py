@@ -42,6 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from utils.common.cli import UsageError
 from utils.datasets.preprocess import image_size
 from utils.eval.runner import Matcher, as_matches, run_pairs
 from utils.geometry import error_auc
@@ -191,11 +192,24 @@ def estimate_homography(
 # --------------------------------------------------------------------------------------
 # data set
 # --------------------------------------------------------------------------------------
+class HomographyFileError(UsageError, ValueError):
+    """A homography file that is not a 3x3 matrix (one line, exit 2 in every command)."""
+
+
 def read_homography(path: str | os.PathLike) -> np.ndarray:
-    """Read an HPatches ``H_1_k`` file: (3, 3) float64."""
-    H = np.loadtxt(path, dtype=np.float64)
-    if H.shape != (3, 3):
-        raise ValueError(f"{path}: expected a 3x3 matrix, got shape {H.shape}")
+    """Read an HPatches ``H_1_k`` file: (3, 3) float64.
+
+    Raises:
+        HomographyFileError (a UsageError and ValueError) naming the file when it is not
+        three lines of three finite numbers.
+    """
+    try:
+        H = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HomographyFileError(f"{path}: not a 3x3 homography text file ({e})") from None
+    if H.shape != (3, 3) or not np.all(np.isfinite(H)):
+        raise HomographyFileError(f"{path}: expected a 3x3 matrix of finite numbers, got "
+                                  f"shape {H.shape}")
     return H
 
 
