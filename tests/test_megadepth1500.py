@@ -185,3 +185,27 @@ def test_writer_cli(tmp_path: Path, capsys) -> None:
                              "--width", "64", "--height", "48", "--supersample", "1"])
     assert rc == 0 and (tmp_path / "s" / SCENE_INFO_DIR / LIST_FILE).is_file()
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad_row, words", [
+    (((0, 9), 0.5, 10), ["pair_infos[1]", "IndexError"]),  # no image 9
+    (((0, 2), 0.5, 10), ["pair_infos[1]", "without an image"]),  # slot 2 is empty
+    (((0, 1), 0.5, 10), ["pair_infos[1]", "ValueError"]),  # pose of image 1 is 3x3
+    ((0, 0.5, 10), ["pair_infos[1]", "TypeError"]),  # no (i, j)
+])
+def test_malformed_pair_rows_name_file_and_row(tmp_path: Path, bad_row, words, capsys) -> None:
+    from data_pairs.synthetic.files import object_array
+
+    info = tmp_path / "si"
+    info.mkdir()
+    (info / LIST_FILE).write_text("s.npz\n")
+    K = np.diag([100.0, 100.0, 1.0])
+    poses = [np.eye(4), np.eye(3), None]
+    np.savez(info / "s.npz", image_paths=object_array(["a.jpg", "b.jpg", None]),
+             intrinsics=object_array([K, K, None]), poses=object_array(poses),
+             pair_infos=object_array([((0, 0), 1.0, 5), bad_row]))
+    rc = eval_megadepth1500.main(["--data_root", str(tmp_path), "--scene_info", str(info),
+                                  "--matcher", "oracle"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert f"{info / 's.npz'}" in err and all(w in err for w in words), err

@@ -121,28 +121,44 @@ def load_pairs(
         if missing:
             raise UsageError(f"{path}: missing keys {sorted(missing)}")
         depths = d.get("depth_paths")
-        for info_row in d["pair_infos"]:
-            (i, j), overlap = info_row[0], info_row[1]
-            i, j = int(i), int(j)
-            for k in (i, j):
-                if d["image_paths"][k] is None or d["poses"][k] is None:
-                    raise UsageError(f"{path}: pair ({i}, {j}) uses image slot {k}, which is "
-                                     "empty")
-            T0 = np.asarray(d["poses"][i], dtype=np.float64)
-            T1 = np.asarray(d["poses"][j], dtype=np.float64)
-            pairs.append(Pair(
-                name=f"{name}:{i}-{j}",
-                image0=str(root / str(d["image_paths"][i])),
-                image1=str(root / str(d["image_paths"][j])),
-                depth0=_depth_path(root, depths, i), depth1=_depth_path(root, depths, j),
-                K0=np.asarray(d["intrinsics"][i], dtype=np.float64).reshape(3, 3),
-                K1=np.asarray(d["intrinsics"][j], dtype=np.float64).reshape(3, 3),
-                T_0to1=T1 @ np.linalg.inv(T0),
-                overlap=float(overlap),
-            ))
+        for row, info_row in enumerate(d["pair_infos"]):
+            try:
+                pair = _pair(root, name, d, depths, info_row)
+            except (IndexError, TypeError, ValueError, np.linalg.LinAlgError) as e:
+                raise UsageError(f"{path}: pair_infos[{row}] is not a valid pair "
+                                 f"({type(e).__name__}: {e})") from None
+            if pair is None:
+                raise UsageError(f"{path}: pair_infos[{row}] uses an image slot without an "
+                                 "image, intrinsics or pose")
+            pairs.append(pair)
             if max_pairs is not None and len(pairs) >= max_pairs:
                 return pairs
     return pairs
+
+
+def _pair(root: Path, name: str, d: dict[str, np.ndarray], depths: np.ndarray | None,
+          info_row: Sequence) -> Pair | None:
+    """One row ``((i, j), overlap, ...)`` of ``pair_infos`` → :class:`Pair` (None when one of
+    its image slots is empty). Malformed rows raise IndexError / TypeError / ValueError."""
+    (i, j), overlap = info_row[0], info_row[1]
+    i, j = int(i), int(j)
+    if min(i, j) < 0:
+        raise IndexError(f"negative image index in ({i}, {j})")
+    for k in (i, j):
+        if any(d[key][k] is None for key in ("image_paths", "poses", "intrinsics")):
+            return None
+    T0 = np.asarray(d["poses"][i], dtype=np.float64).reshape(4, 4)
+    T1 = np.asarray(d["poses"][j], dtype=np.float64).reshape(4, 4)
+    return Pair(
+        name=f"{name}:{i}-{j}",
+        image0=str(root / str(d["image_paths"][i])),
+        image1=str(root / str(d["image_paths"][j])),
+        depth0=_depth_path(root, depths, i), depth1=_depth_path(root, depths, j),
+        K0=np.asarray(d["intrinsics"][i], dtype=np.float64).reshape(3, 3),
+        K1=np.asarray(d["intrinsics"][j], dtype=np.float64).reshape(3, 3),
+        T_0to1=T1 @ np.linalg.inv(T0),
+        overlap=float(overlap),
+    )
 
 
 def estimate_pose(
