@@ -104,3 +104,7 @@ def test_bad_inputs_are_named(net, pair) -> None:
         matcher("nowhere.png", pair[1])
     with pytest.raises(ValueError, match="eval_type"):
         Patch2PixMatcher(net, eval_type="pixel")
+    with pytest.raises(ValueError, match=r"image1: float values must be in \[0, 1\], got \[0, 255"):
+        matcher(pair[0], torch.linspace(0, 255, 3 * 32 * 32).reshape(3, 32, 32))
+    with pytest.raises(ValueError, match="image0: float values must be in"):
+        matcher(np.full((32, 32, 3), np.nan, np.float32), pair[1])

@@ -68,6 +68,10 @@ def to_pil_rgb(image: ImageInput, name: str = "image") -> Image.Image:
     if arr.dtype != np.uint8:
         if not np.issubdtype(arr.dtype, np.floating):
             raise ValueError(f"{name}: expected uint8 or [0, 1] float values, got {arr.dtype}")
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if not (-1e-3 <= lo and hi <= 1.0 + 1e-3):  # a 0-255 float image would turn white
+            raise ValueError(f"{name}: float values must be in [0, 1], got [{lo:g}, {hi:g}] "
+                             "(divide by 255, or pass uint8)")
         arr = np.clip(np.rint(arr.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
