@@ -117,6 +117,15 @@ def _check(main: Callable[[list[str]], int], prog: str, argv: list[str], words: 
     return line
 
 
+def _check_out(main: Callable[[list[str]], int], prog: str, argv: list[str], words: list[str],
+               tmp_path: Path, capsys, flag: str = "--out", name: str | None = None) -> str:
+    """`_check` with the output flag pointing into a fresh folder unless the row sets it."""
+    out = tmp_path / "out"
+    if flag not in argv:
+        argv = [*argv, flag, str(out / name if name else out)]
+    return _check(main, prog, argv, words, out, capsys)
+
+
 # ---------------------------------------------------------------- checkpoints
 def test_non_checkpoints_are_named(files):
     for key, what in (("photo", "JPEG image"), ("png", "PNG image"), ("text", "text file"),
@@ -178,11 +187,8 @@ MATCH_PAIR: list[Row] = [
 def test_match_pair(row, files, tmp_path, capsys):
     from examples.match_pair import main
 
-    out = tmp_path / "out"
-    argv = row[1](files)
-    if "--out" not in argv:
-        argv += ["--out", str(out / "m.png")]
-    _check(main, "examples.match_pair", argv, row[2], out, capsys)
+    _check_out(main, "examples.match_pair", row[1](files), row[2], tmp_path, capsys,
+               name="m.png")
 
 
 # ---------------------------------------------------------------- utils.eval.eval_hpatches
@@ -242,11 +248,7 @@ MAKE_HPATCHES: list[Row] = [
 def test_make_hpatches_synthetic(row, files, tmp_path, capsys):
     from utils.eval.make_hpatches_synthetic import main
 
-    out = tmp_path / "out"
-    argv = row[1](files)
-    if "--out" not in argv:
-        argv += ["--out", str(out)]
-    _check(main, "utils.eval.make_hpatches_synthetic", argv, row[2], out, capsys)
+    _check_out(main, "utils.eval.make_hpatches_synthetic", row[1](files), row[2], tmp_path, capsys)
 
 
 # ---------------------------------------------------------------- data_pairs.make_synthetic
@@ -262,11 +264,7 @@ MAKE_SYNTHETIC: list[Row] = [
 def test_make_synthetic(row, files, tmp_path, capsys):
     from data_pairs.make_synthetic import main
 
-    out = tmp_path / "out"
-    argv = row[1](files)
-    if "--out" not in argv:
-        argv += ["--out", str(out)]
-    _check(main, "data_pairs.make_synthetic", argv, row[2], out, capsys)
+    _check_out(main, "data_pairs.make_synthetic", row[1](files), row[2], tmp_path, capsys)
 
 
 # ---------------------------------------------------------------- prep_megadepth_training_pairs
@@ -293,11 +291,8 @@ PREP_PAIRS: list[Row] = [
 def test_prep_megadepth_training_pairs(row, files, tmp_path, capsys):
     from data_pairs.prep_megadepth_training_pairs import main
 
-    out = tmp_path / "out"
-    argv = row[1](files)
-    if "--save_dir" not in argv:
-        argv += ["--save_dir", str(out)]
-    _check(main, "data_pairs.prep_megadepth_training_pairs", argv, row[2], out, capsys)
+    _check_out(main, "data_pairs.prep_megadepth_training_pairs", row[1](files), row[2],
+               tmp_path, capsys, flag="--save_dir")
     assert not files["marker"].exists()
 
 
@@ -380,8 +375,4 @@ MAKE_EXAMPLE_PAIRS: list[Row] = [
 def test_make_example_pairs(row, files, tmp_path, capsys):
     from examples.make_example_pairs import main
 
-    out = tmp_path / "out"
-    argv = row[1](files)
-    if "--out" not in argv:
-        argv += ["--out", str(out)]
-    _check(main, "examples.make_example_pairs", argv, row[2], out, capsys)
+    _check_out(main, "examples.make_example_pairs", row[1](files), row[2], tmp_path, capsys)
