@@ -170,3 +170,25 @@ def tiny_ckpt(tmp_path_factory) -> Path:
         path,
     )
     return path
+
+
+def write_scaled_pair(root: Path, size: tuple[int, int], scale: float = 1.5) -> tuple[Path, Path]:
+    """skimage's astronaut at `size` (W, H) as ``a.png`` and the same picture enlarged by
+    `scale` as ``b.png`` under `root`: with the tiny_ckpt model, (x2, y2) = scale (x1, y1)."""
+    from PIL import Image
+    from skimage import data
+
+    im = Image.fromarray(data.astronaut()).resize(size, Image.Resampling.BICUBIC)
+    p1, p2 = root / "a.png", root / "b.png"
+    im.save(p1)
+    im.resize((round(size[0] * scale), round(size[1] * scale)),
+              Image.Resampling.BICUBIC).save(p2)
+    return p1, p2
+
+
+@pytest.fixture(scope="module")
+def tiny_net(tiny_ckpt: Path) -> torch.nn.Module:
+    """tiny_ckpt loaded on the CPU (one per test module)."""
+    from utils.eval.model_helper import load_model
+
+    return load_model(tiny_ckpt, device="cpu", lprint=lambda *a: None)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_scaled_pair
 from PIL import Image
 
 from examples.make_example_pairs import list_pairs, make_pair, write_pairs
@@ -35,23 +36,14 @@ def ckpt(tiny_ckpt: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def net(ckpt: Path) -> torch.nn.Module:
-    from utils.eval.model_helper import load_model
-
-    return load_model(ckpt, device="cpu", lprint=lambda *a: None)
+def net(tiny_net: torch.nn.Module) -> torch.nn.Module:
+    return tiny_net  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def scaled_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Image 1 (320x240) and the same picture enlarged 1.5x (480x360)."""
-    from skimage import data
-
-    root = tmp_path_factory.mktemp("pair")
-    im = Image.fromarray(data.astronaut()).resize((320, 240), Image.Resampling.BICUBIC)
-    p1, p2 = root / "a.png", root / "b.png"
-    im.save(p1)
-    im.resize((480, 360), Image.Resampling.BICUBIC).save(p2)
-    return p1, p2
+    return write_scaled_pair(tmp_path_factory.mktemp("pair"), (320, 240))
 
 
 def test_example_pairs_shipped_and_consistent(tmp_path: Path) -> None:

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_scaled_pair
 from PIL import Image
 
 from utils.eval.matcher import Patch2PixMatcher, to_pil_rgb
-from utils.eval.model_helper import estimate_matches, load_model
+from utils.eval.model_helper import estimate_matches
 
 SCALE = 1.5
 
@@ -26,21 +27,14 @@ def ckpt(tiny_ckpt: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def net(ckpt: Path) -> torch.nn.Module:
-    return load_model(ckpt, device="cpu", lprint=lambda *a: None)
+def net(tiny_net: torch.nn.Module) -> torch.nn.Module:
+    return tiny_net  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A 200x150 picture and the same picture enlarged 1.5x (300x225), as PNG files."""
-    from skimage import data
-
-    root = tmp_path_factory.mktemp("pair")
-    im = Image.fromarray(data.astronaut()).resize((200, 150), Image.Resampling.BICUBIC)
-    p1, p2 = root / "a.png", root / "b.png"
-    im.save(p1)
-    im.resize((300, 225), Image.Resampling.BICUBIC).save(p2)
-    return p1, p2
+    return write_scaled_pair(tmp_path_factory.mktemp("pair"), (200, 150), SCALE)
 
 
 def test_same_numbers_as_estimate_matches(net, pair) -> None:
