@@ -153,7 +153,9 @@ def train_with_visdom(data: Path, out: Path, port: int) -> list[str]:
             "--batch", "1", "--train_size", "160", "96", "--epochs", "2",
             "--max_iters_per_epoch", "2", "--plot_counts", "2", "--val_imsize", "160",
             "--val_sample_max", "2", "--workers", "0", "--no_progress", "--device", "cpu",
-            "--random_backbone", "-vh", "127.0.0.1", "-vp", str(port)]
+            "--random_backbone", "-vh", "127.0.0.1", "-vp", str(port),
+            # its own Visdom environment: the session-wide server also holds other tests' runs
+            "--prefix", "browser"]
     proc = subprocess.run([sys.executable, "-m", "train_patch2pix", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=900,
                           env={**os.environ, "OMP_NUM_THREADS": "2"})
