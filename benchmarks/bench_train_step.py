@@ -34,6 +34,7 @@ import sys
 import time
 from argparse import Namespace
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -83,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="variants with a larger batch skip the warm-up (0: none skips it)")
     ap.add_argument("--ptmax", type=int, default=400, help="coarse matches per pair")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--tf32", choices=["default", "off"], default="default",
+                    help="CUDA: 'off' turns TF32 off in cuDNN convolutions and matrix products "
+                         "(default: PyTorch's, i.e. what training gets: TF32 convolutions)")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="after the timed steps, profile one more step of each variant and "
+                         "write its operator table to DIR/profile_<variant>.txt")
     ap.add_argument("--child", type=Variant.parse, default=None, help=argparse.SUPPRESS)
     return ap
 
@@ -98,6 +105,8 @@ def run_variant(v: Variant, args: Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dev = torch.device(args.device)
+    if args.tf32 == "off":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     rc = Namespace(conv_dims=[512, 512], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[512, 256],
                    feat_comb="pre", psize=[16, 16], pshift=8, panc=8, shared=False)
     oc = Namespace(opt="adam", lr_init=5e-4, weight_decay=0, lr_decay=None,
@@ -132,14 +141,31 @@ def run_variant(v: Variant, args: Namespace) -> dict:
             times.append(dt)
     peak = (torch.cuda.max_memory_allocated(dev) / 2**30 if cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    if args.profile:
+        profile_step(lambda: train_step(net, batch, cfg, ksize=2, ptmax=args.ptmax, amp=amp),
+                     Path(args.profile) / f"profile_{v.batch}_{v.amp}_{int(v.ckpt)}.txt", cuda)
     return {
         "variant": str(v), "label": v.label, "batch": v.batch, "amp": v.amp,
-        "grad_ckpt": v.ckpt, "device": str(dev), "threads": args.threads,
+        "grad_ckpt": v.ckpt, "device": str(dev), "threads": args.threads, "tf32": args.tf32,
         "rows_per_regressor": rows * v.batch, "rows_per_image": rows,
         "step_s": statistics.median(times), "steps": len(times), "warmup": args.warmup,
         "peak_gib": round(peak, 2), "rss_after_build_gib": round(rss_before, 2),
         "loss": float(out.loss.detach()),
     }
+
+
+def profile_step(step, path: Path, cuda: bool) -> None:
+    """Run `step` once under torch.profiler; its operators by total device (or CPU) time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "cuda_time_total" if cuda else "cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=40))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -148,7 +174,9 @@ def run_child(v: Variant, args: Namespace) -> dict:
     warmup = 0 if 0 < args.warmup_max_batch < v.batch else args.warmup
     cmd = [sys.executable, "-m", "benchmarks.bench_train_step", "--child", str(v),
            "--device", args.device, "--threads", str(args.threads), "--steps", str(args.steps),
-           "--warmup", str(warmup), "--ptmax", str(args.ptmax)]
+           "--warmup", str(warmup), "--ptmax", str(args.ptmax), "--tf32", args.tf32]
+    if args.profile:
+        cmd += ["--profile", args.profile]
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -196,7 +224,7 @@ def markdown(rows: list[dict]) -> str:
         if r.get("per_pair"):
             tr += " per pair"
         pr = f"{r['peak_ratio']:.2f}×" if "peak_ratio" in r else ""
-        out.append(f"| {r['label']} | {r['rows_per_regressor']} | {r['step_s']:.1f} | "
+        out.append(f"| {r['label']} | {r['rows_per_regressor']} | {r['step_s']:.3g} | "
                    f"{r['peak_gib']:.2f} | {tr} | {pr} |")
     return "\n".join(out)
 
@@ -206,9 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child is not None:
         print(json.dumps(run_variant(args.child, args)), flush=True)
         return 0
+    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else ""
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} {platform.machine()}, "
-          f"torch {torch.__version__}, device {args.device}, {args.threads} threads, "
-          f"{os.cpu_count()} cores", flush=True)
+          f"torch {torch.__version__}, device {args.device} {name}, {args.threads} threads, "
+          f"{os.cpu_count()} cores, tf32 {args.tf32}", flush=True)
     rows = []
     for v in args.variants:
         row = run_child(v, args)

@@ -1,0 +1,268 @@
+"""CUDA: the model, one training step, mixed precision, checkpointing, matching and the
+training command on a GPU, each against the recorded outputs or the float32 path it replaces.
+
+The CUDA subset of the suite (run where a GPU is: ``python -m pytest -q tests/test_cuda.py``,
+``bash benchmarks/run_gpu_checks.sh`` runs it with the GPU benchmarks). Without a CUDA device
+every test here is skipped with that reason; the CPU suite covers the same code paths.
+
+Recorded numbers come from float32 arithmetic, so the comparisons with them turn TF32 off
+(the convolutions of cuDNN use TF32 by default on Ampere and newer, which is what training
+gets: ~1e-3 relative, far over these tolerances).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, rule_state_dict, write_scaled_pair
+
+from networks.patch2pix import Patch2Pix
+from utils.common.setup_helper import load_checkpoint_safe
+from utils.eval.matcher import Patch2PixMatcher
+from utils.train.amp import MixedPrecision
+from utils.train.cli import parse_args
+from utils.train.experiment import make_tags
+from utils.train.losses import LossConfig
+from utils.train.trainer import train_step
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA device (the CUDA subset runs on a GPU machine)")
+CUDA = torch.device("cuda")
+TERMS = ("cls_mid", "cls_fine", "epi_mid", "epi_fine", "loss")
+OPTIM = Namespace(opt="adam", lr_init=5e-4, weight_decay=0, lr_decay=None, optimizer_dict=None,
+                  lr_scheduler_dict=None)
+_BASE: dict[str, Patch2Pix] = {}
+
+
+@pytest.fixture
+def no_tf32():
+    """float32 arithmetic in cuDNN convolutions and matrix products for this test."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def recorded_net(rc: dict, device: torch.device, grad_ckpt: bool = False,
+                 regr_batch: int = 1200) -> Patch2Pix:
+    """The recorded model (testvectors.md weight rule) on `device` with Adam, in train mode."""
+    cfg = Namespace(training=False, backbone="ResNet34", change_stride=True,
+                    feat_idx=[0, 1, 2, 3], regressor_config=Namespace(**rc),
+                    regr_batch=regr_batch, weights_dict=None, imagenet_init=False,
+                    grad_ckpt=grad_ckpt, freeze_feat=87, start_epoch=0, optim_config=OPTIM)
+    key = repr(sorted(rc.items()))
+    if key not in _BASE:
+        base = Patch2Pix(cfg)
+        base.load_state_dict(rule_state_dict(base))
+        _BASE[key] = base
+    net = copy.deepcopy(_BASE[key]).to(device)
+    net.grad_ckpt, net.regr_batch = grad_ckpt, regr_batch
+    net.set_optimizer(cfg)
+    return net.train()
+
+
+def recorded_setup(refvec: dict) -> tuple[dict, dict, LossConfig, int]:
+    ts = refvec["train_step"]
+    a = ts["args"]
+    rc = dict(refvec["model_eval"]["regressor_config"], panc=a["panc"])
+    cfg = LossConfig(cls_dthres=tuple(a["cls_dthres"]), epi_dthres=tuple(a["epi_dthres"]),
+                     weight_cls=a["weight_cls"], weight_epi=tuple(a["weight_epi"]))
+    batch = {"src_im": ts["src_im"][:1], "pos_im": ts["pos_im"][:1], "F": ts["F"][:1]}
+    return rc, batch, cfg, a["ptmax"]
+
+
+def one_step(net: Patch2Pix, batch: dict, cfg: LossConfig, ptmax: int, mode: str = "off"):
+    """One train_step under `mode`; the loss terms (on the CPU) and a copy of each gradient."""
+    torch.manual_seed(0)  # ptmax sampling
+    amp = MixedPrecision.create(mode, net.device)
+    out, _ = train_step(net, batch, cfg, 2, ptmax, amp=amp)
+    grads = {k: p.grad.detach().cpu().clone() for k, p in net.named_parameters()
+             if p.grad is not None}
+    return {k: v.detach().cpu() for k, v in out.terms().items()}, grads, amp
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+# ----------------------------------------------------------------------------- the model
+def test_recorded_model_outputs_on_cuda(refvec, no_tf32):
+    """testvectors.md `model_eval`: correlation, coarse, mid and fine matches on the GPU."""
+    v = refvec["model_eval"]
+    net = recorded_net(dict(v["regressor_config"], panc=1), CUDA).eval()
+    im1, im2 = v["im1"].to(CUDA), v["im2"].to(CUDA)
+    with torch.no_grad():
+        corr, _ = net(im1, im2, ksize=2)
+        torch.testing.assert_close(corr.cpu(), v["corr4d"], rtol=1e-4,
+                                   atol=1e-5 * float(v["corr4d"].abs().max()))
+        fine, fine_p, mid, mid_p, coarse = net.predict_fine(im1, im2, ksize=2, mutual=True,
+                                                            return_all=True)
+    assert torch.equal(coarse[0].cpu(), v["coarse"])
+    torch.testing.assert_close(mid[0].cpu(), v["mid"], atol=1e-3, rtol=0)
+    torch.testing.assert_close(fine[0].cpu(), v["fine"], atol=1e-3, rtol=0)
+    torch.testing.assert_close(mid_p[0].cpu(), v["mid_scores"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(fine_p[0].cpu(), v["fine_scores"], atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- training
+def test_recorded_train_step_on_cuda_equals_cpu(refvec, no_tf32):
+    """The recorded loss on the GPU, and the gradients of the CPU step."""
+    rc, batch, cfg, ptmax = recorded_setup(refvec)
+    tg, gg, _ = one_step(recorded_net(rc, CUDA), batch, cfg, ptmax)
+    tc, gc, _ = one_step(recorded_net(rc, torch.device("cpu")), batch, cfg, ptmax)
+    torch.testing.assert_close(tg["loss"].reshape(1), refvec["train_step"]["loss_pair"],
+                               rtol=1e-4, atol=0)
+    for k in TERMS:
+        torch.testing.assert_close(tg[k], tc[k], rtol=1e-4, atol=0, msg=k)
+    assert set(gg) == set(gc)
+    for k in gc:
+        if float(gc[k].norm()) > 1e-2:  # pre-BatchNorm biases: a true gradient of ~0
+            assert cosine(gg[k], gc[k]) > 0.999, k
+
+
+def test_grad_ckpt_on_cuda_same_step(refvec):
+    """--grad_ckpt on the GPU: same loss terms, gradients and BN statistics as without."""
+    rc, batch, cfg, ptmax = recorded_setup(refvec)
+    torch.backends.cudnn.deterministic = True
+    try:
+        net0, net1 = recorded_net(rc, CUDA), recorded_net(rc, CUDA, grad_ckpt=True)
+        t0, g0, _ = one_step(net0, batch, cfg, ptmax)
+        t1, g1, _ = one_step(net1, batch, cfg, ptmax)
+    finally:
+        torch.backends.cudnn.deterministic = False
+    for k in TERMS:
+        torch.testing.assert_close(t1[k], t0[k], rtol=1e-5, atol=0, msg=k)
+    assert set(g0) == set(g1)
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6, msg=k)
+    sd0, sd1 = net0.state_dict(), net1.state_dict()
+    for k in sd0:
+        if k.endswith("num_batches_tracked") and k.startswith("regress_"):
+            assert int(sd1[k]) == int(sd0[k]) == 3, k  # chunks [1200, 1200, 64]: once each
+        elif k.startswith("regress_") and "running_" in k:
+            torch.testing.assert_close(sd1[k], sd0[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_mixed_precision_step_on_cuda_close_to_fp32(refvec, mode):
+    """bf16 / fp16 autocast on the GPU: loss terms within 3 % of the fp32 step, gradients in
+    the same direction, parameters / gradients / Adam state float32."""
+    rc, batch, cfg, ptmax = recorded_setup(refvec)
+    t32, g32, _ = one_step(recorded_net(rc, CUDA), batch, cfg, ptmax)
+    net = recorded_net(rc, CUDA)
+    t16, g16, amp = one_step(net, batch, cfg, ptmax, mode)
+    for k in TERMS:
+        rel = float((t16[k] - t32[k]).abs().max() / t32[k].abs().max())
+        assert rel < 0.03, (k, rel)
+    live = [k for k in g32 if k.startswith(("regress_mid.", "regress_fine."))
+            and float(g32[k].norm()) > 1e-2]
+    assert len(live) >= 2 * 12
+    for k in live:
+        assert cosine(g16[k], g32[k]) > 0.85, k
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert all(g.dtype == torch.float32 for g in g16.values())
+    assert all(st["exp_avg"].dtype == torch.float32 for st in net.optimizer.state.values())
+    assert (amp.scaler is not None) == (mode == "fp16")
+    if amp.scaler is not None:
+        assert amp.scaler.get_scale() > 0
+
+
+def test_fp16_scaler_skips_a_step_with_infinite_gradients(refvec):
+    """GradScaler: a step whose gradients overflow leaves the weights unchanged and halves
+    the scale; the next finite step moves them."""
+    rc, batch, cfg, ptmax = recorded_setup(refvec)
+    net = recorded_net(rc, CUDA)
+    before = {k: v.clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+    w = net.regress_fine.fc[6].weight
+    hook = w.register_hook(lambda g: torch.full_like(g, math.inf))
+    _, _, amp = one_step(net, batch, cfg, ptmax, "fp16")
+    hook.remove()
+    scale0 = 2.0**16  # GradScaler's initial scale
+    assert amp.scaler.get_scale() == scale0 / 2
+    params = dict(net.named_parameters())
+    for k, p in params.items():
+        assert torch.equal(p.detach(), before[k]), k  # the optimiser step was skipped
+    for _ in range(8):  # the next finite step moves the weights (a few if fp16 overflows)
+        torch.manual_seed(0)
+        train_step(net, batch, cfg, 2, ptmax, amp=amp)
+        if not torch.equal(params["regress_fine.fc.6.weight"].detach(),
+                           before["regress_fine.fc.6.weight"]):
+            break
+    else:
+        raise AssertionError(f"no step taken; scale {amp.scaler.get_scale()}")
+    assert amp.scaler.get_scale() <= scale0 / 2
+
+
+# ----------------------------------------------------------------------------- matching
+def test_matcher_on_cuda_equals_cpu(tiny_ckpt: Path, tmp_path: Path, no_tf32):
+    """Patch2PixMatcher on the GPU gives the CPU's matches (same coarse matches, refined
+    positions within 1e-3 px, scores within 1e-5)."""
+    p1, p2 = write_scaled_pair(tmp_path, (200, 150), 1.5)
+    res = {d: Patch2PixMatcher(tiny_ckpt, imsize=256, device=d, lprint=lambda *a: None)(p1, p2)
+           for d in ("cpu", "cuda")}
+    cpu, gpu = res["cpu"], res["cuda"]
+    assert len(cpu["keypoints0"]) > 20
+    np.testing.assert_array_equal(gpu["coarse"], cpu["coarse"])
+    for k in ("keypoints0", "keypoints1"):
+        np.testing.assert_allclose(gpu[k], cpu[k], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(gpu["scores"], cpu["scores"], atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- the command
+def tiny_args(train_data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data_root", str(train_data / "data"), "--pair_root", str(train_data / "pairs"),
+            "-o", str(out), "--change_stride", "--conv_dims", "8", "8", "--fc_dims", "8", "8",
+            "--ptmax", "20", "--batch", "2", "--train_size", "160", "96",
+            "--max_iters_per_epoch", "2", "--epochs", "1", "--workers", "0", "--no_progress",
+            "--random_backbone", "--no_val", "--device", "cuda", *extra]
+
+
+def float32_checkpoint(args: list[str]) -> dict:
+    a = parse_args(args)
+    ckpt = load_checkpoint_safe(make_tags(a).exp_dir(a.out_dir) / "last_ckpt.pth")
+    keys = list(ckpt["state_dict"])
+    assert "regress_mid.conv.0.weight" in keys
+    assert not any(k.startswith(("module.", "net.")) for k in keys)
+    for k, v in ckpt["state_dict"].items():
+        assert v.device.type == "cpu", k
+        assert v.dtype == (torch.long if k.endswith("num_batches_tracked") else torch.float32), k
+    return ckpt
+
+
+def test_training_command_fp16_with_grad_ckpt_on_cuda(train_data, tmp_path):
+    args = tiny_args(train_data, tmp_path, "--amp", "fp16", "--grad_ckpt", "--regr_batch", "50")
+    proc = subprocess.run([sys.executable, "-m", "train_patch2pix", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float32_checkpoint(args)["last_epoch"] == 0
+
+
+def test_torchrun_with_sync_bn_on_cuda(train_data, tmp_path, free_port):
+    """torchrun (NCCL, one process on the one GPU) with --sync_bn: the backbone's BatchNorm
+    layers become SyncBatchNorm during training and the checkpoint is the single-model
+    format with plain BatchNorm keys."""
+    args = tiny_args(train_data, tmp_path, "--sync_bn", "--dist_timeout", "120")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port), "-m",
+           "train_patch2pix", *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = parse_args(args)
+    log = (make_tags(a).exp_dir(a.out_dir) / "log.txt").read_text()
+    assert "torchrun: 1 processes" in log and "SyncBatchNorm in the backbone: True" in log, \
+        log[-2000:]
+    ckpt = float32_checkpoint(args)
+    ref = recorded_net(dict(conv_dims=[8, 8], conv_kers=[3, 3], conv_strs=[2, 1],
+                            fc_dims=[8, 8], feat_comb="pre", psize=[16, 16], pshift=8,
+                            panc=8, shared=False), torch.device("cpu"))
+    assert list(ckpt["state_dict"]) == list(ref.state_dict())
