@@ -456,6 +456,8 @@ class Trainer:
             self.net = build_model(args, self.device, start, lprint=self.log)
             n_train = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
             self.log(f"Trainable parameters: {n_train}")
+            if getattr(args, "sync_bn", False) and not self.dist.enabled:
+                self.log("--sync_bn: one process, plain BatchNorm (nothing to synchronise)")
             self.forward = (wrap_model(self.net, self.dist, self.device,
                                        bool(getattr(args, "sync_bn", False)))
                             if self.dist.enabled else None)
