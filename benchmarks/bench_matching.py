@@ -54,12 +54,13 @@ def build_net(variant: str, device: str):
     import torch
 
     import networks.ncn.conv4d as conv4d_mod
+    import networks.ncn.model as ncn_model
     import networks.patch2pix as p2p
     from networks.ncn import reference
 
-    if variant == "naive":
+    if variant == "naive":  # the module globals that Conv4d / FeatureCorrelation call
         conv4d_mod.conv4d = reference.conv4d_loop
-        p2p.correlation_maxpool4d = reference.correlation_then_maxpool4d
+        ncn_model.correlation_maxpool4d = reference.correlation_then_maxpool4d
     torch.manual_seed(0)
     rc = Namespace(conv_dims=[512, 512], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[512, 256],
                    feat_comb="pre", psize=[16, 16], pshift=8, panc=1, shared=False)
@@ -78,6 +79,8 @@ def worker(args: argparse.Namespace) -> None:
     from utils.eval.model_helper import estimate_matches
 
     torch.set_num_threads(args.threads)
+    if args.tf32 == "off":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     net = build_net(args.variant, args.device)
     cuda = args.device.startswith("cuda")
 
@@ -105,7 +108,7 @@ def worker(args: argparse.Namespace) -> None:
     im2, _ = load_im_flexible(args.im2, 2, net.upsample, imsize=args.imsize)
     im1, im2 = im1.unsqueeze(0).to(args.device), im2.unsqueeze(0).to(args.device)
     parts: dict[str, float] = {}
-    import networks.patch2pix as p2p
+    import networks.ncn.model as ncn_model
 
     with torch.inference_mode():
         t_coarse, _ = timed(lambda: net(im1, im2, ksize=2), args.repeats)
@@ -115,7 +118,7 @@ def worker(args: argparse.Namespace) -> None:
         sync()
         parts["backbone"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pooled = p2p.correlation_maxpool4d(feature_l2norm(f1), feature_l2norm(f2), 2)[0]
+        pooled = ncn_model.correlation_maxpool4d(feature_l2norm(f1), feature_l2norm(f2), 2)[0]
         sync()
         parts["corr_pool"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -133,12 +136,12 @@ def worker(args: argparse.Namespace) -> None:
     }))
 
 
-def run_case(device, variant, imsize, ims, threads, repeats, tmp) -> dict:
+def run_case(device, variant, imsize, ims, threads, repeats, tmp, tf32="default") -> dict:
     save = Path(tmp) / f"{device.replace(':', '')}_{variant}_{imsize}.npz"
     cmd = [sys.executable, "-m", "benchmarks.bench_matching", "--worker", "--device", device,
            "--variant", variant, "--imsize", str(imsize), "--im1", str(ims[0]),
            "--im2", str(ims[1]), "--threads", str(threads), "--repeats", str(repeats),
-           "--save", str(save)]
+           "--save", str(save), "--tf32", tf32]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"benchmark case {device}/{variant}/{imsize} failed:\n{out.stderr}")
@@ -161,6 +164,8 @@ def main() -> None:
     ap.add_argument("--imsizes", type=int, nargs="+", default=[512, 1024])
     ap.add_argument("--devices", nargs="+", default=None, help="default: cpu [+ cuda]")
     ap.add_argument("--out", default=None, help="append a Markdown report to this file")
+    ap.add_argument("--tf32", choices=["default", "off"], default="default",
+                    help="CUDA: 'off' turns TF32 off in cuDNN convolutions and matrix products")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for flag in ("--device", "--variant", "--im1", "--im2", "--save"):
         ap.add_argument(flag, help=argparse.SUPPRESS)
@@ -178,7 +183,8 @@ def main() -> None:
         ims = make_images(Path(tmp))
         for device in devices:
             for imsize in args.imsizes:
-                res = {v: run_case(device, v, imsize, ims, args.threads, args.repeats, tmp)
+                res = {v: run_case(device, v, imsize, ims, args.threads, args.repeats, tmp,
+                                   args.tf32)
                        for v in ("fast", "naive")}
                 same = identical(res["fast"]["save"], res["naive"]["save"])
                 rows.append((device, imsize, res, same))
@@ -204,7 +210,8 @@ def render(rows, args, devices) -> str:
         f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC — {platform.node() or 'host'}",
         "",
         f"- command: `python -m benchmarks.bench_matching --threads {args.threads} "
-        f"--repeats {args.repeats} --imsizes {' '.join(map(str, args.imsizes))}`",
+        f"--repeats {args.repeats} --imsizes {' '.join(map(str, args.imsizes))} "
+        f"--tf32 {args.tf32}`",
         f"- machine: {platform.processor() or platform.machine()}, "
         f"{args.threads} torch threads, "
         f"torch {torch.__version__}" + (f", GPU {gpu}" if gpu else ", no GPU"),

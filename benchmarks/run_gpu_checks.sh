@@ -4,7 +4,8 @@
 #   2. the training-step table (benchmarks/bench_train_step.py) at the paper's setting:
 #      fp32 / bf16 / fp16, with and without --grad_ckpt, batch 1 and 4; TF32 as PyTorch
 #      ships it (what training gets) and, for the fp32 rows, with TF32 off;
-#   3. estimate_matches at imsize 512 and 1024 (benchmarks/bench_matching.py).
+#   3. estimate_matches at imsize 512 and 1024 (benchmarks/bench_matching.py), and at 1024
+#      with TF32 off.
 # Everything is written under OUTDIR (default benchmarks/gpu_out) and summarised on stdout.
 #
 #   bash benchmarks/run_gpu_checks.sh [OUTDIR] [tests|train|match ...]
@@ -42,6 +43,10 @@ for part in $PARTS; do
     match)
       $PY -m benchmarks.bench_matching --devices cuda --imsizes 512 1024 --repeats 10 \
         --out "$OUTDIR/matching_cuda.md" 2>&1 | tee "$OUTDIR/matching_cuda.txt"
+      rc=$((rc | PIPESTATUS[0]))
+      # the two formulations round differently under TF32: identical matches without it?
+      $PY -m benchmarks.bench_matching --devices cuda --imsizes 1024 --repeats 10 --tf32 off \
+        --out "$OUTDIR/matching_cuda.md" 2>&1 | tee -a "$OUTDIR/matching_cuda.txt"
       rc=$((rc | PIPESTATUS[0]));;
     *) echo "run_gpu_checks: unknown part $part (tests, train, match)" >&2; exit 2;;
   esac

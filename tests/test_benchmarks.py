@@ -1,0 +1,46 @@
+"""The benchmark scripts run (tiny settings) and check what they compare.
+
+bench_matching's two formulations give identical matches; bench_train_step's variants with
+and without --grad_ckpt give the same loss, and its table / JSON carry every variant.
+Timings are not asserted (benchmarks/RESULTS.md holds the recorded runs).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def run(module: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_bench_matching_formulations_agree(tmp_path):
+    out = tmp_path / "report.md"
+    text = run("benchmarks.bench_matching", "--devices", "cpu", "--imsizes", "128",
+               "--repeats", "1", "--out", str(out))
+    assert "identical matches: True" in text
+    report = out.read_text()
+    assert "| cpu | 128 | fast |" in report and "| cpu | 128 | naive |" in report
+    assert "identical: yes" in report
+
+
+def test_bench_train_step_variants(tmp_path):
+    js = tmp_path / "rows.json"
+    text = run("benchmarks.bench_train_step", "--variants", "1,off,0", "1,off,1",
+               "--ptmax", "4", "--steps", "1", "--warmup", "0", "--json", str(js),
+               "--profile", str(tmp_path))
+    rows = json.loads(js.read_text())
+    assert [r["variant"] for r in rows] == ["1,off,0", "1,off,1"]
+    assert all("error" not in r for r in rows), rows
+    assert rows[0]["loss"] == rows[1]["loss"]  # --grad_ckpt recomputes, same step
+    assert rows[0]["rows_per_regressor"] == rows[1]["rows_per_regressor"] == 4 * 8
+    assert rows[0]["time_ratio"] == rows[0]["peak_ratio"] == 1.0
+    assert "| batch 1, fp32, grad_ckpt | 32 |" in text
+    assert (tmp_path / "profile_1_off_1.txt").read_text().count("aten::") > 5
