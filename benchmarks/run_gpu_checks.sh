@@ -8,12 +8,12 @@
 #      with TF32 off.
 # Everything is written under OUTDIR (default benchmarks/gpu_out) and summarised on stdout.
 #
-#   bash benchmarks/run_gpu_checks.sh [OUTDIR] [tests|train|match ...]
+#   bash benchmarks/run_gpu_checks.sh [OUTDIR] [tests|train|train_notf32|match|match_notf32 ...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=${1:-benchmarks/gpu_out}
 shift || true
-PARTS=${*:-tests train match}
+PARTS=${*:-tests train train_notf32 match match_notf32}
 PY=${PYTHON:-python3}
 mkdir -p "$OUTDIR"
 export PYTHONUNBUFFERED=1
@@ -26,7 +26,7 @@ rc=0
 for part in $PARTS; do
   case $part in
     tests)
-      $PY -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py "tests/test_ncn.py" -k "cuda" \
+      $PY -m pytest -q -rs -s -p no:cacheprovider tests/test_cuda.py "tests/test_ncn.py" -k "cuda" \
         2>&1 | tee "$OUTDIR/cuda_tests.txt"
       rc=$((rc | PIPESTATUS[0]));;
     train)
@@ -35,20 +35,22 @@ for part in $PARTS; do
                    4,bf16,1 4,fp16,1 \
         --json "$OUTDIR/train_step_cuda.json" --profile "$OUTDIR" 2>&1 \
         | tee "$OUTDIR/train_step_cuda.txt"
-      rc=$((rc | PIPESTATUS[0]))
+      rc=$((rc | PIPESTATUS[0]));;
+    train_notf32)
       $PY -m benchmarks.bench_train_step --device cuda --warmup 3 --steps 10 --tf32 off \
-        --variants 1,off,0 4,off,0 4,bf16,1 --json "$OUTDIR/train_step_cuda_notf32.json" 2>&1 \
+        --variants 1,off,0 1,bf16,0 4,off,0 4,bf16,0 4,bf16,1 \
+        --json "$OUTDIR/train_step_cuda_notf32.json" 2>&1 \
         | tee "$OUTDIR/train_step_cuda_notf32.txt"
       rc=$((rc | PIPESTATUS[0]));;
     match)
       $PY -m benchmarks.bench_matching --devices cuda --imsizes 512 1024 --repeats 10 \
         --out "$OUTDIR/matching_cuda.md" 2>&1 | tee "$OUTDIR/matching_cuda.txt"
-      rc=$((rc | PIPESTATUS[0]))
-      # the two formulations round differently under TF32: identical matches without it?
+      rc=$((rc | PIPESTATUS[0]));;
+    match_notf32)  # the two formulations round differently under TF32: identical without?
       $PY -m benchmarks.bench_matching --devices cuda --imsizes 1024 --repeats 10 --tf32 off \
         --out "$OUTDIR/matching_cuda.md" 2>&1 | tee -a "$OUTDIR/matching_cuda.txt"
       rc=$((rc | PIPESTATUS[0]));;
-    *) echo "run_gpu_checks: unknown part $part (tests, train, match)" >&2; exit 2;;
+    *) echo "run_gpu_checks: unknown part $part (tests, train, train_notf32, match, match_notf32)" >&2; exit 2;;
   esac
 done
 exit $rc
