@@ -1,6 +1,6 @@
 """Study: where the direction error of the bf16 regressor gradients comes from (issue 8).
 
-    python -m benchmarks.amp_gradient_study            # CPU, 2 threads, ~2-4 minutes
+    python -m benchmarks.amp_gradient_study            # CPU, 2 threads, ~5 minutes
 
 The batch is the recorded ``train_step`` batch of tests/test_amp.py (testvectors.md: the
 rule weights, the regressor config of ``model_eval`` with panc 8, ptmax 0, one pair). The
@@ -13,9 +13,10 @@ Variants of the regressor's arithmetic (the output layer is float32 in every var
 
 - ``bf16``: ``torch.autocast`` over the regressors with the layout of networks/regressor.py
   at the time of the run (whatever that file does);
-- ``bf16-old``: the layout before issue 8's fix: conv/linear under autocast and their
-  bf16 outputs going through BatchNorm / ReLU / max-pool in bf16 (so the backward of the
-  BatchNorm, whose gradient is a difference of nearly cancelling terms, runs in bf16 too);
+- ``bf16-old``: the layout of the code when the study was written, spelt out layer by
+  layer: conv/linear under autocast and their bf16 outputs going through BatchNorm / ReLU /
+  max-pool in bf16 (so the backward of the BatchNorm, whose gradient is a difference of
+  nearly cancelling terms, runs in bf16 too); equal to ``bf16`` while the code is unchanged;
 - ``bf16-bnf32``: conv/linear under autocast, their outputs cast to float32 at once:
   BatchNorm, ReLU and max-pool run in float32 (hypothesis 1);
 - ``emul-ops``: every conv/linear input and weight rounded to bf16 (the operands autocast
