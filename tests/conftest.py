@@ -52,6 +52,20 @@ def rule_state_dict(module: torch.nn.Module, prefix: str = "") -> dict[str, torc
     }
 
 
+def recorded_train_setup(refvec: dict) -> tuple[dict, dict, object, int]:
+    """testvectors.md `train_step`: its regressor config (with its panc), one of its two
+    identical pairs as a batch, its LossConfig and its ptmax."""
+    from utils.train.losses import LossConfig
+
+    ts = refvec["train_step"]
+    a = ts["args"]
+    rc = dict(refvec["model_eval"]["regressor_config"], panc=a["panc"])
+    cfg = LossConfig(cls_dthres=tuple(a["cls_dthres"]), epi_dthres=tuple(a["epi_dthres"]),
+                     weight_cls=a["weight_cls"], weight_epi=tuple(a["weight_epi"]))
+    batch = {"src_im": ts["src_im"][:1], "pos_im": ts["pos_im"][:1], "F": ts["F"][:1]}
+    return rc, batch, cfg, a["ptmax"]
+
+
 @pytest.fixture(scope="session")
 def refvec() -> dict:
     if not TESTVECTORS.exists():

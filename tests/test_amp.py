@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import rule_state_dict
+from conftest import recorded_train_setup, rule_state_dict
 
 from networks.patch2pix import Patch2Pix
 from utils.common.setup_helper import load_checkpoint_safe
@@ -59,16 +59,12 @@ def step(net: Patch2Pix, batch: dict, cfg: LossConfig, mode: str, ptmax: int):
 
 
 def test_bf16_close_to_fp32_on_the_recorded_batch(refvec):
-    ts = refvec["train_step"]
-    a = ts["args"]
-    rc = dict(refvec["model_eval"]["regressor_config"], panc=a["panc"])
-    cfg = LossConfig(cls_dthres=tuple(a["cls_dthres"]), epi_dthres=tuple(a["epi_dthres"]),
-                     weight_cls=a["weight_cls"], weight_epi=tuple(a["weight_epi"]))
-    batch = {"src_im": ts["src_im"][:1], "pos_im": ts["pos_im"][:1], "F": ts["F"][:1]}
+    rc, batch, cfg, ptmax = recorded_train_setup(refvec)
     nets = {m: training_net(rc) for m in ("off", "bf16")}
-    t32, g32 = step(nets["off"], batch, cfg, "off", a["ptmax"])
-    t16, g16 = step(nets["bf16"], batch, cfg, "bf16", a["ptmax"])
-    torch.testing.assert_close(t32["loss"].reshape(1), ts["loss_pair"], rtol=1e-4, atol=0)
+    t32, g32 = step(nets["off"], batch, cfg, "off", ptmax)
+    t16, g16 = step(nets["bf16"], batch, cfg, "bf16", ptmax)
+    torch.testing.assert_close(t32["loss"].reshape(1), refvec["train_step"]["loss_pair"],
+                               rtol=1e-4, atol=0)
     for k in ("cls_mid", "cls_fine", "epi_mid", "epi_fine", "loss"):
         rel = float((t16[k] - t32[k]).abs().max() / t32[k].abs().max())
         assert rel < 0.03, (k, float(t16[k].sum()), float(t32[k].sum()))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, rule_state_dict, write_scaled_pair
+from conftest import REPO, recorded_train_setup, rule_state_dict, write_scaled_pair
 
 from networks.patch2pix import Patch2Pix
 from utils.common.setup_helper import load_checkpoint_safe
@@ -69,16 +69,6 @@ def recorded_net(rc: dict, device: torch.device, grad_ckpt: bool = False,
     return net.train()
 
 
-def recorded_setup(refvec: dict) -> tuple[dict, dict, LossConfig, int]:
-    ts = refvec["train_step"]
-    a = ts["args"]
-    rc = dict(refvec["model_eval"]["regressor_config"], panc=a["panc"])
-    cfg = LossConfig(cls_dthres=tuple(a["cls_dthres"]), epi_dthres=tuple(a["epi_dthres"]),
-                     weight_cls=a["weight_cls"], weight_epi=tuple(a["weight_epi"]))
-    batch = {"src_im": ts["src_im"][:1], "pos_im": ts["pos_im"][:1], "F": ts["F"][:1]}
-    return rc, batch, cfg, a["ptmax"]
-
-
 def one_step(net: Patch2Pix, batch: dict, cfg: LossConfig, ptmax: int, mode: str = "off",
              amp: MixedPrecision | None = None):
     """One train_step under `mode`; the loss terms (on the CPU), a copy of each gradient
@@ -118,7 +108,7 @@ def test_recorded_model_outputs_on_cuda(refvec, no_tf32):
 # ----------------------------------------------------------------------------- training
 def test_recorded_train_step_on_cuda_equals_cpu(refvec, no_tf32):
     """The recorded loss on the GPU, and the gradients of the CPU step."""
-    rc, batch, cfg, ptmax = recorded_setup(refvec)
+    rc, batch, cfg, ptmax = recorded_train_setup(refvec)
     tg, gg, _ = one_step(recorded_net(rc, CUDA), batch, cfg, ptmax)
     tc, gc, _ = one_step(recorded_net(rc, torch.device("cpu")), batch, cfg, ptmax)
     torch.testing.assert_close(tg["loss"].reshape(1), refvec["train_step"]["loss_pair"],
@@ -134,7 +124,7 @@ def test_recorded_train_step_on_cuda_equals_cpu(refvec, no_tf32):
 
 def test_grad_ckpt_on_cuda_same_step(refvec):
     """--grad_ckpt on the GPU: same loss terms, gradients and BN statistics as without."""
-    rc, batch, cfg, ptmax = recorded_setup(refvec)
+    rc, batch, cfg, ptmax = recorded_train_setup(refvec)
     torch.backends.cudnn.deterministic = True
     try:
         net0, net1 = recorded_net(rc, CUDA), recorded_net(rc, CUDA, grad_ckpt=True)
@@ -160,7 +150,7 @@ def test_mixed_precision_step_on_cuda_close_to_fp32(refvec, mode):
     """bf16 / fp16 autocast on the GPU: loss terms within 5 % of the fp32 step, gradients in
     the same direction (as far as the batch's discrete decisions allow), parameters /
     gradients / Adam state float32."""
-    rc, batch, cfg, ptmax = recorded_setup(refvec)
+    rc, batch, cfg, ptmax = recorded_train_setup(refvec)
     t32, g32, _ = one_step(recorded_net(rc, CUDA), batch, cfg, ptmax)
     amp = MixedPrecision.create(mode, CUDA)
     for _ in range(24):  # fp16: the scaler halves its scale (2^16) while gradients overflow
@@ -194,7 +184,7 @@ def test_mixed_precision_step_on_cuda_close_to_fp32(refvec, mode):
 def test_fp16_scaler_skips_a_step_with_infinite_gradients(refvec):
     """GradScaler: a step whose gradients overflow leaves the weights unchanged and halves
     the scale; the next finite step moves them."""
-    rc, batch, cfg, ptmax = recorded_setup(refvec)
+    rc, batch, cfg, ptmax = recorded_train_setup(refvec)
     net = recorded_net(rc, CUDA)
     before = {k: v.clone() for k, v in net.state_dict().items() if v.is_floating_point()}
     w = net.regress_fine.fc[6].weight
@@ -269,7 +259,7 @@ def test_sync_bn_wrap_on_cuda_equals_plain_batchnorm(refvec, free_port, no_tf32)
 
     from utils.train.distributed import DistInfo, wrap_model
 
-    rc, batch, cfg, ptmax = recorded_setup(refvec)
+    rc, batch, cfg, ptmax = recorded_train_setup(refvec)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port}", rank=0,
                             world_size=1, device_id=torch.device("cuda", 0))
     try:
