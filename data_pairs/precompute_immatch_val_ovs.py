@@ -104,12 +104,17 @@ def load_ov_pairs(path: str | Path) -> dict[float, list[tuple[str, str]]]:
     return safe_load_npy(path)
 
 
-def _is_complete(path: Path, overlaps: Iterable[float]) -> bool:
+def _why_not_reusable(path: Path, overlaps: Iterable[float]) -> str | None:
+    """None when `path` holds every overlap level, else why it must be recomputed."""
     try:
         d = load_ov_pairs(path)
-    except Exception:  # unreadable or truncated file: recompute it
-        return False
-    return isinstance(d, dict) and all(float(o) in d for o in overlaps)
+    except Exception as err:  # unreadable, truncated or refused (unsafe pickle) file
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        return f"was refused ({type(err).__name__}: {first})"
+    if not isinstance(d, dict):
+        return f"holds a {type(d).__name__}, not a dict of overlap levels"
+    missing = [o for o in overlaps if o not in d]
+    return f"lacks overlap levels {missing}" if missing else None
 
 
 def precompute_scene_overlaps(
@@ -132,9 +137,12 @@ def precompute_scene_overlaps(
     sparse_dir = scene_dir / "sparse"
     target = sparse_dir / OV_FILE
     overlaps = [float(o) for o in overlaps]
-    if not overwrite and target.is_file() and _is_complete(target, overlaps):
-        log(f"{target}: exists and is complete, reused")
-        return target
+    if not overwrite and target.is_file():
+        why = _why_not_reusable(target, overlaps)
+        if why is None:
+            log(f"{target}: exists and is complete, reused")
+            return target
+        log(f"{target}: exists but {why}; recomputing it")
     names, ov = pair_overlaps(read_images(sparse_dir))
     pairs = overlap_pairs(names, ov, overlaps)
     save_npy_atomic(pairs, target)

@@ -228,10 +228,21 @@ def test_val_overlaps_reused_when_complete(tmp_path):
         np.save(f, {o: [("z", "y")] for o in pov.OVERLAPS}, allow_pickle=True)
     pov.precompute_scene_overlaps(sparse.parent, log=logs.append)
     assert "reused" in logs[-1] and pov.load_ov_pairs(path)[0.1] == [("z", "y")]
-    # an incomplete file is recomputed, and so is any file with overwrite=True
+    # an incomplete, unreadable or refused file is recomputed, saying why; and so is any
+    # file with overwrite=True
     with open(path, "wb") as f:
         np.save(f, {0.1: []}, allow_pickle=True)
     pov.precompute_scene_overlaps(sparse.parent, log=logs.append)
+    assert path.read_bytes() == first
+    assert logs[-2] == f"{path}: exists but lacks overlap levels [0.2, 0.3, 0.4, 0.5]; " \
+                       "recomputing it"
+    path.write_bytes(first[: len(first) // 2])  # truncated
+    pov.precompute_scene_overlaps(sparse.parent, log=logs.append)
+    assert logs[-2].startswith(f"{path}: exists but was refused (") and path.read_bytes() == first
+    with open(path, "wb") as f:  # a pickle that would call a function when loaded
+        np.save(f, np.array([print], dtype=object), allow_pickle=True)
+    pov.precompute_scene_overlaps(sparse.parent, log=logs.append)
+    assert "exists but was refused (UnsafePickleError" in logs[-2], logs[-2]
     assert path.read_bytes() == first
     pov.precompute_scene_overlaps(sparse.parent, overwrite=True, log=logs.append)
     assert path.read_bytes() == first
