@@ -86,7 +86,7 @@ def worker(args: argparse.Namespace) -> None:
 
     def sync():
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(args.device)
 
     def timed(fn, repeats):
         fn()  # warm-up
@@ -100,7 +100,7 @@ def worker(args: argparse.Namespace) -> None:
         return statistics.median(times), out
 
     if cuda:
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(args.device)
     t_match, (matches, scores, coarse) = timed(
         lambda: estimate_matches(net, args.im1, args.im2, ksize=2, io_thres=0.0,
                                  imsize=args.imsize), args.repeats)
@@ -125,15 +125,29 @@ def worker(args: argparse.Namespace) -> None:
         net.ncn(mutual_matching(pooled))
         sync()
         parts["ncn"] = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() / 2**30 if cuda
+    peak = (torch.cuda.max_memory_allocated(args.device) / 2**30 if cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     np.savez(args.save, matches=matches, scores=scores, coarse=coarse)
     print(json.dumps({
         "device": args.device, "variant": args.variant, "imsize": args.imsize,
         "sizes": [list(im1.shape[-2:]), list(im2.shape[-2:])],
         "estimate_matches_s": t_match, "coarse_s": t_coarse, "parts_s": parts,
-        "peak_gib": peak, "n_matches": int(len(matches)),
+        "peak_gib": peak, "n_matches": int(len(matches)), "kernels": kernels_in_use(),
     }))
+
+
+# The 4D convolution and correlation pool each variant must run (checked by the parent).
+KERNELS = {"fast": {"conv4d": "conv4d", "corr_pool": "correlation_maxpool4d"},
+           "naive": {"conv4d": "conv4d_loop", "corr_pool": "correlation_then_maxpool4d"}}
+
+
+def kernels_in_use() -> dict[str, str]:
+    """Names of the functions that Conv4d and FeatureCorrelation call in this process."""
+    import networks.ncn.conv4d as conv4d_mod
+    import networks.ncn.model as ncn_model
+
+    return {"conv4d": conv4d_mod.conv4d.__name__,
+            "corr_pool": ncn_model.correlation_maxpool4d.__name__}
 
 
 def run_case(device, variant, imsize, ims, threads, repeats, tmp, tf32="default") -> dict:
@@ -146,6 +160,9 @@ def run_case(device, variant, imsize, ims, threads, repeats, tmp, tf32="default"
     if out.returncode != 0:
         raise RuntimeError(f"benchmark case {device}/{variant}/{imsize} failed:\n{out.stderr}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
+    if res["kernels"] != KERNELS[variant]:  # the swap in build_net did not take effect
+        raise RuntimeError(f"benchmark case {device}/{variant}/{imsize} ran {res['kernels']}, "
+                           f"expected {KERNELS[variant]}")
     res["save"] = str(save)
     return res
 
@@ -205,7 +222,8 @@ def main() -> None:
 def render(rows, args, devices) -> str:
     import torch
 
-    gpu = torch.cuda.get_device_name(0) if "cuda" in devices else None
+    gpus = [d for d in devices if d.startswith("cuda")]
+    gpu = torch.cuda.get_device_name(gpus[0]) if gpus else None
     lines = [
         f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC — {platform.node() or 'host'}",
         "",

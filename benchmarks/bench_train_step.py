@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tf32", choices=["default", "off"], default="default",
                     help="CUDA: 'off' turns TF32 off in cuDNN convolutions and matrix products "
                          "(default: PyTorch's, i.e. what training gets: TF32 convolutions)")
+    ap.add_argument("--cudnn_deterministic", action="store_true",
+                    help="cudnn.deterministic=True as train_patch2pix sets it (seed_all); "
+                         "off by default, as in the recorded runs")
     ap.add_argument("--profile", default=None, metavar="DIR",
                     help="after the timed steps, profile one more step of each variant and "
                          "write its operator table to DIR/profile_<variant>.txt")
@@ -107,6 +110,8 @@ def run_variant(v: Variant, args: Namespace) -> dict:
     dev = torch.device(args.device)
     if args.tf32 == "off":
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    if args.cudnn_deterministic:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     rc = Namespace(conv_dims=[512, 512], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[512, 256],
                    feat_comb="pre", psize=[16, 16], pshift=8, panc=8, shared=False)
     oc = Namespace(opt="adam", lr_init=5e-4, weight_decay=0, lr_decay=None,
@@ -143,7 +148,7 @@ def run_variant(v: Variant, args: Namespace) -> dict:
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     if args.profile:
         profile_step(lambda: train_step(net, batch, cfg, ksize=2, ptmax=args.ptmax, amp=amp),
-                     Path(args.profile) / f"profile_{v.batch}_{v.amp}_{int(v.ckpt)}.txt", cuda)
+                     Path(args.profile) / f"profile_{v.batch}_{v.amp}_{int(v.ckpt)}.txt", dev)
     return {
         "variant": str(v), "label": v.label, "batch": v.batch, "amp": v.amp,
         "grad_ckpt": v.ckpt, "device": str(dev), "threads": args.threads, "tf32": args.tf32,
@@ -154,15 +159,16 @@ def run_variant(v: Variant, args: Namespace) -> dict:
     }
 
 
-def profile_step(step, path: Path, cuda: bool) -> None:
+def profile_step(step, path: Path, dev: torch.device) -> None:
     """Run `step` once under torch.profiler; its operators by total device (or CPU) time."""
     from torch.profiler import ProfilerActivity, profile
 
+    cuda = dev.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         step()
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(dev)
     key = "cuda_time_total" if cuda else "cpu_time_total"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(prof.key_averages().table(sort_by=key, row_limit=40))
@@ -175,6 +181,8 @@ def run_child(v: Variant, args: Namespace) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.bench_train_step", "--child", str(v),
            "--device", args.device, "--threads", str(args.threads), "--steps", str(args.steps),
            "--warmup", str(warmup), "--ptmax", str(args.ptmax), "--tf32", args.tf32]
+    if args.cudnn_deterministic:
+        cmd.append("--cudnn_deterministic")
     if args.profile:
         cmd += ["--profile", args.profile]
     load0 = os.getloadavg()[0]
@@ -248,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
+    failed = [r["variant"] for r in rows if "error" in r]
+    if failed:
+        print(f"bench_train_step: variants failed: {' '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

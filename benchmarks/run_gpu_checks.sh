@@ -10,8 +10,13 @@
 #
 #   bash benchmarks/run_gpu_checks.sh [OUTDIR] [tests|train|train_notf32|match|match_notf32 ...]
 set -uo pipefail
-cd "$(dirname "$0")/.."
 OUTDIR=${1:-benchmarks/gpu_out}
+case $OUTDIR in
+  tests|train|train_notf32|match|match_notf32)
+    echo "run_gpu_checks: the first argument is the output folder, then the parts" >&2; exit 2;;
+esac
+mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd)  # relative to the caller's folder
+cd "$(dirname "$0")/.."
 shift || true
 PARTS=${*:-tests train train_notf32 match match_notf32}
 PY=${PYTHON:-python3}

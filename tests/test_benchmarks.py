@@ -22,6 +22,8 @@ def run(module: str, *args: str) -> str:
 
 
 def test_bench_matching_formulations_agree(tmp_path):
+    """Both variants run their own kernels (the script checks the functions in use, so a
+    swap that stops applying fails instead of comparing the fast path with itself)."""
     out = tmp_path / "report.md"
     text = run("benchmarks.bench_matching", "--devices", "cpu", "--imsizes", "128",
                "--repeats", "1", "--out", str(out))
@@ -29,6 +31,13 @@ def test_bench_matching_formulations_agree(tmp_path):
     report = out.read_text()
     assert "| cpu | 128 | fast |" in report and "| cpu | 128 | naive |" in report
     assert "identical: yes" in report
+
+
+def test_bench_matching_variants_name_their_kernels():
+    from benchmarks.bench_matching import KERNELS, build_net, kernels_in_use
+
+    build_net("fast", "cpu")
+    assert kernels_in_use() == KERNELS["fast"]
 
 
 def test_bench_train_step_variants(tmp_path):
