@@ -7,7 +7,8 @@ training.md §3 (every row counts), backward and the optimiser step (``train_ste
 
 Variants are (batch, --amp, --grad_ckpt). Each runs in a fresh Python process, one after the
 other, so that its peak memory is its own: on CPU the peak RSS of that process (ru_maxrss),
-on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``). Per variant the table
+on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``; the JSON rows also
+carry ``max_memory_reserved``, what the caching allocator held). Per variant the table
 gives the median step time, peak memory, rows per regressor and the ratios against the
 float32 / no-checkpointing baseline of the same batch (or, when that batch has no baseline
 in the run, the batch-1 baseline per image pair).
@@ -155,6 +156,8 @@ def run_variant(v: Variant, args: Namespace) -> dict:
         "rows_per_regressor": rows * v.batch, "rows_per_image": rows,
         "step_s": statistics.median(times), "steps": len(times), "warmup": args.warmup,
         "peak_gib": round(peak, 2), "rss_after_build_gib": round(rss_before, 2),
+        "reserved_gib": (round(torch.cuda.max_memory_reserved(dev) / 2**30, 2) if cuda
+                         else None),
         "loss": float(out.loss.detach()),
     }
 
