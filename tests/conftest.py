@@ -52,6 +52,36 @@ def rule_state_dict(module: torch.nn.Module, prefix: str = "") -> dict[str, torc
     }
 
 
+_RULE_NETS: dict[str, torch.nn.Module] = {}
+
+
+def rule_training_net(rc: dict, device: str | torch.device = "cpu", grad_ckpt: bool = False,
+                      regr_batch: int = 1200, lr: float = 5e-4) -> torch.nn.Module:
+    """A Patch2Pix with the rule weights (testvectors.md) and `rc` regressors, on `device`,
+    in train mode with its Adam optimiser (training's freezing). The model is built and
+    filled once per `rc` (the slow part) and deep-copied per call."""
+    import copy
+    from argparse import Namespace
+
+    from networks.patch2pix import Patch2Pix
+
+    optim = Namespace(opt="adam", lr_init=lr, weight_decay=0, lr_decay=None,
+                      optimizer_dict=None, lr_scheduler_dict=None)
+    cfg = Namespace(training=False, backbone="ResNet34", change_stride=True,
+                    feat_idx=[0, 1, 2, 3], regressor_config=Namespace(**rc),
+                    regr_batch=regr_batch, weights_dict=None, imagenet_init=False,
+                    grad_ckpt=grad_ckpt, freeze_feat=87, start_epoch=0, optim_config=optim)
+    key = repr(sorted(rc.items()))
+    if key not in _RULE_NETS:
+        base = Patch2Pix(cfg)
+        base.load_state_dict(rule_state_dict(base))
+        _RULE_NETS[key] = base
+    net = copy.deepcopy(_RULE_NETS[key]).to(device)
+    net.grad_ckpt, net.regr_batch = grad_ckpt, regr_batch
+    net.set_optimizer(cfg)
+    return net.train()
+
+
 def recorded_train_setup(refvec: dict) -> tuple[dict, dict, object, int]:
     """testvectors.md `train_step`: its regressor config (with its panc), one of its two
     identical pairs as a batch, its LossConfig and its ptmax."""

@@ -10,15 +10,13 @@ direction (issue 8)"); a short overfit run on a tiny batch lowers the loss as fp
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import recorded_train_setup, rule_state_dict
+from conftest import recorded_train_setup, rule_training_net
 
 from networks.patch2pix import Patch2Pix
 from utils.common.setup_helper import load_checkpoint_safe
@@ -29,26 +27,7 @@ from utils.train.losses import LossConfig
 from utils.train.trainer import train_step
 
 REPO = Path(__file__).resolve().parents[1]
-OPTIM = Namespace(opt="adam", lr_init=5e-4, weight_decay=0, lr_decay=None, optimizer_dict=None,
-                  lr_scheduler_dict=None)
 F_RECT = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]])
-_BASE: dict[str, Patch2Pix] = {}
-
-
-def training_net(rc: dict, lr: float = 5e-4) -> Patch2Pix:
-    """Model with the rule weights (testvectors.md), `rc` regressors and Adam, in train mode."""
-    cfg = Namespace(device="cpu", training=False, backbone="ResNet34", change_stride=True,
-                    feat_idx=[0, 1, 2, 3], regressor_config=Namespace(**rc), regr_batch=1200,
-                    weights_dict=None, imagenet_init=False, freeze_feat=87, start_epoch=0,
-                    optim_config=Namespace(**{**vars(OPTIM), "lr_init": lr}))
-    key = repr(sorted(rc.items()))
-    if key not in _BASE:
-        base = Patch2Pix(cfg)
-        base.load_state_dict(rule_state_dict(base))
-        _BASE[key] = base
-    net = copy.deepcopy(_BASE[key])
-    net.set_optimizer(cfg)
-    return net.train()
 
 
 def step(net: Patch2Pix, batch: dict, cfg: LossConfig, mode: str, ptmax: int):
@@ -60,7 +39,7 @@ def step(net: Patch2Pix, batch: dict, cfg: LossConfig, mode: str, ptmax: int):
 
 def test_bf16_close_to_fp32_on_the_recorded_batch(refvec):
     rc, batch, cfg, ptmax = recorded_train_setup(refvec)
-    nets = {m: training_net(rc) for m in ("off", "bf16")}
+    nets = {m: rule_training_net(rc) for m in ("off", "bf16")}
     t32, g32 = step(nets["off"], batch, cfg, "off", ptmax)
     t16, g16 = step(nets["bf16"], batch, cfg, "bf16", ptmax)
     torch.testing.assert_close(t32["loss"].reshape(1), refvec["train_step"]["loss_pair"],
@@ -107,7 +86,7 @@ def test_short_overfit_lowers_the_loss_like_fp32():
     cfg = LossConfig()
     curves = {}
     for mode in ("off", "bf16"):
-        net = training_net(rc, lr=1e-3)
+        net = rule_training_net(rc, lr=1e-3)
         curves[mode] = [float(step(net, batch, cfg, mode, ptmax=16)[0]["loss"])
                         for _ in range(10)]
     drops = {}

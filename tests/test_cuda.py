@@ -12,17 +12,15 @@ gets: ~1e-3 relative, far over these tolerances).
 
 from __future__ import annotations
 
-import copy
 import math
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, recorded_train_setup, rule_state_dict, write_scaled_pair
+from conftest import REPO, recorded_train_setup, rule_training_net, write_scaled_pair
 
 from networks.patch2pix import Patch2Pix
 from utils.common.setup_helper import load_checkpoint_safe
@@ -37,9 +35,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device (the CUDA subset runs on a GPU machine)")
 CUDA = torch.device("cuda")
 TERMS = ("cls_mid", "cls_fine", "epi_mid", "epi_fine", "loss")
-OPTIM = Namespace(opt="adam", lr_init=5e-4, weight_decay=0, lr_decay=None, optimizer_dict=None,
-                  lr_scheduler_dict=None)
-_BASE: dict[str, Patch2Pix] = {}
 
 
 @pytest.fixture
@@ -51,22 +46,9 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def recorded_net(rc: dict, device: torch.device, grad_ckpt: bool = False,
-                 regr_batch: int = 1200) -> Patch2Pix:
+def recorded_net(rc: dict, device: torch.device, grad_ckpt: bool = False) -> Patch2Pix:
     """The recorded model (testvectors.md weight rule) on `device` with Adam, in train mode."""
-    cfg = Namespace(training=False, backbone="ResNet34", change_stride=True,
-                    feat_idx=[0, 1, 2, 3], regressor_config=Namespace(**rc),
-                    regr_batch=regr_batch, weights_dict=None, imagenet_init=False,
-                    grad_ckpt=grad_ckpt, freeze_feat=87, start_epoch=0, optim_config=OPTIM)
-    key = repr(sorted(rc.items()))
-    if key not in _BASE:
-        base = Patch2Pix(cfg)
-        base.load_state_dict(rule_state_dict(base))
-        _BASE[key] = base
-    net = copy.deepcopy(_BASE[key]).to(device)
-    net.grad_ckpt, net.regr_batch = grad_ckpt, regr_batch
-    net.set_optimizer(cfg)
-    return net.train()
+    return rule_training_net(rc, device, grad_ckpt=grad_ckpt)
 
 
 def one_step(net: Patch2Pix, batch: dict, cfg: LossConfig, ptmax: int, mode: str = "off",

@@ -8,11 +8,8 @@ statistics (which a recomputed forward in train mode would otherwise update twic
 
 from __future__ import annotations
 
-import copy
-from argparse import Namespace
-
 import torch
-from conftest import rule_state_dict
+from conftest import rule_training_net
 
 from networks.patch2pix import Patch2Pix
 from utils.train.losses import LossConfig
@@ -20,30 +17,14 @@ from utils.train.trainer import train_step
 
 SMALL_RC = dict(conv_dims=[32, 32], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[32, 16],
                 feat_comb="pre", psize=[16, 16], pshift=8, panc=8, shared=False)
-OPTIM = Namespace(opt="adam", lr_init=5e-4, weight_decay=0, lr_decay=None, optimizer_dict=None,
-                  lr_scheduler_dict=None)
 # Rectified pair (x2ᵀ F x1 = y1 − y2) for the synthetic batch.
 F_RECT = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]])
 
 
-_BASE: dict[str, Patch2Pix] = {}
-
 
 def training_net(grad_ckpt: bool, regr_batch: int, rc: dict = SMALL_RC) -> Patch2Pix:
     """The recorded model (weights by the rule) with `rc` regressors and Adam, in train mode."""
-    cfg = Namespace(device="cpu", training=False, backbone="ResNet34", change_stride=True,
-                    feat_idx=[0, 1, 2, 3], regressor_config=Namespace(**rc),
-                    regr_batch=regr_batch, weights_dict=None, imagenet_init=False,
-                    grad_ckpt=grad_ckpt, freeze_feat=87, start_epoch=0, optim_config=OPTIM)
-    key = repr(sorted(rc.items()))
-    if key not in _BASE:  # building and filling the model is the slow part: once per config
-        base = Patch2Pix(cfg)
-        base.load_state_dict(rule_state_dict(base))
-        _BASE[key] = base
-    net = copy.deepcopy(_BASE[key])
-    net.grad_ckpt, net.regr_batch = grad_ckpt, regr_batch
-    net.set_optimizer(cfg)
-    return net.train()
+    return rule_training_net(rc, grad_ckpt=grad_ckpt, regr_batch=regr_batch)
 
 
 def recorded_loss_cfg(refvec: dict) -> LossConfig:
