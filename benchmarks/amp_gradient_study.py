@@ -138,8 +138,9 @@ PINNED = ("bf16", "emul-weights")
 POOL_PINNED = ("bf16-old", "emul-ops", "emul-weights")
 
 
-def layered_forward(self: FeatRegressNet, x: Tensor, lin: LinFn,
-                    pool_idx: Tensor | None = None) -> Tensor:
+def layered_forward(
+    self: FeatRegressNet, x: Tensor, lin: LinFn, pool_idx: Tensor | None = None
+) -> Tensor:
     """FeatRegressNet.forward ('pre' layout) with `lin` for every conv/linear but the last;
     `pool_idx` (N, C): the max-pool takes these spatial positions instead of its argmax."""
     assert self.feat_comb == "pre"
@@ -173,11 +174,13 @@ class Recorder:
             if keep_grads:
                 out.retain_grad()
             self.chunks[lvl].append((inputs[0].detach(), out))
+
         return hook
 
     def _pool_hook(self, lvl: str):
         def hook(_m, inputs, _out):
             self.argmax[lvl].append(inputs[0].detach().flatten(2).argmax(-1))
+
         return hook
 
     def remove(self) -> None:
@@ -193,19 +196,45 @@ def build(refvec: dict) -> tuple[Patch2Pix, dict, LossConfig]:
     ts = refvec["train_step"]
     a = ts["args"]
     rc = dict(refvec["model_eval"]["regressor_config"], panc=a["panc"])
-    optim = Namespace(opt="adam", lr_init=5e-4, weight_decay=0, lr_decay=None,
-                      optimizer_dict=None, lr_scheduler_dict=None)
-    cfg = Namespace(device="cpu", training=False, backbone="ResNet34", change_stride=True,
-                    feat_idx=[0, 1, 2, 3], regressor_config=Namespace(**rc), regr_batch=1200,
-                    weights_dict=None, imagenet_init=False, freeze_feat=87, start_epoch=0,
-                    optim_config=optim)
+    optim = Namespace(
+        opt="adam",
+        lr_init=5e-4,
+        weight_decay=0,
+        lr_decay=None,
+        optimizer_dict=None,
+        lr_scheduler_dict=None,
+    )
+    cfg = Namespace(
+        device="cpu",
+        training=False,
+        backbone="ResNet34",
+        change_stride=True,
+        feat_idx=[0, 1, 2, 3],
+        regressor_config=Namespace(**rc),
+        regr_batch=1200,
+        weights_dict=None,
+        imagenet_init=False,
+        freeze_feat=87,
+        start_epoch=0,
+        optim_config=optim,
+    )
     net = Patch2Pix(cfg)
     net.load_state_dict(rule_state_dict(net))
     net.train()
-    loss_cfg = LossConfig(cls_dthres=tuple(a["cls_dthres"]), epi_dthres=tuple(a["epi_dthres"]),
-                          weight_cls=a["weight_cls"], weight_epi=tuple(a["weight_epi"]))
-    batch = {"src_im": ts["src_im"][:1], "pos_im": ts["pos_im"][:1], "F": ts["F"][:1],
-             "ksize": a["ksize"], "ptmax": a["ptmax"], "loss_pair": ts["loss_pair"]}
+    loss_cfg = LossConfig(
+        cls_dthres=tuple(a["cls_dthres"]),
+        epi_dthres=tuple(a["epi_dthres"]),
+        weight_cls=a["weight_cls"],
+        weight_epi=tuple(a["weight_epi"]),
+    )
+    batch = {
+        "src_im": ts["src_im"][:1],
+        "pos_im": ts["pos_im"][:1],
+        "F": ts["F"][:1],
+        "ksize": a["ksize"],
+        "ptmax": a["ptmax"],
+        "loss_pair": ts["loss_pair"],
+    }
     return net, batch, loss_cfg
 
 
@@ -214,10 +243,10 @@ def coarse_stage(net: Patch2Pix, batch: dict) -> tuple:
     from networks.utils import filter_coarse
 
     with torch.no_grad():
-        corr4d, delta4d, f1, f2 = net.forward(batch["src_im"], batch["pos_im"], batch["ksize"],
-                                              return_feats=True)
-        coarse, scores = net.cal_coarse_matches(corr4d, delta4d, batch["ksize"], net.upsample,
-                                                True)
+        corr4d, delta4d, f1, f2 = net.forward(
+            batch["src_im"], batch["pos_im"], batch["ksize"], return_feats=True
+        )
+        coarse, scores = net.cal_coarse_matches(corr4d, delta4d, batch["ksize"], net.upsample, True)
         if net.panc > 1 and batch["ptmax"] > 0:
             coarse, _ = filter_coarse(coarse, scores, 0.0, mutual=True, ptmax=batch["ptmax"])
         coarse = net.shift_to_anchors(coarse)
@@ -225,12 +254,20 @@ def coarse_stage(net: Patch2Pix, batch: dict) -> tuple:
 
 
 def regressor_params(net: Patch2Pix) -> dict[str, nn.Parameter]:
-    return {k: p for k, p in net.named_parameters()
-            if k.startswith(("regress_mid.", "regress_fine."))}
+    return {
+        k: p for k, p in net.named_parameters() if k.startswith(("regress_mid.", "regress_fine."))
+    }
 
 
-def run_variant(net: Patch2Pix, name: str, feats, batch: dict, loss_cfg: LossConfig,
-                keep_grads: bool = False, pin: dict | None = None) -> dict:
+def run_variant(
+    net: Patch2Pix,
+    name: str,
+    feats,
+    batch: dict,
+    loss_cfg: LossConfig,
+    keep_grads: bool = False,
+    pin: dict | None = None,
+) -> dict:
     """Regressors + loss + backward with variant `name`; gradients, terms and decisions.
 
     `pin`: the ``calls`` of the float32 run; the fine patch positions (the matches given to
@@ -283,8 +320,9 @@ def run_variant(net: Patch2Pix, name: str, feats, batch: dict, loss_cfg: LossCon
     }
 
 
-def isolated_grads(net: Patch2Pix, name: str, ref: dict,
-                   pin_pool: bool = False) -> tuple[dict[str, Tensor], int]:
+def isolated_grads(
+    net: Patch2Pix, name: str, ref: dict, pin_pool: bool = False
+) -> tuple[dict[str, Tensor], int]:
     """Replay every chunk of the float32 run through variant `name` with the float32 run's
     upstream gradients: the regressor gradients summed over the chunks, and the number of
     max-pool argmaxes that differ from the float32 run's (`pin_pool`: the max-pool takes
@@ -297,11 +335,13 @@ def isolated_grads(net: Patch2Pix, name: str, ref: dict,
     for lvl, reg in (("mid", net.regress_mid), ("fine", net.regress_fine)):
         argmax: list[Tensor] = []
         hook = reg.pool.register_forward_hook(
-            lambda _m, i, _o, acc=argmax: acc.append(i[0].detach().flatten(2).argmax(-1)))
+            lambda _m, i, _o, acc=argmax: acc.append(i[0].detach().flatten(2).argmax(-1))
+        )
         try:
             sizes = [len(x) for x, _ in ref["chunks"][lvl]]
-            for (x, out), idx in zip(ref["chunks"][lvl], ref["argmax"][lvl].split(sizes),
-                                     strict=True):
+            for (x, out), idx in zip(
+                ref["chunks"][lvl], ref["argmax"][lvl].split(sizes), strict=True
+            ):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp_on):
                     if pin_pool:
                         assert lin is not None
@@ -317,8 +357,10 @@ def isolated_grads(net: Patch2Pix, name: str, ref: dict,
 
 
 def cosines(g: dict[str, Tensor], g32: dict[str, Tensor], live: list[str]) -> dict[str, float]:
-    return {k: float(nnf.cosine_similarity(g[k].flatten().double(),
-                                           g32[k].flatten().double(), dim=0)) for k in live}
+    return {
+        k: float(nnf.cosine_similarity(g[k].flatten().double(), g32[k].flatten().double(), dim=0))
+        for k in live
+    }
 
 
 def short(k: str) -> str:
@@ -326,10 +368,15 @@ def short(k: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "fp32"],
-                    choices=[v for v in VARIANTS if v != "fp32"])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=[v for v in VARIANTS if v != "fp32"],
+        choices=[v for v in VARIANTS if v != "fp32"],
+    )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -341,14 +388,18 @@ def main(argv: list[str] | None = None) -> None:
     net.load_state_dict(base)  # the coarse stage's BatchNorm running stats moved
     ref = run_variant(net, "fp32", feats, batch, loss_cfg, keep_grads=True)
     rel = abs(ref["terms"]["loss"] - float(batch["loss_pair"])) / float(batch["loss_pair"])
-    print(f"fp32 loss {ref['terms']['loss']:.6g} (recorded {float(batch['loss_pair']):.6g}, "
-          f"rel {rel:.1e}); rows mid {len(ref['mid_int'])}, "
-          f"chunks {len(ref['chunks']['mid'])}+{len(ref['chunks']['fine'])}")
+    print(
+        f"fp32 loss {ref['terms']['loss']:.6g} (recorded {float(batch['loss_pair']):.6g}, "
+        f"rel {rel:.1e}); rows mid {len(ref['mid_int'])}, "
+        f"chunks {len(ref['chunks']['mid'])}+{len(ref['chunks']['fine'])}"
+    )
     g32 = ref["grads"]
     live = [k for k, g in g32.items() if float(g.norm()) > LIVE_NORM]
     dead = [k for k in g32 if k not in live]
-    print(f"live tensors: {len(live)} of {len(g32)}; dead (norm <= {LIVE_NORM}): "
-          + ", ".join(f"{short(k)} {float(g32[k].norm()):.1e}" for k in dead))
+    print(
+        f"live tensors: {len(live)} of {len(g32)}; dead (norm <= {LIVE_NORM}): "
+        + ", ".join(f"{short(k)} {float(g32[k].norm()):.1e}" for k in dead)
+    )
     # replaying the float32 chunks in float32 must give the float32 gradients
     err = 0.0
     for pin_pool in (False, True):
@@ -359,8 +410,7 @@ def main(argv: list[str] | None = None) -> None:
     e2e: dict[str, dict[str, float]] = {}
     iso: dict[str, dict[str, float]] = {}
     rows = []
-    runs = [(v, False) for v in args.variants] + [(v, True) for v in PINNED
-                                                   if v in args.variants]
+    runs = [(v, False) for v in args.variants] + [(v, True) for v in PINNED if v in args.variants]
     n_pool = {lvl: ref["argmax"][lvl].numel() for lvl in ("mid", "fine")}
     for name, pinned in runs:
         col = name + ("+pin" if pinned else "")
@@ -371,40 +421,51 @@ def main(argv: list[str] | None = None) -> None:
         if not pinned:
             g_iso, iso_flips = isolated_grads(net, name, ref)
             iso[col] = cosines(g_iso, g32, live)
-        terms = max(abs(r["terms"][k] - ref["terms"][k]) / abs(ref["terms"][k])
-                    for k in ("cls_mid", "cls_fine", "epi_mid", "epi_fine", "loss"))
+        terms = max(
+            abs(r["terms"][k] - ref["terms"][k]) / abs(ref["terms"][k])
+            for k in ("cls_mid", "cls_fine", "epi_mid", "epi_fine", "loss")
+        )
         n = len(ref["mid_int"])
-        pos = ("pinned" if pinned else
-               f"{int((r['mid_int'] != ref['mid_int']).any(1).sum())} / {n}")
+        pos = "pinned" if pinned else f"{int((r['mid_int'] != ref['mid_int']).any(1).sum())} / {n}"
         thr = "pinned" if pinned else str(int((r["fine_gt"] != ref["fine_gt"]).sum()))
-        am = {lvl: int((r["argmax"][lvl] != ref["argmax"][lvl]).sum())
-              for lvl in ("mid", "fine")}
+        am = {lvl: int((r["argmax"][lvl] != ref["argmax"][lvl]).sum()) for lvl in ("mid", "fine")}
         rows.append((col, terms, pos, thr, am, iso_flips))
         if name in POOL_PINNED and not pinned:
             iso[name + "+poolpin"] = cosines(isolated_grads(net, name, ref, True)[0], g32, live)
 
-    print(f"\nflips against fp32 ({time.time() - t0:.0f} s so far; {int(ref['fine_gt'].sum())} "
-          f"fine positives of {len(ref['fine_gt'])} rows, {n_pool['mid']} max-pool outputs "
-          "per level)")
-    print("| variant | max rel. loss-term diff | fine patch positions moved | fine Sampson "
-          "memberships flipped | max-pool argmax flips mid / fine | isolated |")
+    print(
+        f"\nflips against fp32 ({time.time() - t0:.0f} s so far; {int(ref['fine_gt'].sum())} "
+        f"fine positives of {len(ref['fine_gt'])} rows, {n_pool['mid']} max-pool outputs "
+        "per level)"
+    )
+    print(
+        "| variant | max rel. loss-term diff | fine patch positions moved | fine Sampson "
+        "memberships flipped | max-pool argmax flips mid / fine | isolated |"
+    )
     print("|---|---|---|---|---|---|")
     for col, terms, pos, thr, am, iso_flips in rows:
-        print(f"| {col} | {terms:.2%} | {pos} | {thr} | {am['mid']} / {am['fine']} | "
-              f"{'—' if iso_flips is None else iso_flips} |")
-    for title, table in (("end to end", e2e), ("isolated (fp32 inputs and upstream "
-                                                 "gradients, chunk by chunk)", iso)):
+        print(
+            f"| {col} | {terms:.2%} | {pos} | {thr} | {am['mid']} / {am['fine']} | "
+            f"{'—' if iso_flips is None else iso_flips} |"
+        )
+    for title, table in (
+        ("end to end", e2e),
+        ("isolated (fp32 inputs and upstream gradients, chunk by chunk)", iso),
+    ):
         cols = list(table)
         print(f"\ncosine with the fp32 gradient, {title}")
         print("| tensor | norm fp32 | " + " | ".join(cols) + " |")
         print("|---|---|" + "---|" * len(cols))
         for k in live:
-            print(f"| {short(k)} | {float(g32[k].norm()):.2g} | "
-                  + " | ".join(f"{table[v][k]:.4f}" for v in cols) + " |")
-        print("| **min** | | " + " | ".join(f"**{min(table[v].values()):.4f}**"
-                                           for v in cols) + " |")
-    print(f"\n({time.time() - t0:.0f} s, torch {torch.__version__}, "
-          f"{args.threads} threads)")
+            print(
+                f"| {short(k)} | {float(g32[k].norm()):.2g} | "
+                + " | ".join(f"{table[v][k]:.4f}" for v in cols)
+                + " |"
+            )
+        print(
+            "| **min** | | " + " | ".join(f"**{min(table[v].values()):.4f}**" for v in cols) + " |"
+        )
+    print(f"\n({time.time() - t0:.0f} s, torch {torch.__version__}, {args.threads} threads)")
     assert math.isfinite(rel)
 
 

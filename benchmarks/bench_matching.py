@@ -62,11 +62,28 @@ def build_net(variant: str, device: str):
         conv4d_mod.conv4d = reference.conv4d_loop
         ncn_model.correlation_maxpool4d = reference.correlation_then_maxpool4d
     torch.manual_seed(0)
-    rc = Namespace(conv_dims=[512, 512], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[512, 256],
-                   feat_comb="pre", psize=[16, 16], pshift=8, panc=1, shared=False)
-    cfg = Namespace(training=False, device=device, backbone="ResNet34", change_stride=True,
-                    feat_idx=[0, 1, 2, 3], regressor_config=rc, regr_batch=1200,
-                    weights_dict=None, imagenet_init=False)
+    rc = Namespace(
+        conv_dims=[512, 512],
+        conv_kers=[3, 3],
+        conv_strs=[2, 1],
+        fc_dims=[512, 256],
+        feat_comb="pre",
+        psize=[16, 16],
+        pshift=8,
+        panc=1,
+        shared=False,
+    )
+    cfg = Namespace(
+        training=False,
+        device=device,
+        backbone="ResNet34",
+        change_stride=True,
+        feat_idx=[0, 1, 2, 3],
+        regressor_config=rc,
+        regr_batch=1200,
+        weights_dict=None,
+        imagenet_init=False,
+    )
     return p2p.Patch2Pix(cfg).eval()
 
 
@@ -102,8 +119,11 @@ def worker(args: argparse.Namespace) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats(args.device)
     t_match, (matches, scores, coarse) = timed(
-        lambda: estimate_matches(net, args.im1, args.im2, ksize=2, io_thres=0.0,
-                                 imsize=args.imsize), args.repeats)
+        lambda: estimate_matches(
+            net, args.im1, args.im2, ksize=2, io_thres=0.0, imsize=args.imsize
+        ),
+        args.repeats,
+    )
     im1, _ = load_im_flexible(args.im1, 2, net.upsample, imsize=args.imsize)
     im2, _ = load_im_flexible(args.im2, 2, net.upsample, imsize=args.imsize)
     im1, im2 = im1.unsqueeze(0).to(args.device), im2.unsqueeze(0).to(args.device)
@@ -125,20 +145,35 @@ def worker(args: argparse.Namespace) -> None:
         net.ncn(mutual_matching(pooled))
         sync()
         parts["ncn"] = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated(args.device) / 2**30 if cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    peak = (
+        torch.cuda.max_memory_allocated(args.device) / 2**30
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
     np.savez(args.save, matches=matches, scores=scores, coarse=coarse)
-    print(json.dumps({
-        "device": args.device, "variant": args.variant, "imsize": args.imsize,
-        "sizes": [list(im1.shape[-2:]), list(im2.shape[-2:])],
-        "estimate_matches_s": t_match, "coarse_s": t_coarse, "parts_s": parts,
-        "peak_gib": peak, "n_matches": int(len(matches)), "kernels": kernels_in_use(),
-    }))
+    print(
+        json.dumps(
+            {
+                "device": args.device,
+                "variant": args.variant,
+                "imsize": args.imsize,
+                "sizes": [list(im1.shape[-2:]), list(im2.shape[-2:])],
+                "estimate_matches_s": t_match,
+                "coarse_s": t_coarse,
+                "parts_s": parts,
+                "peak_gib": peak,
+                "n_matches": int(len(matches)),
+                "kernels": kernels_in_use(),
+            }
+        )
+    )
 
 
 # The 4D convolution and correlation pool each variant must run (checked by the parent).
-KERNELS = {"fast": {"conv4d": "conv4d", "corr_pool": "correlation_maxpool4d"},
-           "naive": {"conv4d": "conv4d_loop", "corr_pool": "correlation_then_maxpool4d"}}
+KERNELS = {
+    "fast": {"conv4d": "conv4d", "corr_pool": "correlation_maxpool4d"},
+    "naive": {"conv4d": "conv4d_loop", "corr_pool": "correlation_then_maxpool4d"},
+}
 
 
 def kernels_in_use() -> dict[str, str]:
@@ -146,23 +181,47 @@ def kernels_in_use() -> dict[str, str]:
     import networks.ncn.conv4d as conv4d_mod
     import networks.ncn.model as ncn_model
 
-    return {"conv4d": conv4d_mod.conv4d.__name__,
-            "corr_pool": ncn_model.correlation_maxpool4d.__name__}
+    return {
+        "conv4d": conv4d_mod.conv4d.__name__,
+        "corr_pool": ncn_model.correlation_maxpool4d.__name__,
+    }
 
 
 def run_case(device, variant, imsize, ims, threads, repeats, tmp, tf32="default") -> dict:
     save = Path(tmp) / f"{device.replace(':', '')}_{variant}_{imsize}.npz"
-    cmd = [sys.executable, "-m", "benchmarks.bench_matching", "--worker", "--device", device,
-           "--variant", variant, "--imsize", str(imsize), "--im1", str(ims[0]),
-           "--im2", str(ims[1]), "--threads", str(threads), "--repeats", str(repeats),
-           "--save", str(save), "--tf32", tf32]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_matching",
+        "--worker",
+        "--device",
+        device,
+        "--variant",
+        variant,
+        "--imsize",
+        str(imsize),
+        "--im1",
+        str(ims[0]),
+        "--im2",
+        str(ims[1]),
+        "--threads",
+        str(threads),
+        "--repeats",
+        str(repeats),
+        "--save",
+        str(save),
+        "--tf32",
+        tf32,
+    ]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"benchmark case {device}/{variant}/{imsize} failed:\n{out.stderr}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
     if res["kernels"] != KERNELS[variant]:  # the swap in build_net did not take effect
-        raise RuntimeError(f"benchmark case {device}/{variant}/{imsize} ran {res['kernels']}, "
-                           f"expected {KERNELS[variant]}")
+        raise RuntimeError(
+            f"benchmark case {device}/{variant}/{imsize} ran {res['kernels']}, "
+            f"expected {KERNELS[variant]}"
+        )
     res["save"] = str(save)
     return res
 
@@ -181,8 +240,12 @@ def main() -> None:
     ap.add_argument("--imsizes", type=int, nargs="+", default=[512, 1024])
     ap.add_argument("--devices", nargs="+", default=None, help="default: cpu [+ cuda]")
     ap.add_argument("--out", default=None, help="append a Markdown report to this file")
-    ap.add_argument("--tf32", choices=["default", "off"], default="default",
-                    help="CUDA: 'off' turns TF32 off in cuDNN convolutions and matrix products")
+    ap.add_argument(
+        "--tf32",
+        choices=["default", "off"],
+        default="default",
+        help="CUDA: 'off' turns TF32 off in cuDNN convolutions and matrix products",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for flag in ("--device", "--variant", "--im1", "--im2", "--save"):
         ap.add_argument(flag, help=argparse.SUPPRESS)
@@ -200,18 +263,22 @@ def main() -> None:
         ims = make_images(Path(tmp))
         for device in devices:
             for imsize in args.imsizes:
-                res = {v: run_case(device, v, imsize, ims, args.threads, args.repeats, tmp,
-                                   args.tf32)
-                       for v in ("fast", "naive")}
+                res = {
+                    v: run_case(device, v, imsize, ims, args.threads, args.repeats, tmp, args.tf32)
+                    for v in ("fast", "naive")
+                }
                 same = identical(res["fast"]["save"], res["naive"]["save"])
                 rows.append((device, imsize, res, same))
                 f, n = res["fast"], res["naive"]
-                print(f"{device} imsize {imsize}: estimate_matches"
-                      f" fast {f['estimate_matches_s']:.2f}s"
-                      f" naive {n['estimate_matches_s']:.2f}s | coarse fast {f['coarse_s']:.2f}s"
-                      f" naive {n['coarse_s']:.2f}s ({n['coarse_s'] / f['coarse_s']:.1f}x)"
-                      f" | peak fast {f['peak_gib']:.2f} naive {n['peak_gib']:.2f} GiB"
-                      f" | identical matches: {same}", flush=True)
+                print(
+                    f"{device} imsize {imsize}: estimate_matches"
+                    f" fast {f['estimate_matches_s']:.2f}s"
+                    f" naive {n['estimate_matches_s']:.2f}s | coarse fast {f['coarse_s']:.2f}s"
+                    f" naive {n['coarse_s']:.2f}s ({n['coarse_s'] / f['coarse_s']:.1f}x)"
+                    f" | peak fast {f['peak_gib']:.2f} naive {n['peak_gib']:.2f} GiB"
+                    f" | identical matches: {same}",
+                    flush=True,
+                )
     report = render(rows, args, devices)
     print(report)
     if args.out:
@@ -248,7 +315,8 @@ def render(rows, args, devices) -> str:
             lines.append(
                 f"| {device} | {imsize} | {v} | {r['estimate_matches_s']:.2f} | "
                 f"{r['coarse_s']:.2f} | {p['backbone']:.2f} | {p['corr_pool']:.2f} | "
-                f"{p['ncn']:.2f} | {r['peak_gib']:.2f} | {r['n_matches']} |")
+                f"{p['ncn']:.2f} | {r['peak_gib']:.2f} | {r['n_matches']} |"
+            )
         f, n = res["fast"], res["naive"]
         lines.append(
             f"| {device} | {imsize} | **naive / fast** | "
@@ -256,7 +324,8 @@ def render(rows, args, devices) -> str:
             f"**{n['coarse_s'] / f['coarse_s']:.1f}×** | | "
             f"{n['parts_s']['corr_pool'] / max(f['parts_s']['corr_pool'], 1e-9):.1f}× | "
             f"{n['parts_s']['ncn'] / max(f['parts_s']['ncn'], 1e-9):.1f}× | | "
-            f"identical: {'yes' if same else 'NO'} |")
+            f"identical: {'yes' if same else 'NO'} |"
+        )
     return "\n".join(lines) + "\n"
 
 

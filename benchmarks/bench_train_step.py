@@ -57,7 +57,8 @@ class Variant:
             v = cls(int(b), amp, bool(int(ck)))
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"--variants: expected BATCH,AMP,CKPT (e.g. 4,bf16,1), got {text!r}") from None
+                f"--variants: expected BATCH,AMP,CKPT (e.g. 4,bf16,1), got {text!r}"
+            ) from None
         if v.batch < 1 or v.amp not in ("off", "bf16", "fp16"):
             raise argparse.ArgumentTypeError(f"--variants: bad variant {text!r}")
         return v
@@ -72,28 +73,48 @@ class Variant:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="benchmarks.bench_train_step",
-                                 description=__doc__.split("\n")[0])
-    ap.add_argument("--variants", nargs="+", type=Variant.parse,
-                    default=[Variant.parse(v) for v in DEFAULT_VARIANTS],
-                    help="BATCH,AMP,CKPT triples (AMP off|bf16|fp16, CKPT 0|1)")
+    ap = argparse.ArgumentParser(
+        prog="benchmarks.bench_train_step", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        type=Variant.parse,
+        default=[Variant.parse(v) for v in DEFAULT_VARIANTS],
+        help="BATCH,AMP,CKPT triples (AMP off|bf16|fp16, CKPT 0|1)",
+    )
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
     ap.add_argument("--steps", type=int, default=1, help="timed steps per variant")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
-    ap.add_argument("--warmup_max_batch", type=int, default=0,
-                    help="variants with a larger batch skip the warm-up (0: none skips it)")
+    ap.add_argument(
+        "--warmup_max_batch",
+        type=int,
+        default=0,
+        help="variants with a larger batch skip the warm-up (0: none skips it)",
+    )
     ap.add_argument("--ptmax", type=int, default=400, help="coarse matches per pair")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
-    ap.add_argument("--tf32", choices=["default", "off"], default="default",
-                    help="CUDA: 'off' turns TF32 off in cuDNN convolutions and matrix products "
-                         "(default: PyTorch's, i.e. what training gets: TF32 convolutions)")
-    ap.add_argument("--cudnn_deterministic", action="store_true",
-                    help="cudnn.deterministic=True as train_patch2pix sets it (seed_all); "
-                         "off by default, as in the recorded runs")
-    ap.add_argument("--profile", default=None, metavar="DIR",
-                    help="after the timed steps, profile one more step of each variant and "
-                         "write its operator table to DIR/profile_<variant>.txt")
+    ap.add_argument(
+        "--tf32",
+        choices=["default", "off"],
+        default="default",
+        help="CUDA: 'off' turns TF32 off in cuDNN convolutions and matrix products "
+        "(default: PyTorch's, i.e. what training gets: TF32 convolutions)",
+    )
+    ap.add_argument(
+        "--cudnn_deterministic",
+        action="store_true",
+        help="cudnn.deterministic=True as train_patch2pix sets it (seed_all); "
+        "off by default, as in the recorded runs",
+    )
+    ap.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="after the timed steps, profile one more step of each variant and "
+        "write its operator table to DIR/profile_<variant>.txt",
+    )
     ap.add_argument("--child", type=Variant.parse, default=None, help=argparse.SUPPRESS)
     return ap
 
@@ -113,22 +134,50 @@ def run_variant(v: Variant, args: Namespace) -> dict:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     if args.cudnn_deterministic:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    rc = Namespace(conv_dims=[512, 512], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[512, 256],
-                   feat_comb="pre", psize=[16, 16], pshift=8, panc=8, shared=False)
-    oc = Namespace(opt="adam", lr_init=5e-4, weight_decay=0, lr_decay=None,
-                   optimizer_dict=None, lr_scheduler_dict=None)
-    net = Patch2Pix(Namespace(
-        training=True, device=dev, backbone="ResNet34", change_stride=True,
-        feat_idx=[0, 1, 2, 3], regressor_config=rc, regr_batch=1200, weights_dict=None,
-        imagenet_init=False, freeze_feat=87, start_epoch=0, optim_config=oc,
-        grad_ckpt=v.ckpt)).train()
+    rc = Namespace(
+        conv_dims=[512, 512],
+        conv_kers=[3, 3],
+        conv_strs=[2, 1],
+        fc_dims=[512, 256],
+        feat_comb="pre",
+        psize=[16, 16],
+        pshift=8,
+        panc=8,
+        shared=False,
+    )
+    oc = Namespace(
+        opt="adam",
+        lr_init=5e-4,
+        weight_decay=0,
+        lr_decay=None,
+        optimizer_dict=None,
+        lr_scheduler_dict=None,
+    )
+    net = Patch2Pix(
+        Namespace(
+            training=True,
+            device=dev,
+            backbone="ResNet34",
+            change_stride=True,
+            feat_idx=[0, 1, 2, 3],
+            regressor_config=rc,
+            regr_batch=1200,
+            weights_dict=None,
+            imagenet_init=False,
+            freeze_feat=87,
+            start_epoch=0,
+            optim_config=oc,
+            grad_ckpt=v.ckpt,
+        )
+    ).train()
     amp = MixedPrecision.create(v.amp, dev)
     batch = {
         "src_im": torch.randn(v.batch, 3, 320, 480, device=dev),
         "pos_im": torch.randn(v.batch, 3, 320, 480, device=dev),
         # a plausible F at training resolution: a sideways camera translation
-        "F": torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
-                          device=dev).expand(v.batch, 3, 3),
+        "F": torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]], device=dev).expand(
+            v.batch, 3, 3
+        ),
     }
     cfg = LossConfig(cls_dthres=(1e9, 1e9), epi_dthres=(1e9, 1e9))  # every row counts
     cuda = dev.type == "cuda"
@@ -145,19 +194,34 @@ def run_variant(v: Variant, args: Namespace) -> dict:
         rows = sum(int(d.cdist.shape[0]) for d in out.dists) // v.batch
         if i >= args.warmup:
             times.append(dt)
-    peak = (torch.cuda.max_memory_allocated(dev) / 2**30 if cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    peak = (
+        torch.cuda.max_memory_allocated(dev) / 2**30
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
     if args.profile:
-        profile_step(lambda: train_step(net, batch, cfg, ksize=2, ptmax=args.ptmax, amp=amp),
-                     Path(args.profile) / f"profile_{v.batch}_{v.amp}_{int(v.ckpt)}.txt", dev)
+        profile_step(
+            lambda: train_step(net, batch, cfg, ksize=2, ptmax=args.ptmax, amp=amp),
+            Path(args.profile) / f"profile_{v.batch}_{v.amp}_{int(v.ckpt)}.txt",
+            dev,
+        )
     return {
-        "variant": str(v), "label": v.label, "batch": v.batch, "amp": v.amp,
-        "grad_ckpt": v.ckpt, "device": str(dev), "threads": args.threads, "tf32": args.tf32,
-        "rows_per_regressor": rows * v.batch, "rows_per_image": rows,
-        "step_s": statistics.median(times), "steps": len(times), "warmup": args.warmup,
-        "peak_gib": round(peak, 2), "rss_after_build_gib": round(rss_before, 2),
-        "reserved_gib": (round(torch.cuda.max_memory_reserved(dev) / 2**30, 2) if cuda
-                         else None),
+        "variant": str(v),
+        "label": v.label,
+        "batch": v.batch,
+        "amp": v.amp,
+        "grad_ckpt": v.ckpt,
+        "device": str(dev),
+        "threads": args.threads,
+        "tf32": args.tf32,
+        "rows_per_regressor": rows * v.batch,
+        "rows_per_image": rows,
+        "step_s": statistics.median(times),
+        "steps": len(times),
+        "warmup": args.warmup,
+        "peak_gib": round(peak, 2),
+        "rss_after_build_gib": round(rss_before, 2),
+        "reserved_gib": (round(torch.cuda.max_memory_reserved(dev) / 2**30, 2) if cuda else None),
         "loss": float(out.loss.detach()),
     }
 
@@ -181,9 +245,25 @@ def profile_step(step, path: Path, dev: torch.device) -> None:
 def run_child(v: Variant, args: Namespace) -> dict:
     """Run `v` in a fresh process; returns its row (or the reason it failed)."""
     warmup = 0 if 0 < args.warmup_max_batch < v.batch else args.warmup
-    cmd = [sys.executable, "-m", "benchmarks.bench_train_step", "--child", str(v),
-           "--device", args.device, "--threads", str(args.threads), "--steps", str(args.steps),
-           "--warmup", str(warmup), "--ptmax", str(args.ptmax), "--tf32", args.tf32]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_train_step",
+        "--child",
+        str(v),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(warmup),
+        "--ptmax",
+        str(args.ptmax),
+        "--tf32",
+        args.tf32,
+    ]
     if args.cudnn_deterministic:
         cmd.append("--cudnn_deterministic")
     if args.profile:
@@ -195,19 +275,26 @@ def run_child(v: Variant, args: Namespace) -> dict:
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        return {"variant": str(v), "label": v.label, "batch": v.batch, "error": tail,
-                "returncode": proc.returncode}
+        return {
+            "variant": str(v),
+            "label": v.label,
+            "batch": v.batch,
+            "error": tail,
+            "returncode": proc.returncode,
+        }
     row = json.loads(lines[-1])
-    row.update(wall_s=round(wall, 1), load_before=round(load0, 2),
-               load_after=round(os.getloadavg()[0], 2))
+    row.update(
+        wall_s=round(wall, 1), load_before=round(load0, 2), load_after=round(os.getloadavg()[0], 2)
+    )
     return row
 
 
 def add_ratios(rows: list[dict]) -> None:
     """time_ratio / peak_ratio against the fp32, no-checkpoint row of the same batch, else
     (per image pair) against the batch-1 baseline; > 1 means slower / more memory."""
-    base = {r["batch"]: r for r in rows if "error" not in r and r["amp"] == "off"
-            and not r["grad_ckpt"]}
+    base = {
+        r["batch"]: r for r in rows if "error" not in r and r["amp"] == "off" and not r["grad_ckpt"]
+    }
     for r in rows:
         if "error" in r:
             continue
@@ -225,8 +312,11 @@ def add_ratios(rows: list[dict]) -> None:
 
 def markdown(rows: list[dict]) -> str:
     """The result table (RESULTS.md layout)."""
-    out = ["| variant | rows per regressor | step s | peak GiB | time vs baseline | "
-           "peak vs baseline |", "|---|---|---|---|---|---|"]
+    out = [
+        "| variant | rows per regressor | step s | peak GiB | time vs baseline | "
+        "peak vs baseline |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             out.append(f"| {r['label']} | | failed: {r['error'][:60]} | | | |")
@@ -235,8 +325,10 @@ def markdown(rows: list[dict]) -> str:
         if r.get("per_pair"):
             tr += " per pair"
         pr = f"{r['peak_ratio']:.2f}×" if "peak_ratio" in r else ""
-        out.append(f"| {r['label']} | {r['rows_per_regressor']} | {r['step_s']:.3g} | "
-                   f"{r['peak_gib']:.2f} | {tr} | {pr} |")
+        out.append(
+            f"| {r['label']} | {r['rows_per_regressor']} | {r['step_s']:.3g} | "
+            f"{r['peak_gib']:.2f} | {tr} | {pr} |"
+        )
     return "\n".join(out)
 
 
@@ -246,9 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_variant(args.child, args)), flush=True)
         return 0
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else ""
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} {platform.machine()}, "
-          f"torch {torch.__version__}, device {args.device} {name}, {args.threads} threads, "
-          f"{os.cpu_count()} cores, tf32 {args.tf32}", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} {platform.machine()}, "
+        f"torch {torch.__version__}, device {args.device} {name}, {args.threads} threads, "
+        f"{os.cpu_count()} cores, tf32 {args.tf32}",
+        flush=True,
+    )
     rows = []
     for v in args.variants:
         row = run_child(v, args)

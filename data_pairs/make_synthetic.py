@@ -39,8 +39,14 @@ from data_pairs.synthetic.megadepth_writer import SFM_LAYOUTS, make_megadepth_sc
 from data_pairs.synthetic.synthesize import SceneSpec
 from utils.common.cli import UsageError, make_parser, run_command
 
-__all__ = ["generate", "build_parser", "parse_args", "main", "make_megadepth_scene",
-           "make_val_scene"]
+__all__ = [
+    "generate",
+    "build_parser",
+    "parse_args",
+    "main",
+    "make_megadepth_scene",
+    "make_val_scene",
+]
 
 MODULE = "data_pairs.make_synthetic"
 _DEFAULT = SceneSpec()
@@ -48,8 +54,14 @@ _DEFAULT = SceneSpec()
 # Flags that were spelled with hyphens before every command used underscores: the old
 # spellings are still accepted (not shown by --help), so old scripts keep working.
 _FLAGS_WITH_UNDERSCORES = (
-    "--images_per_scene", "--val_scenes", "--val_images", "--portrait_every",
-    "--none_entries", "--first_scene_id", "--sfm_layout", "--no_ov_pairs",
+    "--images_per_scene",
+    "--val_scenes",
+    "--val_images",
+    "--portrait_every",
+    "--none_entries",
+    "--first_scene_id",
+    "--sfm_layout",
+    "--no_ov_pairs",
 )
 _HYPHEN_ALIASES = {f.replace("_", "-"): f for f in _FLAGS_WITH_UNDERSCORES}
 
@@ -68,15 +80,22 @@ def generate(
 ) -> dict[str, list[str]]:
     """Generate all scenes of `args` (see :func:`parse_args`); returns the scene names."""
     out = Path(args.out)
-    spec = SceneSpec(seed=args.seed, n_images=args.images_per_scene, width=args.width,
-                     height=args.height, n_points=args.points, supersample=args.supersample,
-                     portrait_every=args.portrait_every)
+    spec = SceneSpec(
+        seed=args.seed,
+        n_images=args.images_per_scene,
+        width=args.width,
+        height=args.height,
+        n_points=args.points,
+        supersample=args.supersample,
+        portrait_every=args.portrait_every,
+    )
     train_names, val_names = [], []
     for k in range(args.scenes):
         name = f"{args.first_scene_id + k:04d}"
         t0 = time.time()
-        make_megadepth_scene(out, name, k, spec, none_entries=args.none_entries,
-                             sfm_layout=args.sfm_layout)
+        make_megadepth_scene(
+            out, name, k, spec, none_entries=args.none_entries, sfm_layout=args.sfm_layout
+        )
         train_names.append(name)
         log(f"MegaDepth-like scene {name}: {spec.n_images} images ({time.time() - t0:.1f} s)")
     val_spec = replace(spec, n_images=args.val_images)
@@ -103,28 +122,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="data", help="data root to write into")
     p.add_argument("--scenes", type=int, default=2, help="MegaDepth-like training scenes")
-    p.add_argument("--images_per_scene", type=int, default=_DEFAULT.n_images,
-                   help="images per training scene")
+    p.add_argument(
+        "--images_per_scene", type=int, default=_DEFAULT.n_images, help="images per training scene"
+    )
     p.add_argument("--val_scenes", type=int, default=1, help="PhotoTourism-like val scenes")
-    p.add_argument("--val_images", type=int, default=None,
-                   help="images per validation scene (None: as many as --images_per_scene)")
+    p.add_argument(
+        "--val_images",
+        type=int,
+        default=None,
+        help="images per validation scene (None: as many as --images_per_scene)",
+    )
     p.add_argument("--width", type=int, default=_DEFAULT.width, help="landscape image width")
     p.add_argument("--height", type=int, default=_DEFAULT.height, help="landscape image height")
-    p.add_argument("--points", type=int, default=_DEFAULT.n_points,
-                   help="3D points sampled per scene")
-    p.add_argument("--supersample", type=int, default=_DEFAULT.supersample,
-                   help="rays per pixel along each axis (anti-aliasing)")
-    p.add_argument("--portrait_every", type=int, default=_DEFAULT.portrait_every,
-                   help="every N-th image is portrait (0: none)")
-    p.add_argument("--none_entries", type=int, default=1,
-                   help="None slots per scene_info file, as real files have")
-    p.add_argument("--first_scene_id", type=int, default=9000,
-                   help="numeric name of the first training scene (9000: above every real "
-                   "MegaDepth scene id, so synthetic scenes never shadow real ones)")
-    p.add_argument("--sfm_layout", choices=SFM_LAYOUTS, default="link",
-                   help="how Undistorted_SfM/<scene> reaches <scene>/images")
-    p.add_argument("--no_ov_pairs", action="store_true",
-                   help="do not write the validation scenes' sparse/ov_pairs.npy")
+    p.add_argument(
+        "--points", type=int, default=_DEFAULT.n_points, help="3D points sampled per scene"
+    )
+    p.add_argument(
+        "--supersample",
+        type=int,
+        default=_DEFAULT.supersample,
+        help="rays per pixel along each axis (anti-aliasing)",
+    )
+    p.add_argument(
+        "--portrait_every",
+        type=int,
+        default=_DEFAULT.portrait_every,
+        help="every N-th image is portrait (0: none)",
+    )
+    p.add_argument(
+        "--none_entries",
+        type=int,
+        default=1,
+        help="None slots per scene_info file, as real files have",
+    )
+    p.add_argument(
+        "--first_scene_id",
+        type=int,
+        default=9000,
+        help="numeric name of the first training scene (9000: above every real "
+        "MegaDepth scene id, so synthetic scenes never shadow real ones)",
+    )
+    p.add_argument(
+        "--sfm_layout",
+        choices=SFM_LAYOUTS,
+        default="link",
+        help="how Undistorted_SfM/<scene> reaches <scene>/images",
+    )
+    p.add_argument(
+        "--no_ov_pairs",
+        action="store_true",
+        help="do not write the validation scenes' sparse/ov_pairs.npy",
+    )
     p.add_argument("--seed", type=int, default=_DEFAULT.seed, help="random seed of all scenes")
     return p
 
@@ -155,8 +203,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         names = generate(args)
     except OSError as e:  # unwritable --out, disk full, ...
         raise UsageError(f"--out {args.out}: cannot write the data: {e}") from None
-    print(f"wrote {len(names['train'])} training and {len(names['val'])} validation scenes "
-          f"under {args.out} in {time.time() - t0:.1f} s")
+    print(
+        f"wrote {len(names['train'])} training and {len(names['val'])} validation scenes "
+        f"under {args.out} in {time.time() - t0:.1f} s"
+    )
     return 0
 
 

@@ -59,9 +59,7 @@ def image_size_from_K(K: np.ndarray) -> tuple[int, int]:
     return int(round(2 * K[0, 2])), int(round(2 * K[1, 2]))
 
 
-def pair_sampson_error(
-    pts1_by_id: dict, pts2_by_id: dict, F: np.ndarray
-) -> tuple[float, int]:
+def pair_sampson_error(pts1_by_id: dict, pts2_by_id: dict, F: np.ndarray) -> tuple[float, int]:
     """Mean Sampson distance (px²) of the shared 3D points' observations, and their count.
 
     Args:
@@ -161,8 +159,17 @@ def scene_pairs(
         if c1 is None or c2 is None:
             counts["size"] += 1
             continue
-        pair = make_pair(name_of(paths[a]), name_of(paths[b]), overlap[a, b],
-                         Ks[a], Ks[b], poses[a], poses[b], c1, c2)
+        pair = make_pair(
+            name_of(paths[a]),
+            name_of(paths[b]),
+            overlap[a, b],
+            Ks[a],
+            Ks[b],
+            poses[a],
+            poses[b],
+            c1,
+            c2,
+        )
         F = pose2fund(pair.K1, pair.K2, pair.R, pair.t)
         err, _ = pair_sampson_error(pts2d[a] or {}, pts2d[b] or {}, F)
         if not err <= sampson_thres:

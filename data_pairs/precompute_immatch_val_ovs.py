@@ -162,8 +162,11 @@ PROG = "data_pairs.precompute_immatch_val_ovs"
 
 def _main(argv: list[str] | None = None) -> int:
     p = make_parser(PROG, "Write dense/sparse/ov_pairs.npy for every validation scene.")
-    p.add_argument("--data_root", default="data/immatch_benchmark/val_dense",
-                   help="folder holding <scene>/dense/{images,sparse}")
+    p.add_argument(
+        "--data_root",
+        default="data/immatch_benchmark/val_dense",
+        help="folder holding <scene>/dense/{images,sparse}",
+    )
     p.add_argument("--scenes", nargs="*", default=None, help="only these scenes")
     p.add_argument("--overlaps", type=float, nargs="+", default=list(OVERLAPS))
     p.add_argument("--overwrite", action="store_true", help="recompute existing files")

@@ -112,8 +112,9 @@ def directed_overlaps(point_sets: Sequence[np.ndarray]) -> np.ndarray:
     return ov
 
 
-def check_pinhole(cameras: dict[int, Camera], images: dict[int, Image], model_dir: Path,
-                  image_dir: Path) -> dict[int, np.ndarray]:
+def check_pinhole(
+    cameras: dict[int, Camera], images: dict[int, Image], model_dir: Path, image_dir: Path
+) -> dict[int, np.ndarray]:
     """K of every camera of the registered images; refuses cameras that distort.
 
     Returns:
@@ -158,12 +159,14 @@ def scene_table(model_dir: str | Path, image_dir: str | Path) -> dict:
     except (OSError, ValueError) as err:  # FileNotFoundError is an OSError
         raise UsageError(f"--model {model_dir}: {err}") from None
     if len(images) < 2:
-        raise UsageError(f"--model {model_dir}: {len(images)} registered images; a scene needs "
-                         "at least 2")
+        raise UsageError(
+            f"--model {model_dir}: {len(images)} registered images; a scene needs at least 2"
+        )
     Ks = check_pinhole(cameras, images, model_dir, image_dir)
     ids = sorted(images)
-    table: dict[str, list] = {k: [] for k in ("image_paths", "intrinsics", "poses",
-                                              "points3D_id_to_2D", "image_sizes")}
+    table: dict[str, list] = {
+        k: [] for k in ("image_paths", "intrinsics", "poses", "points3D_id_to_2D", "image_sizes")
+    }
     for iid in ids:
         im = images[iid]
         cam = cameras[im.camera_id]
@@ -172,15 +175,17 @@ def scene_table(model_dir: str | Path, image_dir: str | Path) -> dict:
             with PILImage.open(path) as f:
                 size = f.size
         except FileNotFoundError:
-            raise UsageError(f"--images {image_dir}: image {im.name} of the model "
-                             f"{model_dir} not found ({path})") from None
+            raise UsageError(
+                f"--images {image_dir}: image {im.name} of the model {model_dir} not found ({path})"
+            ) from None
         except OSError as err:
             raise UsageError(f"--images {image_dir}: cannot read {path}: {err}") from None
         if size != (cam.width, cam.height):
             raise UsageError(
                 f"--images {image_dir}: {im.name} is {size[0]}x{size[1]} but its camera in "
                 f"{model_dir} is {cam.width}x{cam.height}; give the images that "
-                "colmap image_undistorter wrote with this model")
+                "colmap image_undistorter wrote with this model"
+            )
         R, t = image_pose(im)
         pose = np.eye(4)
         pose[:3, :3], pose[:3, 3] = R, t
@@ -189,8 +194,11 @@ def scene_table(model_dir: str | Path, image_dir: str | Path) -> dict:
         table["intrinsics"].append(Ks[im.camera_id])
         table["poses"].append(pose)
         table["points3D_id_to_2D"].append(
-            {int(p): np.asarray(xy, dtype=np.float64)
-             for p, xy in zip(np.asarray(im.point3D_ids)[obs], np.asarray(im.xys)[obs])})
+            {
+                int(p): np.asarray(xy, dtype=np.float64)
+                for p, xy in zip(np.asarray(im.point3D_ids)[obs], np.asarray(im.xys)[obs])
+            }
+        )
         table["image_sizes"].append((int(cam.width), int(cam.height)))
     table["overlap_matrix"] = directed_overlaps([images[i].point3D_ids for i in ids])
     return table
@@ -223,8 +231,10 @@ def read_scenes_file(path: str | Path) -> list[SceneInput]:
         if not fields:
             continue
         if len(fields) != 3:
-            raise UsageError(f"--scenes_file {path}, line {no}: expected 'NAME MODEL_DIR "
-                             f"IMAGE_DIR', got {line.strip()!r}")
+            raise UsageError(
+                f"--scenes_file {path}, line {no}: expected 'NAME MODEL_DIR "
+                f"IMAGE_DIR', got {line.strip()!r}"
+            )
         name, model, images = fields
         scenes.append(SceneInput(name, path.parent / model, path.parent / images))
     if not scenes:
@@ -236,25 +246,32 @@ def _scenes_from_args(args: argparse.Namespace) -> list[SceneInput]:
     models, image_dirs, names = args.model or [], args.images or [], args.scene or []
     if args.scenes_file:
         if models or image_dirs or names:
-            raise UsageError("--scenes_file replaces --model/--images/--scene: give one or "
-                             "the other")
+            raise UsageError(
+                "--scenes_file replaces --model/--images/--scene: give one or the other"
+            )
         scenes = read_scenes_file(args.scenes_file)
     else:
         if not models:
             raise UsageError("--model is required (or --scenes_file)")
         if len(image_dirs) != len(models):
-            raise UsageError(f"--images must be given once per --model ({len(models)} models, "
-                             f"{len(image_dirs)} image folders)")
+            raise UsageError(
+                f"--images must be given once per --model ({len(models)} models, "
+                f"{len(image_dirs)} image folders)"
+            )
         if names and len(names) != len(models):
-            raise UsageError(f"--scene must be given once per --model or not at all "
-                             f"({len(models)} models, {len(names)} names)")
+            raise UsageError(
+                f"--scene must be given once per --model or not at all "
+                f"({len(models)} models, {len(names)} names)"
+            )
         names = names or [default_scene_name(m) or f"scene{k}" for k, m in enumerate(models)]
         scenes = [SceneInput(n, Path(m), Path(i)) for n, m, i in zip(names, models, image_dirs)]
     seen: dict[str, Path] = {}
     for s in scenes:
         if s.name in seen:
-            raise UsageError(f"--scene: the models {seen[s.name]} and {s.model} are both named "
-                             f"{s.name!r}; give each its own name")
+            raise UsageError(
+                f"--scene: the models {seen[s.name]} and {s.model} are both named "
+                f"{s.name!r}; give each its own name"
+            )
         seen[s.name] = s.model
     return scenes
 
@@ -288,11 +305,14 @@ def generate_colmap_pairs(
     out: dict[str, dict] = {}
     for s, table in zip(scenes, tables):
         stats: dict[str, int] = {}
-        pairs = scene_pairs(table, rng, min_overlap, im_target_ratio, max_pairs,
-                            sampson_thres, stats)
-        log(f"{s.name}: {len(table['image_paths'])} images, {stats['valid']} valid pairs, "
+        pairs = scene_pairs(
+            table, rng, min_overlap, im_target_ratio, max_pairs, sampson_thres, stats
+        )
+        log(
+            f"{s.name}: {len(table['image_paths'])} images, {stats['valid']} valid pairs, "
             f"rejected {stats['size']} by size/crop and {stats['sampson']} by Sampson "
-            f"distance, kept {stats['kept']}")
+            f"distance, kept {stats['kept']}"
+        )
         if pairs:
             entry: dict = {"ims": [], "pairs": []}
             add_pair_images(entry, pairs)
@@ -303,29 +323,59 @@ def generate_colmap_pairs(
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's flags."""
-    p = make_parser(PROG, "Training pairs (data-formats.md §2) from undistorted COLMAP "
-                    "reconstructions; repeat --model/--images for several scenes.")
-    p.add_argument("--model", action="append", metavar="DIR",
-                   help="COLMAP model folder (cameras/images/points3D .bin or .txt) written "
-                   "by colmap image_undistorter; repeat for several scenes")
-    p.add_argument("--images", action="append", metavar="DIR",
-                   help="the undistorted image folder of the model; once per --model")
-    p.add_argument("--scene", action="append", metavar="NAME",
-                   help="scene name, once per --model (default: the folder above sparse/dense)")
-    p.add_argument("--scenes_file", metavar="FILE",
-                   help="instead of --model/--images: lines 'NAME MODEL_DIR IMAGE_DIR'")
+    p = make_parser(
+        PROG,
+        "Training pairs (data-formats.md §2) from undistorted COLMAP "
+        "reconstructions; repeat --model/--images for several scenes.",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="DIR",
+        help="COLMAP model folder (cameras/images/points3D .bin or .txt) written "
+        "by colmap image_undistorter; repeat for several scenes",
+    )
+    p.add_argument(
+        "--images",
+        action="append",
+        metavar="DIR",
+        help="the undistorted image folder of the model; once per --model",
+    )
+    p.add_argument(
+        "--scene",
+        action="append",
+        metavar="NAME",
+        help="scene name, once per --model (default: the folder above sparse/dense)",
+    )
+    p.add_argument(
+        "--scenes_file",
+        metavar="FILE",
+        help="instead of --model/--images: lines 'NAME MODEL_DIR IMAGE_DIR'",
+    )
     p.add_argument("--out", required=True, help="the pair file to write (.npy)")
-    p.add_argument("--min_overlap", type=float, default=0.35,
-                   help="smallest overlap (shared 3D points / points of the first image)")
-    p.add_argument("--im_target_ratio", type=float, default=1.5,
-                   help="width / height of the bottom-right crop")
+    p.add_argument(
+        "--min_overlap",
+        type=float,
+        default=0.35,
+        help="smallest overlap (shared 3D points / points of the first image)",
+    )
+    p.add_argument(
+        "--im_target_ratio", type=float, default=1.5, help="width / height of the bottom-right crop"
+    )
     p.add_argument("--max_pairs", type=int, default=500, help="most pairs per scene")
-    p.add_argument("--sampson_thres", type=float, default=1.0,
-                   help="largest mean Sampson distance (px²) of a kept pair")
+    p.add_argument(
+        "--sampson_thres",
+        type=float,
+        default=1.0,
+        help="largest mean Sampson distance (px²) of a kept pair",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the pair shuffling")
-    p.add_argument("--data_root", default=None,
-                   help="store image folders relative to DIR (then train with --data_root "
-                   "DIR); default: absolute paths")
+    p.add_argument(
+        "--data_root",
+        default=None,
+        help="store image folders relative to DIR (then train with --data_root "
+        "DIR); default: absolute paths",
+    )
     return p
 
 
@@ -336,8 +386,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.max_pairs < 1:
         raise UsageError(f"--max_pairs must be >= 1, got {args.max_pairs}")
     if not 1.3 <= args.im_target_ratio <= 1.7:
-        raise UsageError(f"--im_target_ratio must lie in [1.3, 1.7] (the crop rule), got "
-                         f"{args.im_target_ratio}")
+        raise UsageError(
+            f"--im_target_ratio must lie in [1.3, 1.7] (the crop rule), got {args.im_target_ratio}"
+        )
     if not args.sampson_thres > 0:
         raise UsageError(f"--sampson_thres must be positive, got {args.sampson_thres}")
     out = Path(args.out)
@@ -348,12 +399,21 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise UsageError(f"--data_root {args.data_root}: folder not found")
     scenes = _scenes_from_args(args)
-    pairs = generate_colmap_pairs(scenes, args.min_overlap, args.im_target_ratio,
-                                  args.max_pairs, args.sampson_thres, args.seed, args.data_root)
+    pairs = generate_colmap_pairs(
+        scenes,
+        args.min_overlap,
+        args.im_target_ratio,
+        args.max_pairs,
+        args.sampson_thres,
+        args.seed,
+        args.data_root,
+    )
     if not pairs:
-        raise UsageError(f"no pair of {len(scenes)} scene(s) passed the selection (overlap >= "
-                         f"--min_overlap {args.min_overlap}, landscape images, Sampson); "
-                         "nothing written")
+        raise UsageError(
+            f"no pair of {len(scenes)} scene(s) passed the selection (overlap >= "
+            f"--min_overlap {args.min_overlap}, landscape images, Sampson); "
+            "nothing written"
+        )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_npy_atomic(pairs, out)

@@ -90,7 +90,7 @@ def pair_file_name(
 def strip_sfm_prefix(path: str) -> str:
     """'Undistorted_SfM/0000/images/1.jpg' → '0000/images/1.jpg' (other paths unchanged)."""
     path = str(path)
-    return path[len(SFM_PREFIX):] if path.startswith(SFM_PREFIX) else path
+    return path[len(SFM_PREFIX) :] if path.startswith(SFM_PREFIX) else path
 
 
 #: The scene_info keys the pair selection reads.
@@ -127,8 +127,16 @@ def scene_pairs(
         the kept pair Namespaces, in visiting order.
     """
     table = {k: info[k] for k in SCENE_INFO_KEYS}  # no 'image_sizes': (w, h) = (2cx, 2cy)
-    return pair_selection.scene_pairs(table, rng, min_overlap_ratio, im_target_ratio,
-                                      max_pairs, sampson_thres, stats, name_of=strip_sfm_prefix)
+    return pair_selection.scene_pairs(
+        table,
+        rng,
+        min_overlap_ratio,
+        im_target_ratio,
+        max_pairs,
+        sampson_thres,
+        stats,
+        name_of=strip_sfm_prefix,
+    )
 
 
 def generate_pairs(
@@ -170,11 +178,14 @@ def generate_pairs(
         missing = [k for k in SCENE_INFO_KEYS if k not in info]
         if missing:
             raise NpyFileError(f"{f} is not a D2Net scene_info file: no {', '.join(missing)}")
-        pairs = scene_pairs(info, rng, min_overlap_ratio, im_target_ratio,
-                            budget, sampson_thres, stats)
+        pairs = scene_pairs(
+            info, rng, min_overlap_ratio, im_target_ratio, budget, sampson_thres, stats
+        )
         add_pair_images(entry, pairs)
-        log(f"{f.name}: {stats['valid']} valid pairs, rejected {stats['size']} by size/crop "
-            f"and {stats['sampson']} by Sampson distance, kept {stats['kept']}")
+        log(
+            f"{f.name}: {stats['valid']} valid pairs, rejected {stats['size']} by size/crop "
+            f"and {stats['sampson']} by Sampson distance, kept {stats['kept']}"
+        )
     return {k: v for k, v in out.items() if v["pairs"]}
 
 
@@ -193,15 +204,22 @@ PROG = "data_pairs.prep_megadepth_training_pairs"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = make_parser(PROG, "Generate MegaDepth training pairs from D2Net scene_info files.")
-    p.add_argument("--base_dir", default="data/MegaDepth_undistort",
-                   help="MegaDepth_undistort folder holding scene_info/")
+    p.add_argument(
+        "--base_dir",
+        default="data/MegaDepth_undistort",
+        help="MegaDepth_undistort folder holding scene_info/",
+    )
     p.add_argument("--save_dir", default="data_pairs", help="where to write the pair file")
     p.add_argument("--min_overlap_ratio", type=float, default=0.35)
     p.add_argument("--im_target_ratio", type=float, default=1.5)
     p.add_argument("--max_scene_pairs", type=int, default=500)
     p.add_argument("--exclude_tag", default="excl_test", choices=sorted(EXCLUDED_SCENES))
-    p.add_argument("--sampson_thres", type=float, default=1.0,
-                   help="largest mean Sampson distance (px²) of a kept pair")
+    p.add_argument(
+        "--sampson_thres",
+        type=float,
+        default=1.0,
+        help="largest mean Sampson distance (px²) of a kept pair",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the pair shuffling")
     args = p.parse_args(argv)
     if args.max_scene_pairs < 1:
@@ -216,13 +234,20 @@ def _main(argv: list[str] | None = None) -> int:
     if Path(args.save_dir).exists() and not Path(args.save_dir).is_dir():
         raise UsageError(f"--save_dir {args.save_dir}: exists and is not a folder")
     try:
-        pairs = generate_pairs(args.base_dir, args.min_overlap_ratio, args.im_target_ratio,
-                               args.max_scene_pairs, args.exclude_tag, args.seed,
-                               args.sampson_thres)
+        pairs = generate_pairs(
+            args.base_dir,
+            args.min_overlap_ratio,
+            args.im_target_ratio,
+            args.max_scene_pairs,
+            args.exclude_tag,
+            args.seed,
+            args.sampson_thres,
+        )
     except FileNotFoundError as err:
         raise UsageError(f"--base_dir {args.base_dir}: {err}") from None
-    name = pair_file_name(args.min_overlap_ratio, args.im_target_ratio, args.max_scene_pairs,
-                          args.exclude_tag)
+    name = pair_file_name(
+        args.min_overlap_ratio, args.im_target_ratio, args.max_scene_pairs, args.exclude_tag
+    )
     try:
         path = save_pairs(pairs, Path(args.save_dir) / name)
     except OSError as err:

@@ -97,8 +97,9 @@ def write_pairs(
         im1, im2, H = make_pair(spec)
         p1, p2 = root / f"{spec.name}_1.jpg", root / f"{spec.name}_2.jpg"
         for path, im in ((p1, im1), (p2, im2)):
-            write_atomic(path, lambda f, im=im: Image.fromarray(im).save(
-                f, format="JPEG", quality=quality))
+            write_atomic(
+                path, lambda f, im=im: Image.fromarray(im).save(f, format="JPEG", quality=quality)
+            )
         ht = root / f"{spec.name}_H.txt"
         text = io.StringIO()
         np.savetxt(text, H, fmt="%.12g")

@@ -232,15 +232,18 @@ def build() -> nbformat.NotebookNode:
         new_code_cell(REFINE),
     ]
     nb.metadata["kernelspec"] = {
-        "name": "patch2pix", "display_name": "Patch2Pix (.venv)", "language": "python"
+        "name": "patch2pix",
+        "display_name": "Patch2Pix (.venv)",
+        "language": "python",
     }
     nb.metadata["language_info"] = {"name": "python"}
     return nb
 
 
 def _main(argv: Sequence[str] | None = None) -> None:
-    make_parser("examples.make_notebook", f"Write {NOTEBOOK.name} (outputs cleared) next to "
-                "this file.").parse_args(argv)
+    make_parser(
+        "examples.make_notebook", f"Write {NOTEBOOK.name} (outputs cleared) next to this file."
+    ).parse_args(argv)
     nb = build()
     nbformat.validate(nb)
     nbformat.write(nb, NOTEBOOK)

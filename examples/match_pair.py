@@ -90,8 +90,13 @@ class PairMatches:
             cols.append(err[:, None])
             header += ",error"
         arrays = dict(
-            matches=self.matches, scores=self.scores, coarse=self.coarse,
-            im1=self.im1, im2=self.im2, size1=np.array(self.size1), size2=np.array(self.size2),
+            matches=self.matches,
+            scores=self.scores,
+            coarse=self.coarse,
+            im1=self.im1,
+            im2=self.im2,
+            size1=np.array(self.size1),
+            size2=np.array(self.size2),
             **extra,
         )
         table = np.concatenate(cols, axis=1) if len(self) else np.zeros((0, 5 + (H is not None)))
@@ -135,8 +140,15 @@ def match_pair(
 
     if eval_type is None:
         eval_type = "fine" if net.has_regressors() else "coarse"
-    matcher = Patch2PixMatcher(net, imsize=imsize, io_thres=io_thres, ksize=ksize,
-                               eval_type=eval_type, ncn_thres=ncn_thres, mutual=mutual)
+    matcher = Patch2PixMatcher(
+        net,
+        imsize=imsize,
+        io_thres=io_thres,
+        ksize=ksize,
+        eval_type=eval_type,
+        ncn_thres=ncn_thres,
+        mutual=mutual,
+    )
     out = matcher(im1_path, im2_path)
     return PairMatches(
         np.concatenate([out["keypoints0"], out["keypoints1"]], axis=1),
@@ -152,8 +164,15 @@ def match_pair(
 def default_regressor_config() -> Namespace:
     """The regressor configuration of the released Patch2Pix models (training defaults)."""
     return Namespace(
-        conv_kers=[3, 3], conv_dims=[512, 512], conv_strs=[2, 1], fc_dims=[512, 256],
-        feat_comb="pre", psize=[16, 16], pshift=8, panc=1, shared=False,
+        conv_kers=[3, 3],
+        conv_dims=[512, 512],
+        conv_strs=[2, 1],
+        fc_dims=[512, 256],
+        feat_comb="pre",
+        psize=[16, 16],
+        pshift=8,
+        panc=1,
+        shared=False,
     )
 
 
@@ -167,12 +186,17 @@ def init_untrained_model(device: Any = None, regressor_config: Namespace | None 
 
     warnings.warn(
         "no checkpoint: using an UNTRAINED Patch2Pix (random regressors); its matches are "
-        "not meaningful", stacklevel=2,
+        "not meaningful",
+        stacklevel=2,
     )
     config = Namespace(
-        training=False, device=device if device is not None else default_device(),
-        backbone="ResNet34", change_stride=True, feat_idx=[0, 1, 2, 3],
-        regressor_config=regressor_config or default_regressor_config(), regr_batch=1200,
+        training=False,
+        device=device if device is not None else default_device(),
+        backbone="ResNet34",
+        change_stride=True,
+        feat_idx=[0, 1, 2, 3],
+        regressor_config=regressor_config or default_regressor_config(),
+        regr_batch=1200,
         weights_dict=None,
     )
     return Patch2Pix(config).eval()
@@ -222,8 +246,16 @@ def draw(
     if H is not None and len(res):
         colors = colors_from_values(res.errors(H), 0.0, max_error, "RdYlGn", reverse=True)
     return plot_matches(
-        res.im1, res.im2, res.matches, Npts=Npts, lines=lines, radius=3, dpi=dpi,
-        sav_fig=sav_fig, colors=colors, title=title,
+        res.im1,
+        res.im2,
+        res.matches,
+        Npts=Npts,
+        lines=lines,
+        radius=3,
+        dpi=dpi,
+        sav_fig=sav_fig,
+        colors=colors,
+        title=title,
     )
 
 
@@ -233,15 +265,23 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("im1", help="first image")
     ap.add_argument("im2", help="second image")
     ap.add_argument("--ckpt", default=str(DEFAULT_CKPT), help="checkpoint (.pth)")
-    ap.add_argument("--method", choices=["patch2pix", "nc"], default="patch2pix",
-                    help="'nc': NCNet weights, coarse matches only")
+    ap.add_argument(
+        "--method",
+        choices=["patch2pix", "nc"],
+        default="patch2pix",
+        help="'nc': NCNet weights, coarse matches only",
+    )
     ap.add_argument("--out", default="matches.png", help="figure path; .npz/.csv beside it")
     ap.add_argument("--imsize", type=int, default=1024, help="network longer side (<=0: native)")
     ap.add_argument("--io_thres", type=float, default=0.5, help="match score threshold")
     ap.add_argument("--ksize", type=int, default=2, help="relocalisation kernel size")
     ap.add_argument("--ncn_thres", type=float, default=0.0, help="coarse score threshold")
-    ap.add_argument("--eval_type", choices=["fine", "mid", "coarse"], default=None,
-                    help="default: 'coarse' with --method nc (no regressors), else 'fine'")
+    ap.add_argument(
+        "--eval_type",
+        choices=["fine", "mid", "coarse"],
+        default=None,
+        help="default: 'coarse' with --method nc (no regressors), else 'fine'",
+    )
     ap.add_argument("--H", default=None, help="ground-truth homography 1->2 (.txt / .npy)")
     ap.add_argument("--Npts", type=int, default=None, help="draw at most this many matches")
     ap.add_argument("--points", action="store_true", help="draw points instead of lines")
@@ -265,8 +305,10 @@ def _check_inputs(ap: argparse.ArgumentParser, args: argparse.Namespace) -> np.n
     if args.ksize < 1:
         ap.error(f"--ksize must be >= 1, got {args.ksize}")
     if args.method == "nc" and args.eval_type in ("fine", "mid"):
-        ap.error(f"--eval_type {args.eval_type} needs the regressors, but --method nc loads "
-                 "NCNet weights, which have no regressors: use --eval_type coarse")
+        ap.error(
+            f"--eval_type {args.eval_type} needs the regressors, but --method nc loads "
+            "NCNet weights, which have no regressors: use --eval_type coarse"
+        )
     for flag, path in (("im1", args.im1), ("im2", args.im2)):
         try:
             open_image(path).close()  # decodes it all: a truncated file fails here
@@ -281,8 +323,10 @@ def _check_inputs(ap: argparse.ArgumentParser, args: argparse.Namespace) -> np.n
     out = Path(args.out)
     fmt = out.suffix.lstrip(".").lower()
     if fmt not in Figure().canvas.get_supported_filetypes():
-        raise UsageError(f"--out {out}: '{out.suffix}' is not an image format matplotlib "
-                         "writes (use e.g. .png, .pdf, .svg)")
+        raise UsageError(
+            f"--out {out}: '{out.suffix}' is not an image format matplotlib "
+            "writes (use e.g. .png, .pdf, .svg)"
+        )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -310,8 +354,13 @@ def run(argv: Sequence[str] | None = None) -> PairMatches:
     net = load_model(args.ckpt, method=args.method, device=args.device)
     eval_type = args.eval_type or ("coarse" if args.method == "nc" else "fine")
     res = match_pair(
-        net, args.im1, args.im2, imsize=args.imsize if args.imsize > 0 else None,
-        io_thres=args.io_thres, ksize=args.ksize, ncn_thres=args.ncn_thres,
+        net,
+        args.im1,
+        args.im2,
+        imsize=args.imsize if args.imsize > 0 else None,
+        io_thres=args.io_thres,
+        ksize=args.ksize,
+        ncn_thres=args.ncn_thres,
         eval_type=eval_type,
     )
     out = Path(args.out)

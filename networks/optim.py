@@ -69,13 +69,20 @@ def build_optimizer(net: nn.Module, config: Namespace):
         if getattr(oc, "lr_scheduler_dict", None):
             scheduler.load_state_dict(oc.lr_scheduler_dict)
         else:
-            fast_forward(scheduler, optimizer, kind, factor, steps,
-                         int(getattr(config, "start_epoch", 0) or 0))
+            fast_forward(
+                scheduler,
+                optimizer,
+                kind,
+                factor,
+                steps,
+                int(getattr(config, "start_epoch", 0) or 0),
+            )
     return optimizer, scheduler
 
 
-def fast_forward(scheduler, optimizer, kind: str, factor: float, steps: list[int],
-                 start_epoch: int) -> None:
+def fast_forward(
+    scheduler, optimizer, kind: str, factor: float, steps: list[int], start_epoch: int
+) -> None:
     """Put a fresh Step/MultiStep scheduler at `start_epoch` (no saved scheduler state).
 
     The learning rate becomes its closed form at that epoch,

@@ -152,12 +152,12 @@ class Patch2Pix(nn.Module):
     @staticmethod
     def _kept_config(config: Namespace) -> Namespace:
         """A copy of `config` without the weights dict and optimiser / scheduler states."""
-        kept = Namespace(**{k: v for k, v in vars(config).items()
-                            if k not in _DROPPED_CONFIG_KEYS})
+        kept = Namespace(**{k: v for k, v in vars(config).items() if k not in _DROPPED_CONFIG_KEYS})
         oc = getattr(config, "optim_config", None)
         if isinstance(oc, Namespace):
-            kept.optim_config = Namespace(**{k: v for k, v in vars(oc).items()
-                                             if k not in _DROPPED_OPTIM_KEYS})
+            kept.optim_config = Namespace(
+                **{k: v for k, v in vars(oc).items() if k not in _DROPPED_OPTIM_KEYS}
+            )
         return kept
 
     def has_regressors(self) -> bool:

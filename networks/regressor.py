@@ -65,4 +65,3 @@ class FeatRegressNet(nn.Module):
         # quantise an offset to 1/16 px. It is 0.1% of the regressor's arithmetic.
         with torch.autocast(hidden.device.type, enabled=False):
             return self.fc[-1](hidden.float())
-

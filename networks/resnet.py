@@ -33,6 +33,7 @@ IMAGENET_SHA256_PREFIX = "b627a593"
 class ImageNetWeightsError(UsageError):
     """The ImageNet ResNet-34 weights were needed but can be neither found nor downloaded."""
 
+
 # Channels of the five maps returned by `forward_all` (image, conv1, layer1, layer2, layer3).
 FEAT_CHANNELS = (3, 64, 64, 128, 256)
 
@@ -127,8 +128,9 @@ def download_imagenet_weights(progress: bool = True) -> Path:
     dst = imagenet_cache_path()
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(IMAGENET_URL, os.fspath(dst),
-                                       hash_prefix=IMAGENET_SHA256_PREFIX, progress=progress)
+        torch.hub.download_url_to_file(
+            IMAGENET_URL, os.fspath(dst), hash_prefix=IMAGENET_SHA256_PREFIX, progress=progress
+        )
     except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError
         why = " ".join(str(e).split()) or type(e).__name__
         raise ImageNetWeightsError(
@@ -144,8 +146,14 @@ def download_imagenet_weights(progress: bool = True) -> Path:
 def _read_imagenet_state(path: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
-            zipfile.BadZipFile) as e:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+    ) as e:
         raise ImageNetWeightsError(
             f"cannot read the ImageNet ResNet-34 weights {path} ({' '.join(str(e).split())}): "
             "delete the file to download it again"

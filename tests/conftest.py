@@ -47,16 +47,19 @@ def rule_state_dict(module: torch.nn.Module, prefix: str = "") -> dict[str, torc
     `prefix` is prepended to each key before generating (e.g. 'ncn.' for a bare
     NeighConsensus whose keys are recorded as 'ncn.conv.0.weight' in a whole model).
     """
-    return {
-        k: rule_tensor(prefix + k, tuple(v.shape)) for k, v in module.state_dict().items()
-    }
+    return {k: rule_tensor(prefix + k, tuple(v.shape)) for k, v in module.state_dict().items()}
 
 
 _RULE_NETS: dict[str, torch.nn.Module] = {}
 
 
-def rule_training_net(rc: dict, device: str | torch.device = "cpu", grad_ckpt: bool = False,
-                      regr_batch: int = 1200, lr: float = 5e-4) -> torch.nn.Module:
+def rule_training_net(
+    rc: dict,
+    device: str | torch.device = "cpu",
+    grad_ckpt: bool = False,
+    regr_batch: int = 1200,
+    lr: float = 5e-4,
+) -> torch.nn.Module:
     """A Patch2Pix with the rule weights (testvectors.md) and `rc` regressors, on `device`,
     in train mode with its Adam optimiser (training's freezing). The model is built and
     filled once per `rc` (the slow part) and deep-copied per call."""
@@ -65,12 +68,28 @@ def rule_training_net(rc: dict, device: str | torch.device = "cpu", grad_ckpt: b
 
     from networks.patch2pix import Patch2Pix
 
-    optim = Namespace(opt="adam", lr_init=lr, weight_decay=0, lr_decay=None,
-                      optimizer_dict=None, lr_scheduler_dict=None)
-    cfg = Namespace(training=False, backbone="ResNet34", change_stride=True,
-                    feat_idx=[0, 1, 2, 3], regressor_config=Namespace(**rc),
-                    regr_batch=regr_batch, weights_dict=None, imagenet_init=False,
-                    grad_ckpt=grad_ckpt, freeze_feat=87, start_epoch=0, optim_config=optim)
+    optim = Namespace(
+        opt="adam",
+        lr_init=lr,
+        weight_decay=0,
+        lr_decay=None,
+        optimizer_dict=None,
+        lr_scheduler_dict=None,
+    )
+    cfg = Namespace(
+        training=False,
+        backbone="ResNet34",
+        change_stride=True,
+        feat_idx=[0, 1, 2, 3],
+        regressor_config=Namespace(**rc),
+        regr_batch=regr_batch,
+        weights_dict=None,
+        imagenet_init=False,
+        grad_ckpt=grad_ckpt,
+        freeze_feat=87,
+        start_epoch=0,
+        optim_config=optim,
+    )
     key = repr(sorted(rc.items()))
     if key not in _RULE_NETS:
         base = Patch2Pix(cfg)
@@ -90,8 +109,12 @@ def recorded_train_setup(refvec: dict) -> tuple[dict, dict, object, int]:
     ts = refvec["train_step"]
     a = ts["args"]
     rc = dict(refvec["model_eval"]["regressor_config"], panc=a["panc"])
-    cfg = LossConfig(cls_dthres=tuple(a["cls_dthres"]), epi_dthres=tuple(a["epi_dthres"]),
-                     weight_cls=a["weight_cls"], weight_epi=tuple(a["weight_epi"]))
+    cfg = LossConfig(
+        cls_dthres=tuple(a["cls_dthres"]),
+        epi_dthres=tuple(a["epi_dthres"]),
+        weight_cls=a["weight_cls"],
+        weight_epi=tuple(a["weight_epi"]),
+    )
     batch = {"src_im": ts["src_im"][:1], "pos_im": ts["pos_im"][:1], "F": ts["F"][:1]}
     return rc, batch, cfg, a["ptmax"]
 
@@ -128,10 +151,24 @@ def visdom_server(tmp_path_factory):
     env_path = tmp_path_factory.mktemp("visdom_env")
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "utils.common.visdom_server", "--port", str(port),
-         "--hostname", "127.0.0.1", "--env_path", str(env_path), "--bind_local",
-         "--logging_level", "WARNING"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "utils.common.visdom_server",
+            "--port",
+            str(port),
+            "--hostname",
+            "127.0.0.1",
+            "--env_path",
+            str(env_path),
+            "--bind_local",
+            "--logging_level",
+            "WARNING",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 30
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -162,13 +199,34 @@ def train_data(tmp_path_factory) -> Path:
     from data_pairs import make_synthetic, prep_megadepth_training_pairs
 
     root = tmp_path_factory.mktemp("train_data")
-    rc = make_synthetic.main(["--out", str(root / "data"), "--scenes", "1",
-                              "--images_per_scene", "4", "--val_scenes", "1",
-                              "--val_images", "4", "--width", "240", "--height", "160",
-                              "--points", "400", "--supersample", "1", "--portrait_every", "0"])
+    rc = make_synthetic.main(
+        [
+            "--out",
+            str(root / "data"),
+            "--scenes",
+            "1",
+            "--images_per_scene",
+            "4",
+            "--val_scenes",
+            "1",
+            "--val_images",
+            "4",
+            "--width",
+            "240",
+            "--height",
+            "160",
+            "--points",
+            "400",
+            "--supersample",
+            "1",
+            "--portrait_every",
+            "0",
+        ]
+    )
     assert rc == 0
-    rc = prep_megadepth_training_pairs.main(["--base_dir", str(root / "data/MegaDepth_undistort"),
-                                             "--save_dir", str(root / "pairs")])
+    rc = prep_megadepth_training_pairs.main(
+        ["--base_dir", str(root / "data/MegaDepth_undistort"), "--save_dir", str(root / "pairs")]
+    )
     assert rc == 0 and (root / "pairs" / PAIR_FILE).is_file()
     return root
 
@@ -189,13 +247,28 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     torch.manual_seed(0)
     rc = Namespace(
-        conv_kers=[3, 3], conv_dims=[8, 8], conv_strs=[2, 1], fc_dims=[8], feat_comb="pre",
-        psize=[16, 16], pshift=8, panc=1, shared=False,
+        conv_kers=[3, 3],
+        conv_dims=[8, 8],
+        conv_strs=[2, 1],
+        fc_dims=[8],
+        feat_comb="pre",
+        psize=[16, 16],
+        pshift=8,
+        panc=1,
+        shared=False,
     )
-    net = Patch2Pix(Namespace(
-        training=False, backbone="ResNet34", change_stride=True, feat_idx=[0, 1, 2, 3],
-        regressor_config=rc, regr_batch=1200, weights_dict=None, imagenet_init=False,
-    ))
+    net = Patch2Pix(
+        Namespace(
+            training=False,
+            backbone="ResNet34",
+            change_stride=True,
+            feat_idx=[0, 1, 2, 3],
+            regressor_config=rc,
+            regr_batch=1200,
+            weights_dict=None,
+            imagenet_init=False,
+        )
+    )
     sd = net.state_dict()
     for k in ("ncn.conv.0", "ncn.conv.2"):  # identity 4D filter: centre tap 1, channel 0
         sd[f"{k}.weight"].zero_()
@@ -207,9 +280,13 @@ def tiny_ckpt(tmp_path_factory) -> Path:
         sd[f"{reg}.fc.{last}.bias"].copy_(torch.tensor([math.atanh(0.5)] * 4 + [4.0]))
     torch.save(
         {
-            "last_epoch": 0, "best_vals": [math.inf, 0.0, math.inf, 0.0],
-            "backbone": "ResNet34", "feat_idx": [0, 1, 2, 3], "change_stride": True,
-            "regressor_config": net.regressor_config, "state_dict": sd,
+            "last_epoch": 0,
+            "best_vals": [math.inf, 0.0, math.inf, 0.0],
+            "backbone": "ResNet34",
+            "feat_idx": [0, 1, 2, 3],
+            "change_stride": True,
+            "regressor_config": net.regressor_config,
+            "state_dict": sd,
         },
         path,
     )
@@ -225,8 +302,7 @@ def write_scaled_pair(root: Path, size: tuple[int, int], scale: float = 1.5) -> 
     im = Image.fromarray(data.astronaut()).resize(size, Image.Resampling.BICUBIC)
     p1, p2 = root / "a.png", root / "b.png"
     im.save(p1)
-    im.resize((round(size[0] * scale), round(size[1] * scale)),
-              Image.Resampling.BICUBIC).save(p2)
+    im.resize((round(size[0] * scale), round(size[1] * scale)), Image.Resampling.BICUBIC).save(p2)
     return p1, p2
 
 

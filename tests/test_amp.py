@@ -42,8 +42,9 @@ def test_bf16_close_to_fp32_on_the_recorded_batch(refvec):
     nets = {m: rule_training_net(rc) for m in ("off", "bf16")}
     t32, g32 = step(nets["off"], batch, cfg, "off", ptmax)
     t16, g16 = step(nets["bf16"], batch, cfg, "bf16", ptmax)
-    torch.testing.assert_close(t32["loss"].reshape(1), refvec["train_step"]["loss_pair"],
-                               rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        t32["loss"].reshape(1), refvec["train_step"]["loss_pair"], rtol=1e-4, atol=0
+    )
     for k in ("cls_mid", "cls_fine", "epi_mid", "epi_fine", "loss"):
         rel = float((t16[k] - t32[k]).abs().max() / t32[k].abs().max())
         assert rel < 0.03, (k, float(t16[k].sum()), float(t32[k].sum()))
@@ -78,8 +79,17 @@ def test_bf16_close_to_fp32_on_the_recorded_batch(refvec):
 
 def test_short_overfit_lowers_the_loss_like_fp32():
     """10 Adam steps on one tiny pair: bf16 lowers the loss as fp32 does."""
-    rc = dict(conv_dims=[32, 32], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[32, 16],
-              feat_comb="pre", psize=[16, 16], pshift=8, panc=8, shared=False)
+    rc = dict(
+        conv_dims=[32, 32],
+        conv_kers=[3, 3],
+        conv_strs=[2, 1],
+        fc_dims=[32, 16],
+        feat_comb="pre",
+        psize=[16, 16],
+        pshift=8,
+        panc=8,
+        shared=False,
+    )
     g = torch.Generator().manual_seed(5)
     im = torch.randn(1, 3, 64, 96, generator=g)
     batch = {"src_im": im, "pos_im": torch.roll(im, 16, dims=3), "F": F_RECT}
@@ -87,8 +97,7 @@ def test_short_overfit_lowers_the_loss_like_fp32():
     curves = {}
     for mode in ("off", "bf16"):
         net = rule_training_net(rc, lr=1e-3)
-        curves[mode] = [float(step(net, batch, cfg, mode, ptmax=16)[0]["loss"])
-                        for _ in range(10)]
+        curves[mode] = [float(step(net, batch, cfg, mode, ptmax=16)[0]["loss"]) for _ in range(10)]
     drops = {}
     for mode, c in curves.items():
         drops[mode] = sum(c[-3:]) / 3 / c[0]  # mean of the last three steps / first loss
@@ -115,24 +124,76 @@ def test_fp16_needs_cuda_and_bad_modes_are_refused():
 def test_training_cli_bf16_with_grad_ckpt_writes_float32_checkpoints(train_data, tmp_path):
     """The training command with --amp bf16 --grad_ckpt: the checkpoint is the original's
     format with float32 weights (data-formats.md §5)."""
-    args = ["--data_root", str(train_data / "data"), "--pair_root", str(train_data / "pairs"),
-            "-o", str(tmp_path), "--change_stride", "--conv_dims", "8", "8", "--fc_dims", "8",
-            "8", "--ptmax", "20", "--batch", "1", "--train_size", "160", "96",
-            "--max_iters_per_epoch", "1", "--epochs", "1", "--workers", "0", "--no_progress",
-            "--device", "cpu", "--random_backbone", "--no_val", "--amp", "bf16",
-            "--grad_ckpt", "--regr_batch", "50"]
-    proc = subprocess.run([sys.executable, "-m", "train_patch2pix", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    args = [
+        "--data_root",
+        str(train_data / "data"),
+        "--pair_root",
+        str(train_data / "pairs"),
+        "-o",
+        str(tmp_path),
+        "--change_stride",
+        "--conv_dims",
+        "8",
+        "8",
+        "--fc_dims",
+        "8",
+        "8",
+        "--ptmax",
+        "20",
+        "--batch",
+        "1",
+        "--train_size",
+        "160",
+        "96",
+        "--max_iters_per_epoch",
+        "1",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--no_progress",
+        "--device",
+        "cpu",
+        "--random_backbone",
+        "--no_val",
+        "--amp",
+        "bf16",
+        "--grad_ckpt",
+        "--regr_batch",
+        "50",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "train_patch2pix", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = parse_args(args)
     ckpt = load_checkpoint_safe(make_tags(a).exp_dir(a.out_dir) / "last_ckpt.pth")
-    assert set(ckpt) >= {"last_epoch", "best_vals", "backbone", "feat_idx", "change_stride",
-                         "regressor_config", "state_dict", "optim"}
+    assert set(ckpt) >= {
+        "last_epoch",
+        "best_vals",
+        "backbone",
+        "feat_idx",
+        "change_stride",
+        "regressor_config",
+        "state_dict",
+        "optim",
+    }
     for k, v in ckpt["state_dict"].items():
         assert v.dtype == (torch.long if k.endswith("num_batches_tracked") else torch.float32), k
-    proc = subprocess.run([sys.executable, "-m", "train_patch2pix", *args[:-5], "--amp", "fp16",
-                           "--device", "cpu"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "train_patch2pix", *args[:-5], "--amp", "fp16", "--device", "cpu"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        "train_patch2pix: error: --amp fp16 needs a CUDA device")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("train_patch2pix: error: --amp fp16 needs a CUDA device")
+    )

@@ -15,8 +15,9 @@ from conftest import REPO
 
 
 def run(module: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -25,8 +26,17 @@ def test_bench_matching_formulations_agree(tmp_path):
     """Both variants run their own kernels (the script checks the functions in use, so a
     swap that stops applying fails instead of comparing the fast path with itself)."""
     out = tmp_path / "report.md"
-    text = run("benchmarks.bench_matching", "--devices", "cpu", "--imsizes", "128",
-               "--repeats", "1", "--out", str(out))
+    text = run(
+        "benchmarks.bench_matching",
+        "--devices",
+        "cpu",
+        "--imsizes",
+        "128",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+    )
     assert "identical matches: True" in text
     report = out.read_text()
     assert "| cpu | 128 | fast |" in report and "| cpu | 128 | naive |" in report
@@ -42,9 +52,22 @@ def test_bench_matching_variants_name_their_kernels():
 
 def test_bench_train_step_variants(tmp_path):
     js = tmp_path / "rows.json"
-    text = run("benchmarks.bench_train_step", "--variants", "1,off,0", "1,off,1",
-               "--ptmax", "4", "--steps", "1", "--warmup", "0", "--json", str(js),
-               "--profile", str(tmp_path))
+    text = run(
+        "benchmarks.bench_train_step",
+        "--variants",
+        "1,off,0",
+        "1,off,1",
+        "--ptmax",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        str(js),
+        "--profile",
+        str(tmp_path),
+    )
     rows = json.loads(js.read_text())
     assert [r["variant"] for r in rows] == ["1,off,0", "1,off,1"]
     assert all("error" not in r for r in rows), rows

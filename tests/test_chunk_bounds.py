@@ -12,8 +12,17 @@ from networks.patch2pix import Patch2Pix
 from networks.regr_chunks import chunk_sizes
 from utils.train.cli import UsageError, parse_args
 
-SMALL_RC = dict(conv_dims=[16, 16], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[16, 8],
-                feat_comb="pre", psize=[16, 16], pshift=8, panc=1, shared=False)
+SMALL_RC = dict(
+    conv_dims=[16, 16],
+    conv_kers=[3, 3],
+    conv_strs=[2, 1],
+    fc_dims=[16, 8],
+    feat_comb="pre",
+    psize=[16, 16],
+    pshift=8,
+    panc=1,
+    shared=False,
+)
 
 
 def original_bounds(n: int, regr_batch: int) -> list[tuple[int, int]]:
@@ -40,8 +49,11 @@ def bounds_of(sizes: list[int]) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("regr_batch", [2, 3, 4, 7, 1200])
 def test_chunk_sizes_follow_the_original(regr_batch):
-    ns = list(range(0, 4 * regr_batch + 3)) if regr_batch < 100 else [0, 1, 1199, 1200, 1201,
-                                                                      2400, 2401, 3200]
+    ns = (
+        list(range(0, 4 * regr_batch + 3))
+        if regr_batch < 100
+        else [0, 1, 1199, 1200, 1201, 2400, 2401, 3200]
+    )
     for n in ns:
         assert bounds_of(chunk_sizes(n, regr_batch)) == original_bounds(n, regr_batch), n
 
@@ -57,9 +69,16 @@ def test_chunk_sizes_known_values():
 
 def make_net() -> Patch2Pix:
     torch.manual_seed(0)
-    cfg = Namespace(training=False, backbone="ResNet34", change_stride=True, feat_idx=[0, 1, 2, 3],
-                    regressor_config=Namespace(**SMALL_RC), regr_batch=4, weights_dict=None,
-                    imagenet_init=False)
+    cfg = Namespace(
+        training=False,
+        backbone="ResNet34",
+        change_stride=True,
+        feat_idx=[0, 1, 2, 3],
+        regressor_config=Namespace(**SMALL_RC),
+        regr_batch=4,
+        weights_dict=None,
+        imagenet_init=False,
+    )
     return Patch2Pix(cfg)
 
 
@@ -83,8 +102,9 @@ def test_chunked_forward_equals_per_chunk_computation(n):
         m, p = net.forward_fine_match(feats, feats, [matches], 16, "center", net.regress_mid)
         ms, ps = [], []
         for i, j in original_bounds(n, 4):
-            mi, pi = ref.forward_fine_match(feats, feats, [matches[i:j]], 16, "center",
-                                            ref.regress_mid)
+            mi, pi = ref.forward_fine_match(
+                feats, feats, [matches[i:j]], 16, "center", ref.regress_mid
+            )
             ms.append(mi[0])
             ps.append(pi[0])
     torch.testing.assert_close(m[0], torch.cat(ms), rtol=0, atol=0)
@@ -93,8 +113,7 @@ def test_chunked_forward_equals_per_chunk_computation(n):
         torch.testing.assert_close(v, bn_buffers(ref.regress_mid)[k], rtol=0, atol=0, msg=k)
     # the bounds matter in training: one chunk of all rows gives other probabilities
     with torch.no_grad():
-        _, p_one = ref.forward_fine_match(feats, feats, [matches], 16, "center",
-                                          ref.regress_mid)
+        _, p_one = ref.forward_fine_match(feats, feats, [matches], 16, "center", ref.regress_mid)
     assert not torch.allclose(p_one[0], p[0])
 
 

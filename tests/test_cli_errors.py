@@ -61,9 +61,18 @@ def files(tmp_path_factory) -> dict[str, Path]:
     f["H_bad"] = root / "H_bad.txt"
     f["H_bad"].write_text("1 2\n3 4\n")
     # a coarse-only model's bare state_dict (NCNet weights)
-    net = Patch2Pix(Namespace(training=False, backbone="ResNet34", change_stride=True,
-                              feat_idx=[0, 1, 2, 3], regressor_config=None, regr_batch=1200,
-                              weights_dict=None, imagenet_init=False))
+    net = Patch2Pix(
+        Namespace(
+            training=False,
+            backbone="ResNet34",
+            change_stride=True,
+            feat_idx=[0, 1, 2, 3],
+            regressor_config=None,
+            regr_batch=1200,
+            weights_dict=None,
+            imagenet_init=False,
+        )
+    )
     f["ncn"] = root / "ncn.pth"
     torch.save(rule_state_dict(net), f["ncn"])
     # scene_info folders for the pair command
@@ -81,8 +90,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     # a crafted training-pair file
     f["evil_pairs"] = root / "pairs" / "evil.npy"
     f["evil_pairs"].parent.mkdir()
-    np.save(f["evil_pairs"], {"0000": {"ims": [], "pairs": [_Payload(f["marker"])]}},
-            allow_pickle=True)
+    np.save(
+        f["evil_pairs"], {"0000": {"ims": [], "pairs": [_Payload(f["marker"])]}}, allow_pickle=True
+    )
     (root / "pairs" / "notes.npy").write_text("not numpy")
     # HPatches roots with an unreadable and with a missing image
     from utils.eval.make_hpatches_synthetic import make_synthetic_hpatches
@@ -96,8 +106,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return f
 
 
-def _check(main: Callable[[list[str]], int], prog: str, argv: list[str], words: list[str],
-           out: Path | None, capsys) -> str:
+def _check(
+    main: Callable[[list[str]], int],
+    prog: str,
+    argv: list[str],
+    words: list[str],
+    out: Path | None,
+    capsys,
+) -> str:
     try:
         rc = main(argv)
     except SystemExit as e:  # argparse errors exit from parse_args, as in a real process
@@ -117,8 +133,16 @@ def _check(main: Callable[[list[str]], int], prog: str, argv: list[str], words: 
     return line
 
 
-def _check_out(main: Callable[[list[str]], int], prog: str, argv: list[str], words: list[str],
-               tmp_path: Path, capsys, flag: str = "--out", name: str | None = None) -> str:
+def _check_out(
+    main: Callable[[list[str]], int],
+    prog: str,
+    argv: list[str],
+    words: list[str],
+    tmp_path: Path,
+    capsys,
+    flag: str = "--out",
+    name: str | None = None,
+) -> str:
     """`_check` with the output flag pointing into a fresh folder unless the row sets it."""
     out = tmp_path / "out"
     if flag not in argv:
@@ -128,8 +152,13 @@ def _check_out(main: Callable[[list[str]], int], prog: str, argv: list[str], wor
 
 # ---------------------------------------------------------------- checkpoints
 def test_non_checkpoints_are_named(files):
-    for key, what in (("photo", "JPEG image"), ("png", "PNG image"), ("text", "text file"),
-                      ("npz", "numpy .npz archive"), ("broken", "text file")):
+    for key, what in (
+        ("photo", "JPEG image"),
+        ("png", "PNG image"),
+        ("text", "text file"),
+        ("npz", "numpy .npz archive"),
+        ("broken", "text file"),
+    ):
         for load in (load_checkpoint_safe, lambda p: load_model(p, lprint=lambda *_: None)):
             with pytest.raises(CheckpointError) as ei:
                 load(files[key])
@@ -153,32 +182,60 @@ def test_both_torch_formats_pass_the_check(tmp_path):
 
 # ---------------------------------------------------------------- examples.match_pair
 def _mp(f, *extra, im1="png", im2="png", ckpt=None):
-    return [str(f[im1]), str(f[im2]), "--ckpt", str(ckpt or f["ncn"]), "--method", "nc",
-            "--imsize", "64", "--device", "cpu", *extra]
+    return [
+        str(f[im1]),
+        str(f[im2]),
+        "--ckpt",
+        str(ckpt or f["ncn"]),
+        "--method",
+        "nc",
+        "--imsize",
+        "64",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 MATCH_PAIR: list[Row] = [
     ("missing_image", lambda f: _mp(f, im1="missing"), ["im1", "nothing.png", "not found"]),
     ("broken_image", lambda f: _mp(f, im2="broken"), ["im2", "broken.jpg"]),
     ("truncated_image", lambda f: _mp(f, im2="truncated"), ["im2", "truncated.jpg"]),
-    ("jpeg_as_ckpt", lambda f: _mp(f, ckpt=f["photo"]),
-     ["photo.jpg", "not a PyTorch checkpoint", "JPEG"]),
-    ("text_as_ckpt", lambda f: _mp(f, ckpt=f["text"]),
-     ["notes.txt", "not a PyTorch checkpoint", "text file"]),
+    (
+        "jpeg_as_ckpt",
+        lambda f: _mp(f, ckpt=f["photo"]),
+        ["photo.jpg", "not a PyTorch checkpoint", "JPEG"],
+    ),
+    (
+        "text_as_ckpt",
+        lambda f: _mp(f, ckpt=f["text"]),
+        ["notes.txt", "not a PyTorch checkpoint", "text file"],
+    ),
     ("npz_as_ckpt", lambda f: _mp(f, ckpt=f["npz"]), ["arrays.npz", "npz"]),
     ("missing_ckpt", lambda f: _mp(f, ckpt=f["missing"]), ["nothing.png", "not found"]),
-    ("ncn_weights_as_patch2pix",
-     lambda f: [str(f["png"]), str(f["png"]), "--ckpt", str(f["ncn"]), "--device", "cpu"],
-     ["ncn.pth", "method='nc'"]),
-    ("fine_on_coarse_only", lambda f: _mp(f, "--eval_type", "fine"),
-     ["--eval_type fine", "no regressors", "--eval_type coarse"]),
+    (
+        "ncn_weights_as_patch2pix",
+        lambda f: [str(f["png"]), str(f["png"]), "--ckpt", str(f["ncn"]), "--device", "cpu"],
+        ["ncn.pth", "method='nc'"],
+    ),
+    (
+        "fine_on_coarse_only",
+        lambda f: _mp(f, "--eval_type", "fine"),
+        ["--eval_type fine", "no regressors", "--eval_type coarse"],
+    ),
     ("unknown_eval_type", lambda f: _mp(f, "--eval_type", "best"), ["--eval_type", "best"]),
     ("missing_H", lambda f: _mp(f, "--H", str(f["missing"])), ["--H", "nothing.png"]),
     ("bad_H", lambda f: _mp(f, "--H", str(f["H_bad"])), ["--H", "H_bad.txt", "3x3"]),
-    ("bad_out_format", lambda f: _mp(f, "--out", str(f["root"] / "o.xyz")),
-     ["--out", "o.xyz", "format"]),
-    ("out_under_a_file", lambda f: _mp(f, "--out", str(f["a_file"] / "m.png")),
-     ["--out", "a_file"]),
+    (
+        "bad_out_format",
+        lambda f: _mp(f, "--out", str(f["root"] / "o.xyz")),
+        ["--out", "o.xyz", "format"],
+    ),
+    (
+        "out_under_a_file",
+        lambda f: _mp(f, "--out", str(f["a_file"] / "m.png")),
+        ["--out", "a_file"],
+    ),
     ("bad_ksize", lambda f: _mp(f, "--ksize", "0"), ["--ksize"]),
 ]
 
@@ -187,42 +244,113 @@ MATCH_PAIR: list[Row] = [
 def test_match_pair(row, files, tmp_path, capsys):
     from examples.match_pair import main
 
-    _check_out(main, "examples.match_pair", row[1](files), row[2], tmp_path, capsys,
-               name="m.png")
+    _check_out(main, "examples.match_pair", row[1](files), row[2], tmp_path, capsys, name="m.png")
 
 
 # ---------------------------------------------------------------- utils.eval.eval_hpatches
 EVAL_HPATCHES: list[Row] = [
-    ("missing_root", lambda f: ["--matcher", "oracle", "--root", str(f["missing"])],
-     ["nothing.png"]),
+    (
+        "missing_root",
+        lambda f: ["--matcher", "oracle", "--root", str(f["missing"])],
+        ["nothing.png"],
+    ),
     ("no_ckpt", lambda f: ["--root", str(f["empty_dir"])], ["--ckpt"]),
-    ("jpeg_as_ckpt", lambda f: ["--root", str(f["empty_dir"]), "--ckpt", str(f["photo"])],
-     ["photo.jpg", "not a PyTorch checkpoint", "JPEG"]),
-    ("text_as_ckpt", lambda f: ["--root", str(f["empty_dir"]), "--ckpt", str(f["text"])],
-     ["notes.txt", "not a PyTorch checkpoint", "text file"]),
-    ("missing_ckpt", lambda f: ["--root", str(f["empty_dir"]), "--ckpt", str(f["missing"])],
-     ["nothing.png", "not found"]),
-    ("fine_on_coarse_only",
-     lambda f: ["--root", str(f["empty_dir"]), "--ckpt", str(f["ncn"]), "--method", "nc",
-                "--eval_type", "mid", "--device", "cpu"],
-     ["--eval_type mid", "no regressors", "--eval_type coarse"]),
+    (
+        "jpeg_as_ckpt",
+        lambda f: ["--root", str(f["empty_dir"]), "--ckpt", str(f["photo"])],
+        ["photo.jpg", "not a PyTorch checkpoint", "JPEG"],
+    ),
+    (
+        "text_as_ckpt",
+        lambda f: ["--root", str(f["empty_dir"]), "--ckpt", str(f["text"])],
+        ["notes.txt", "not a PyTorch checkpoint", "text file"],
+    ),
+    (
+        "missing_ckpt",
+        lambda f: ["--root", str(f["empty_dir"]), "--ckpt", str(f["missing"])],
+        ["nothing.png", "not found"],
+    ),
+    (
+        "fine_on_coarse_only",
+        lambda f: [
+            "--root",
+            str(f["empty_dir"]),
+            "--ckpt",
+            str(f["ncn"]),
+            "--method",
+            "nc",
+            "--eval_type",
+            "mid",
+            "--device",
+            "cpu",
+        ],
+        ["--eval_type mid", "no regressors", "--eval_type coarse"],
+    ),
     ("bad_solver", lambda f: ["--matcher", "oracle", "--solver", "magic"], ["--solver"]),
-    ("unreadable_image",
-     lambda f: ["--matcher", "oracle", "--root", str(f["root"] / "hp_unreadable"),
-                "--exclude", "none"], ["3.ppm", "cannot decode"]),
-    ("missing_image",
-     lambda f: ["--matcher", "oracle", "--root", str(f["root"] / "hp_missing"),
-                "--exclude", "none"], ["i_synth00_astronaut", "4"]),
-    ("H_not_numbers",
-     lambda f: ["--matcher", "oracle", "--root", str(f["root"] / "hp_bad_H_text"),
-                "--exclude", "none"], ["i_synth00_astronaut/H_1_3", "not a 3x3 homography"]),
-    ("H_not_3x3",
-     lambda f: ["--matcher", "oracle", "--root", str(f["root"] / "hp_bad_H_shape"),
-                "--exclude", "none"], ["v_synth00_astronaut/H_1_2", "3x3", "(2, 2)"]),
-    ("unreadable_image_network",
-     lambda f: ["--ckpt", str(f["tiny_ckpt"]), "--root", str(f["root"] / "hp_unreadable"),
-                "--exclude", "none", "--imsize", "48", "--device", "cpu"],
-     ["3.ppm", "cannot decode"]),
+    (
+        "unreadable_image",
+        lambda f: [
+            "--matcher",
+            "oracle",
+            "--root",
+            str(f["root"] / "hp_unreadable"),
+            "--exclude",
+            "none",
+        ],
+        ["3.ppm", "cannot decode"],
+    ),
+    (
+        "missing_image",
+        lambda f: [
+            "--matcher",
+            "oracle",
+            "--root",
+            str(f["root"] / "hp_missing"),
+            "--exclude",
+            "none",
+        ],
+        ["i_synth00_astronaut", "4"],
+    ),
+    (
+        "H_not_numbers",
+        lambda f: [
+            "--matcher",
+            "oracle",
+            "--root",
+            str(f["root"] / "hp_bad_H_text"),
+            "--exclude",
+            "none",
+        ],
+        ["i_synth00_astronaut/H_1_3", "not a 3x3 homography"],
+    ),
+    (
+        "H_not_3x3",
+        lambda f: [
+            "--matcher",
+            "oracle",
+            "--root",
+            str(f["root"] / "hp_bad_H_shape"),
+            "--exclude",
+            "none",
+        ],
+        ["v_synth00_astronaut/H_1_2", "3x3", "(2, 2)"],
+    ),
+    (
+        "unreadable_image_network",
+        lambda f: [
+            "--ckpt",
+            str(f["tiny_ckpt"]),
+            "--root",
+            str(f["root"] / "hp_unreadable"),
+            "--exclude",
+            "none",
+            "--imsize",
+            "48",
+            "--device",
+            "cpu",
+        ],
+        ["3.ppm", "cannot decode"],
+    ),
 ]
 
 
@@ -231,8 +359,11 @@ def test_eval_hpatches(row, files, tiny_ckpt, tmp_path, capsys):
     from utils.eval.eval_hpatches import main
 
     out = tmp_path / "out"
-    argv = row[1]({**files, "tiny_ckpt": tiny_ckpt}) + ["--out", str(out / "r.json"),
-                                                         "--no_progress"]
+    argv = row[1]({**files, "tiny_ckpt": tiny_ckpt}) + [
+        "--out",
+        str(out / "r.json"),
+        "--no_progress",
+    ]
     _check(main, "utils.eval.eval_hpatches", argv, row[2], out, capsys)
 
 
@@ -269,20 +400,37 @@ def test_make_synthetic(row, files, tmp_path, capsys):
 
 # ---------------------------------------------------------------- prep_megadepth_training_pairs
 PREP_PAIRS: list[Row] = [
-    ("missing_base_dir", lambda f: ["--base_dir", str(f["missing"])],
-     ["--base_dir", "nothing.png", "not found"]),
+    (
+        "missing_base_dir",
+        lambda f: ["--base_dir", str(f["missing"])],
+        ["--base_dir", "nothing.png", "not found"],
+    ),
     ("no_scene_info", lambda f: ["--base_dir", str(f["empty_dir"])], ["scene_info"]),
-    ("crafted_scene_info", lambda f: ["--base_dir", str(f["root"] / "crafted")],
-     ["refusing", "0000.0.npz"]),
-    ("text_as_npz", lambda f: ["--base_dir", str(f["root"] / "text_npz")],
-     ["0000.0.npz", "not an .npz archive"]),
-    ("npz_without_keys", lambda f: ["--base_dir", str(f["root"] / "no_keys")],
-     ["0000.0.npz", "not a D2Net scene_info file"]),
-    ("save_dir_is_a_file",
-     lambda f: ["--base_dir", str(f["empty_dir"]), "--save_dir", str(f["a_file"])],
-     ["--save_dir", "a_file"]),
-    ("zero_pairs", lambda f: ["--base_dir", str(f["empty_dir"]), "--max_scene_pairs", "0"],
-     ["--max_scene_pairs"]),
+    (
+        "crafted_scene_info",
+        lambda f: ["--base_dir", str(f["root"] / "crafted")],
+        ["refusing", "0000.0.npz"],
+    ),
+    (
+        "text_as_npz",
+        lambda f: ["--base_dir", str(f["root"] / "text_npz")],
+        ["0000.0.npz", "not an .npz archive"],
+    ),
+    (
+        "npz_without_keys",
+        lambda f: ["--base_dir", str(f["root"] / "no_keys")],
+        ["0000.0.npz", "not a D2Net scene_info file"],
+    ),
+    (
+        "save_dir_is_a_file",
+        lambda f: ["--base_dir", str(f["empty_dir"]), "--save_dir", str(f["a_file"])],
+        ["--save_dir", "a_file"],
+    ),
+    (
+        "zero_pairs",
+        lambda f: ["--base_dir", str(f["empty_dir"]), "--max_scene_pairs", "0"],
+        ["--max_scene_pairs"],
+    ),
     ("unknown_tag", lambda f: ["--exclude_tag", "excl_none"], ["--exclude_tag"]),
 ]
 
@@ -291,22 +439,41 @@ PREP_PAIRS: list[Row] = [
 def test_prep_megadepth_training_pairs(row, files, tmp_path, capsys):
     from data_pairs.prep_megadepth_training_pairs import main
 
-    _check_out(main, "data_pairs.prep_megadepth_training_pairs", row[1](files), row[2],
-               tmp_path, capsys, flag="--save_dir")
+    _check_out(
+        main,
+        "data_pairs.prep_megadepth_training_pairs",
+        row[1](files),
+        row[2],
+        tmp_path,
+        capsys,
+        flag="--save_dir",
+    )
     assert not files["marker"].exists()
 
 
 # ---------------------------------------------------------------- precompute_immatch_val_ovs
 VAL_OVS: list[Row] = [
-    ("missing_root", lambda f: ["--data_root", str(f["missing"])],
-     ["--data_root", "nothing.png", "not found"]),
+    (
+        "missing_root",
+        lambda f: ["--data_root", str(f["missing"])],
+        ["--data_root", "nothing.png", "not found"],
+    ),
     ("no_scenes", lambda f: ["--data_root", str(f["empty_dir"])], ["no <scene>/dense/sparse"]),
-    ("unknown_scene", lambda f: ["--data_root", str(f["empty_dir"]), "--scenes", "nope"],
-     ["--scenes", "nope"]),
-    ("corrupt_model", lambda f: ["--data_root", str(f["root"] / "val_bad")],
-     [str(Path("s1") / "dense" / "sparse")]),
-    ("bad_overlap", lambda f: ["--data_root", str(f["empty_dir"]), "--overlaps", "1.5"],
-     ["--overlaps"]),
+    (
+        "unknown_scene",
+        lambda f: ["--data_root", str(f["empty_dir"]), "--scenes", "nope"],
+        ["--scenes", "nope"],
+    ),
+    (
+        "corrupt_model",
+        lambda f: ["--data_root", str(f["root"] / "val_bad")],
+        [str(Path("s1") / "dense" / "sparse")],
+    ),
+    (
+        "bad_overlap",
+        lambda f: ["--data_root", str(f["empty_dir"]), "--overlaps", "1.5"],
+        ["--overlaps"],
+    ),
 ]
 
 
@@ -319,36 +486,86 @@ def test_precompute_immatch_val_ovs(row, files, capsys):
 
 
 # ---------------------------------------------------------------- train_patch2pix
-def _train(f: dict[str, Path], data: Path, *extra: str, pair_root: Path | None = None,
-           match_npy: str | None = None) -> list[str]:
-    argv = ["--data_root", str(data / "data"), "--pair_root", str(pair_root or data / "pairs"),
-            "--change_stride", "--conv_dims", "8", "8", "--fc_dims", "8", "8",
-            "--train_size", "160", "96", "--workers", "0", "--no_progress", "--device", "cpu",
-            "--no_val", "--random_backbone", *extra]
+def _train(
+    f: dict[str, Path],
+    data: Path,
+    *extra: str,
+    pair_root: Path | None = None,
+    match_npy: str | None = None,
+) -> list[str]:
+    argv = [
+        "--data_root",
+        str(data / "data"),
+        "--pair_root",
+        str(pair_root or data / "pairs"),
+        "--change_stride",
+        "--conv_dims",
+        "8",
+        "8",
+        "--fc_dims",
+        "8",
+        "8",
+        "--train_size",
+        "160",
+        "96",
+        "--workers",
+        "0",
+        "--no_progress",
+        "--device",
+        "cpu",
+        "--no_val",
+        "--random_backbone",
+        *extra,
+    ]
     if match_npy:
         argv += ["--match_npy", match_npy]
     return argv
 
 
 TRAIN: list[tuple[str, Callable[[dict[str, Path], Path], list[str]], list[str]]] = [
-    ("jpeg_as_ckpt", lambda f, d: _train(f, d, "--ckpt", str(f["photo"])),
-     ["--ckpt", "photo.jpg", "not a PyTorch checkpoint", "JPEG"]),
-    ("text_as_ckpt", lambda f, d: _train(f, d, "--ckpt", str(f["text"])),
-     ["--ckpt", "notes.txt", "not a PyTorch checkpoint", "text file"]),
-    ("jpeg_as_pretrain", lambda f, d: _train(f, d, "--pretrain", str(f["photo"])),
-     ["--pretrain", "photo.jpg", "JPEG"]),
-    ("missing_pretrain", lambda f, d: _train(f, d, "--pretrain", str(f["missing"])),
-     ["--pretrain", "nothing.png", "not found"]),
-    ("missing_data_root",
-     lambda f, d: ["--data_root", str(f["missing"]), "--pair_root", str(d / "pairs"),
-                   "--random_backbone", "--device", "cpu"],
-     ["--data_root", "nothing.png"]),
-    ("crafted_pair_file",
-     lambda f, d: _train(f, d, pair_root=f["evil_pairs"].parent, match_npy="evil.npy"),
-     ["refusing", "evil.npy"]),
-    ("text_pair_file",
-     lambda f, d: _train(f, d, pair_root=f["evil_pairs"].parent, match_npy="notes.npy"),
-     ["notes.npy"]),
+    (
+        "jpeg_as_ckpt",
+        lambda f, d: _train(f, d, "--ckpt", str(f["photo"])),
+        ["--ckpt", "photo.jpg", "not a PyTorch checkpoint", "JPEG"],
+    ),
+    (
+        "text_as_ckpt",
+        lambda f, d: _train(f, d, "--ckpt", str(f["text"])),
+        ["--ckpt", "notes.txt", "not a PyTorch checkpoint", "text file"],
+    ),
+    (
+        "jpeg_as_pretrain",
+        lambda f, d: _train(f, d, "--pretrain", str(f["photo"])),
+        ["--pretrain", "photo.jpg", "JPEG"],
+    ),
+    (
+        "missing_pretrain",
+        lambda f, d: _train(f, d, "--pretrain", str(f["missing"])),
+        ["--pretrain", "nothing.png", "not found"],
+    ),
+    (
+        "missing_data_root",
+        lambda f, d: [
+            "--data_root",
+            str(f["missing"]),
+            "--pair_root",
+            str(d / "pairs"),
+            "--random_backbone",
+            "--device",
+            "cpu",
+        ],
+        ["--data_root", "nothing.png"],
+    ),
+    (
+        "crafted_pair_file",
+        lambda f, d: _train(f, d, pair_root=f["evil_pairs"].parent, match_npy="evil.npy"),
+        ["refusing", "evil.npy"],
+    ),
+    (
+        "text_pair_file",
+        lambda f, d: _train(f, d, pair_root=f["evil_pairs"].parent, match_npy="notes.npy"),
+        ["notes.npy"],
+    ),
 ]
 
 
@@ -360,7 +577,6 @@ def test_train_patch2pix(row, files, train_data, tmp_path, capsys):
     argv = row[1](files, train_data) + ["-o", str(out)]
     _check(train_patch2pix.main, "train_patch2pix", argv, row[2], out, capsys)
     assert not files["marker"].exists()
-
 
 
 # ---------------------------------------------------------------- examples.make_example_pairs

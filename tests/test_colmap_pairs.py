@@ -65,10 +65,33 @@ def recs(tmp_path_factory) -> Path:
     - ``syn``: the generator's own output (distorted camera models).
     """
     root = tmp_path_factory.mktemp("colmap_recs")
-    rc = make_synthetic.main(["--out", str(root / "syn"), "--scenes", "0", "--val_scenes", "3",
-                              "--val_images", "6", "--images_per_scene", "6", "--width",
-                              str(W), "--height", str(H), "--points", "500", "--supersample",
-                              "1", "--portrait_every", "3", "--no_ov_pairs", "--seed", "3"])
+    rc = make_synthetic.main(
+        [
+            "--out",
+            str(root / "syn"),
+            "--scenes",
+            "0",
+            "--val_scenes",
+            "3",
+            "--val_images",
+            "6",
+            "--images_per_scene",
+            "6",
+            "--width",
+            str(W),
+            "--height",
+            str(H),
+            "--points",
+            "500",
+            "--supersample",
+            "1",
+            "--portrait_every",
+            "3",
+            "--no_ov_pairs",
+            "--seed",
+            "3",
+        ]
+    )
     assert rc == 0
     val = root / "syn" / SYN_VAL
     castle = _undistorted_copy(val / "synthetic_val" / "dense", root / "mine/castle/dense")
@@ -121,19 +144,30 @@ def _sampson(x1: np.ndarray, x2: np.ndarray, F: np.ndarray) -> np.ndarray:
 
 def _quat_to_R(q: np.ndarray) -> np.ndarray:
     w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
 def castle_pairs(recs, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("castle_pairs") / "pairs.npy"
-    rc = pcp.main(["--model", str(recs / "mine/castle/dense/sparse"), "--images",
-                   str(recs / "mine/castle/dense/images"), "--out", str(out),
-                   "--min_overlap", "0.2"])
+    rc = pcp.main(
+        [
+            "--model",
+            str(recs / "mine/castle/dense/sparse"),
+            "--images",
+            str(recs / "mine/castle/dense/images"),
+            "--out",
+            str(out),
+            "--min_overlap",
+            "0.2",
+        ]
+    )
     assert rc == 0
     return load_pair_file(out)
 
@@ -148,8 +182,9 @@ def test_pairs_overlaps_and_F_match_the_known_geometry(recs, castle_pairs):
     expected = _expected_pairs(dense, 0.2)
     got = {(p.im1, p.im2): p for p in entry["pairs"]}
     assert len(expected) >= 10 and set(got) == set(expected)  # nothing failed Sampson
-    portrait = {im.name for im in ims.values()
-                if cams[im.camera_id].width < cams[im.camera_id].height}
+    portrait = {
+        im.name for im in ims.values() if cams[im.camera_id].width < cams[im.camera_id].height
+    }
     assert portrait and not portrait & {n for pair in got for n in pair}
     for (n1, n2), p in got.items():
         assert p.overlap == pytest.approx(expected[(n1, n2)], abs=1e-12)
@@ -189,8 +224,23 @@ def test_text_model_gives_the_same_pairs(recs, castle_pairs, tmp_path):
     out = tmp_path / "txt.npy"
     dense = recs / "mine/castle/dense"
     assert (dense / "sparse_txt/points3D.txt").is_file()
-    assert pcp.main(["--model", str(dense / "sparse_txt"), "--images", str(dense / "images"),
-                     "--scene", "castle", "--out", str(out), "--min_overlap", "0.2"]) == 0
+    assert (
+        pcp.main(
+            [
+                "--model",
+                str(dense / "sparse_txt"),
+                "--images",
+                str(dense / "images"),
+                "--scene",
+                "castle",
+                "--out",
+                str(out),
+                "--min_overlap",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     txt = load_pair_file(out)["castle"]
     ref = castle_pairs["castle"]
     assert [(p.im1, p.im2) for p in txt["pairs"]] == [(p.im1, p.im2) for p in ref["pairs"]]
@@ -201,14 +251,17 @@ def test_text_model_gives_the_same_pairs(recs, castle_pairs, tmp_path):
 
 
 def test_directed_overlaps_known_answer():
-    ov = pcp.directed_overlaps([np.array([1, 2, 3, 4, -1]), np.array([3, 4, 5]),
-                                np.array([-1, -1]), np.array([4, 4, 9])])
-    expected = np.array([
-        [-1, 2 / 4, 0, 1 / 4],
-        [2 / 3, -1, 0, 1 / 3],
-        [-1, -1, -1, -1],
-        [1 / 2, 1 / 2, 0, -1],
-    ])
+    ov = pcp.directed_overlaps(
+        [np.array([1, 2, 3, 4, -1]), np.array([3, 4, 5]), np.array([-1, -1]), np.array([4, 4, 9])]
+    )
+    expected = np.array(
+        [
+            [-1, 2 / 4, 0, 1 / 4],
+            [2 / 3, -1, 0, 1 / 3],
+            [-1, -1, -1, -1],
+            [1 / 2, 1 / 2, 0, -1],
+        ]
+    )
     np.testing.assert_allclose(ov, expected)
 
 
@@ -219,8 +272,23 @@ def test_zero_distortion_models_are_accepted_as_pinhole(recs, castle_pairs, tmp_
     models = {c.model for c in read_model(dense / "sparse")[0].values()}
     assert {"SIMPLE_RADIAL", "RADIAL"} <= models
     out = tmp_path / "p.npy"
-    assert pcp.main(["--model", str(dense / "sparse"), "--images", str(dense / "images"),
-                     "--scene", "castle", "--out", str(out), "--min_overlap", "0.2"]) == 0
+    assert (
+        pcp.main(
+            [
+                "--model",
+                str(dense / "sparse"),
+                "--images",
+                str(dense / "images"),
+                "--scene",
+                "castle",
+                "--out",
+                str(out),
+                "--min_overlap",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     got, ref = load_pair_file(out)["castle"]["pairs"], castle_pairs["castle"]["pairs"]
     assert [(p.im1, p.im2) for p in got] == [(p.im1, p.im2) for p in ref]
     for a, b in zip(got, ref):
@@ -228,21 +296,27 @@ def test_zero_distortion_models_are_accepted_as_pinhole(recs, castle_pairs, tmp_
         np.testing.assert_allclose(a.t, b.t)
 
 
-def test_distorted_model_refused_then_accepted_after_image_undistorter(recs, tmp_path,
-                                                                        castle_pairs, capsys):
+def test_distorted_model_refused_then_accepted_after_image_undistorter(
+    recs, tmp_path, castle_pairs, capsys
+):
     """A model with lens distortion is refused with the fix; the output of COLMAP's
     image_undistorter (pycolmap.undistort_images, the same library code) is accepted."""
     import pycolmap
 
     cams, ims, pts = read_model(recs / "mine/castle/dense/sparse")
-    distorted = {cid: Camera("SIMPLE_RADIAL", c.width, c.height,
-                             np.array([c.params[0], c.params[2], c.params[3], 1e-4]))
-                 for cid, c in cams.items()}
+    distorted = {
+        cid: Camera(
+            "SIMPLE_RADIAL",
+            c.width,
+            c.height,
+            np.array([c.params[0], c.params[2], c.params[3], 1e-4]),
+        )
+        for cid, c in cams.items()
+    }
     model = write_model(tmp_path / "distorted", distorted, ims, pts)
     images = recs / "mine/castle/dense/images"
     out = tmp_path / "p.npy"
-    rc, _, err = _run(["--model", str(model), "--images", str(images), "--out", str(out)],
-                      capsys)
+    rc, _, err = _run(["--model", str(model), "--images", str(images), "--out", str(out)], capsys)
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err
     assert lines[0].startswith("data_pairs.prep_colmap_training_pairs: error: --model ")
@@ -253,22 +327,39 @@ def test_distorted_model_refused_then_accepted_after_image_undistorter(recs, tmp
     und = tmp_path / "undistorted"
     pycolmap.undistort_images(str(und), str(model), str(images))
     assert {c.model for c in read_model(und / "sparse")[0].values()} == {"PINHOLE"}
-    rc, _, err = _run(["--model", str(und / "sparse"), "--images", str(und / "images"),
-                       "--scene", "castle", "--out", str(out), "--min_overlap", "0.2"], capsys)
+    rc, _, err = _run(
+        [
+            "--model",
+            str(und / "sparse"),
+            "--images",
+            str(und / "images"),
+            "--scene",
+            "castle",
+            "--out",
+            str(out),
+            "--min_overlap",
+            "0.2",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     got = load_pair_file(out)["castle"]["pairs"]
     # k = 1e-4 moves points by < 0.01 px: the same pairs as the undistorted original
-    assert {(p.im1, p.im2) for p in got} == {(p.im1, p.im2) for p in castle_pairs["castle"]
-                                             ["pairs"]}
+    assert {(p.im1, p.im2) for p in got} == {
+        (p.im1, p.im2) for p in castle_pairs["castle"]["pairs"]
+    }
 
 
 def test_several_scenes_scenes_file_and_relative_image_dirs(recs, tmp_path, capsys):
     sf = recs / "scenes.txt"
-    sf.write_text("# name model images\ncastle mine/castle/dense/sparse mine/castle/dense/images"
-                  "\n\ntower  mine/tower/dense/sparse   mine/tower/dense/images  # second\n")
+    sf.write_text(
+        "# name model images\ncastle mine/castle/dense/sparse mine/castle/dense/images"
+        "\n\ntower  mine/tower/dense/sparse   mine/tower/dense/images  # second\n"
+    )
     out = tmp_path / "both.npy"
-    rc, stdout, _ = _run(["--scenes_file", str(sf), "--out", str(out), "--data_root",
-                          str(recs / "mine")], capsys)
+    rc, stdout, _ = _run(
+        ["--scenes_file", str(sf), "--out", str(out), "--data_root", str(recs / "mine")], capsys
+    )
     assert rc == 0 and "2 scenes" in stdout
     both = load_pair_file(out)
     assert list(both) == ["castle", "tower"]
@@ -299,15 +390,37 @@ def test_finetune_on_own_pairs_with_heldout_validation(recs, tiny_ckpt, tmp_path
     """The README's path: pairs → held-out overlaps → one training step from a checkpoint
     (--ckpt) on the new pairs, validated on the held-out reconstruction (--val_root)."""
     pair_dir = tmp_path / "pairs"
-    assert pcp.main(["--model", str(recs / "mine/castle/dense/sparse"), "--images",
-                     str(recs / "mine/castle/dense/images"), "--out",
-                     str(pair_dir / "my_pairs.npy")]) == 0
+    assert (
+        pcp.main(
+            [
+                "--model",
+                str(recs / "mine/castle/dense/sparse"),
+                "--images",
+                str(recs / "mine/castle/dense/images"),
+                "--out",
+                str(pair_dir / "my_pairs.npy"),
+            ]
+        )
+        == 0
+    )
     assert pov.main(["--data_root", str(recs / "heldout")]) == 0
     assert (recs / "heldout/hall/dense/sparse/ov_pairs.npy").is_file()
     capsys.readouterr()
-    argv = ["--pair_root", str(pair_dir), "--match_npy", "my_pairs.npy", "--data_root",
-            str(tmp_path / "absent"), "--val_root", str(recs / "heldout"),
-            "--ckpt", str(tiny_ckpt), "-o", str(tmp_path / "out"), *TINY_TRAIN]
+    argv = [
+        "--pair_root",
+        str(pair_dir),
+        "--match_npy",
+        "my_pairs.npy",
+        "--data_root",
+        str(tmp_path / "absent"),
+        "--val_root",
+        str(recs / "heldout"),
+        "--ckpt",
+        str(tiny_ckpt),
+        "-o",
+        str(tmp_path / "out"),
+        *TINY_TRAIN,
+    ]
     assert train_patch2pix.main(argv) == 0, capsys.readouterr().err[-2000:]
     exp = _exp_dir(argv)
     assert (exp / "last_ckpt.pth").is_file() and (exp / "ckpt_ep1.pth").is_file()
@@ -323,8 +436,17 @@ def test_finetune_on_own_pairs_with_heldout_validation(recs, tiny_ckpt, tmp_path
 def test_val_root_without_overlaps_is_a_usage_error(recs, tmp_path, capsys, castle_pairs):
     bare = tmp_path / "val"
     shutil.copytree(recs / "mine/tower", bare / "tower")  # no sparse/ov_pairs.npy
-    argv = ["--pair_root", str(tmp_path), "--match_npy", "p.npy", "--val_root", str(bare),
-            "-o", str(tmp_path / "out"), *TINY_TRAIN]
+    argv = [
+        "--pair_root",
+        str(tmp_path),
+        "--match_npy",
+        "p.npy",
+        "--val_root",
+        str(bare),
+        "-o",
+        str(tmp_path / "out"),
+        *TINY_TRAIN,
+    ]
     np.save(tmp_path / "p.npy", castle_pairs, allow_pickle=True)
     assert train_patch2pix.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -351,19 +473,20 @@ def _bad_cases(recs: Path, tmp: Path) -> list[tuple[list[str], list[str]]]:
     bad_sf = tmp / "scenes.txt"
     bad_sf.write_text("castle a b\nonly_two fields\n")
     return [
-        (["--model", str(tmp / "nowhere"), "--images", str(c / "images")],
-         ["--model", "nowhere"]),
-        (["--model", str(no_points), "--images", str(c / "images")],
-         ["--model", "points3D.bin"]),
-        (["--model", str(c / "sparse"), "--images", str(tmp / "noimages")],
-         ["--images", "noimages", "not found"]),
+        (["--model", str(tmp / "nowhere"), "--images", str(c / "images")], ["--model", "nowhere"]),
+        (["--model", str(no_points), "--images", str(c / "images")], ["--model", "points3D.bin"]),
+        (
+            ["--model", str(c / "sparse"), "--images", str(tmp / "noimages")],
+            ["--images", "noimages", "not found"],
+        ),
         (["--model", str(c / "sparse")], ["--images", "once per --model"]),
         (good + ["--scene", "a", "--scene", "b"], ["--scene", "once per --model"]),
         (good + good, ["--scene", "both named 'castle'"]),
-        (["--model", str(c / "sparse"), "--images", str(missing_im)],
-         ["--images", first.name, "not found"]),
-        (["--model", str(c / "sparse"), "--images", str(small)],
-         ["--images", first.name, "64x40"]),
+        (
+            ["--model", str(c / "sparse"), "--images", str(missing_im)],
+            ["--images", first.name, "not found"],
+        ),
+        (["--model", str(c / "sparse"), "--images", str(small)], ["--images", first.name, "64x40"]),
         (["--scenes_file", str(bad_sf)], ["--scenes_file", "line 2"]),
         (["--scenes_file", str(tmp / "none.txt")], ["--scenes_file", "none.txt"]),
         (["--scenes_file", str(bad_sf)] + good, ["--scenes_file"]),
@@ -391,8 +514,17 @@ def test_bad_input_one_line_exit_2_nothing_written(recs, tmp_path, capsys):
         assert not out.parent.exists(), args
     (tmp_path / "dir.npy").mkdir()
     for out, needle in ((tmp_path / "p.txt", ".npy"), (tmp_path / "dir.npy", "is a folder")):
-        rc, _, err = _run(["--model", str(recs / "mine/castle/dense/sparse"), "--images",
-                           str(recs / "mine/castle/dense/images"), "--out", str(out)], capsys)
+        rc, _, err = _run(
+            [
+                "--model",
+                str(recs / "mine/castle/dense/sparse"),
+                "--images",
+                str(recs / "mine/castle/dense/images"),
+                "--out",
+                str(out),
+            ],
+            capsys,
+        )
         assert rc == 2 and "--out" in err and needle in err
     assert not (tmp_path / "p.txt").exists()
 
@@ -400,5 +532,4 @@ def test_bad_input_one_line_exit_2_nothing_written(recs, tmp_path, capsys):
 def test_pair_namespace_fields(castle_pairs):
     p = castle_pairs["castle"]["pairs"][0]
     assert isinstance(p, Namespace)
-    assert set(vars(p)) == {"im1", "im2", "overlap", "K1", "K2", "t", "q", "R", "crop1",
-                            "crop2"}
+    assert set(vars(p)) == {"im1", "im2", "overlap", "K1", "K2", "t", "q", "R", "crop1", "crop2"}

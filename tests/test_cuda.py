@@ -31,8 +31,9 @@ from utils.train.experiment import make_tags
 from utils.train.losses import LossConfig
 from utils.train.trainer import train_step
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="no CUDA device (the CUDA subset runs on a GPU machine)")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device (the CUDA subset runs on a GPU machine)"
+)
 CUDA = torch.device("cuda")
 TERMS = ("cls_mid", "cls_fine", "epi_mid", "epi_fine", "loss")
 
@@ -51,16 +52,23 @@ def recorded_net(rc: dict, device: torch.device, grad_ckpt: bool = False) -> Pat
     return rule_training_net(rc, device, grad_ckpt=grad_ckpt)
 
 
-def one_step(net: Patch2Pix, batch: dict, cfg: LossConfig, ptmax: int, mode: str = "off",
-             amp: MixedPrecision | None = None):
+def one_step(
+    net: Patch2Pix,
+    batch: dict,
+    cfg: LossConfig,
+    ptmax: int,
+    mode: str = "off",
+    amp: MixedPrecision | None = None,
+):
     """One train_step under `mode`; the loss terms (on the CPU), a copy of each gradient
     (for fp16 already unscaled: GradScaler.step unscales them in place) and the
     MixedPrecision used."""
     torch.manual_seed(0)  # ptmax sampling
     amp = amp or MixedPrecision.create(mode, net.device)
     out, _ = train_step(net, batch, cfg, 2, ptmax, amp=amp)
-    grads = {k: p.grad.detach().cpu().clone() for k, p in net.named_parameters()
-             if p.grad is not None}
+    grads = {
+        k: p.grad.detach().cpu().clone() for k, p in net.named_parameters() if p.grad is not None
+    }
     return {k: v.detach().cpu() for k, v in out.terms().items()}, grads, amp
 
 
@@ -76,10 +84,12 @@ def test_recorded_model_outputs_on_cuda(refvec, no_tf32):
     im1, im2 = v["im1"].to(CUDA), v["im2"].to(CUDA)
     with torch.no_grad():
         corr, _ = net(im1, im2, ksize=2)
-        torch.testing.assert_close(corr.cpu(), v["corr4d"], rtol=1e-4,
-                                   atol=1e-5 * float(v["corr4d"].abs().max()))
-        fine, fine_p, mid, mid_p, coarse = net.predict_fine(im1, im2, ksize=2, mutual=True,
-                                                            return_all=True)
+        torch.testing.assert_close(
+            corr.cpu(), v["corr4d"], rtol=1e-4, atol=1e-5 * float(v["corr4d"].abs().max())
+        )
+        fine, fine_p, mid, mid_p, coarse = net.predict_fine(
+            im1, im2, ksize=2, mutual=True, return_all=True
+        )
     assert torch.equal(coarse[0].cpu(), v["coarse"])
     torch.testing.assert_close(mid[0].cpu(), v["mid"], atol=1e-3, rtol=0)
     torch.testing.assert_close(fine[0].cpu(), v["fine"], atol=1e-3, rtol=0)
@@ -93,11 +103,11 @@ def test_recorded_train_step_on_cuda_equals_cpu(refvec, no_tf32):
     rc, batch, cfg, ptmax = recorded_train_setup(refvec)
     tg, gg, _ = one_step(recorded_net(rc, CUDA), batch, cfg, ptmax)
     tc, gc, _ = one_step(recorded_net(rc, torch.device("cpu")), batch, cfg, ptmax)
-    torch.testing.assert_close(tg["loss"].reshape(1), refvec["train_step"]["loss_pair"],
-                               rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        tg["loss"].reshape(1), refvec["train_step"]["loss_pair"], rtol=1e-4, atol=0
+    )
     for k in TERMS:  # the total at 1e-4 above; a term moves a little more (measured 1e-4+)
-        assert float((tg[k] - tc[k]).abs().max() / tc[k].abs().max()) < 1e-3, \
-            (k, tg[k], tc[k])
+        assert float((tg[k] - tc[k]).abs().max() / tc[k].abs().max()) < 1e-3, (k, tg[k], tc[k])
     assert set(gg) == set(gc)
     for k in gc:
         if float(gc[k].norm()) > 1e-2:  # pre-BatchNorm biases: a true gradient of ~0
@@ -146,8 +156,11 @@ def test_mixed_precision_step_on_cuda_close_to_fp32(refvec, mode):
     for k in TERMS:  # measured on the H100: 3.5 % for epi_fine (CPU, float32: 1.9 %)
         rel = float((t16[k] - t32[k]).abs().max() / t32[k].abs().max())
         assert rel < 0.05, (k, rel)
-    live = [k for k in g32 if k.startswith(("regress_mid.", "regress_fine."))
-            and float(g32[k].norm()) > 1e-2]
+    live = [
+        k
+        for k in g32
+        if k.startswith(("regress_mid.", "regress_fine.")) and float(g32[k].norm()) > 1e-2
+    ]
     assert len(live) >= 2 * 12
     # bf16 moves ~15 % of the fine patch positions and flips max-pool argmaxes, which bounds
     # every bf16 placement (benchmarks/RESULTS.md, "bf16 gradient direction", CPU). Measured
@@ -198,8 +211,10 @@ def test_matcher_on_cuda_equals_cpu(tiny_ckpt: Path, tmp_path: Path, no_tf32):
     """Patch2PixMatcher on the GPU gives the CPU's matches (same coarse matches, refined
     positions within 1e-3 px, scores within 1e-5)."""
     p1, p2 = write_scaled_pair(tmp_path, (200, 150), 1.5)
-    res = {d: Patch2PixMatcher(tiny_ckpt, imsize=256, device=d, lprint=lambda *a: None)(p1, p2)
-           for d in ("cpu", "cuda")}
+    res = {
+        d: Patch2PixMatcher(tiny_ckpt, imsize=256, device=d, lprint=lambda *a: None)(p1, p2)
+        for d in ("cpu", "cuda")
+    }
     cpu, gpu = res["cpu"], res["cuda"]
     assert len(cpu["keypoints0"]) > 20
     np.testing.assert_array_equal(gpu["coarse"], cpu["coarse"])
@@ -210,11 +225,40 @@ def test_matcher_on_cuda_equals_cpu(tiny_ckpt: Path, tmp_path: Path, no_tf32):
 
 # ----------------------------------------------------------------------------- the command
 def tiny_args(train_data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data_root", str(train_data / "data"), "--pair_root", str(train_data / "pairs"),
-            "-o", str(out), "--change_stride", "--conv_dims", "8", "8", "--fc_dims", "8", "8",
-            "--ptmax", "20", "--batch", "2", "--train_size", "160", "96",
-            "--max_iters_per_epoch", "2", "--epochs", "1", "--workers", "0", "--no_progress",
-            "--random_backbone", "--no_val", "--device", "cuda", *extra]
+    return [
+        "--data_root",
+        str(train_data / "data"),
+        "--pair_root",
+        str(train_data / "pairs"),
+        "-o",
+        str(out),
+        "--change_stride",
+        "--conv_dims",
+        "8",
+        "8",
+        "--fc_dims",
+        "8",
+        "8",
+        "--ptmax",
+        "20",
+        "--batch",
+        "2",
+        "--train_size",
+        "160",
+        "96",
+        "--max_iters_per_epoch",
+        "2",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--no_progress",
+        "--random_backbone",
+        "--no_val",
+        "--device",
+        "cuda",
+        *extra,
+    ]
 
 
 def float32_checkpoint(args: list[str]) -> dict:
@@ -231,8 +275,13 @@ def float32_checkpoint(args: list[str]) -> dict:
 
 def test_training_command_fp16_with_grad_ckpt_on_cuda(train_data, tmp_path):
     args = tiny_args(train_data, tmp_path, "--amp", "fp16", "--grad_ckpt", "--regr_batch", "50")
-    proc = subprocess.run([sys.executable, "-m", "train_patch2pix", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "train_patch2pix", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert float32_checkpoint(args)["last_epoch"] == 0
 
@@ -246,8 +295,13 @@ def test_sync_bn_wrap_on_cuda_equals_plain_batchnorm(refvec, free_port, no_tf32)
     from utils.train.distributed import DistInfo, wrap_model
 
     rc, batch, cfg, ptmax = recorded_train_setup(refvec)
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port}", rank=0,
-                            world_size=1, device_id=torch.device("cuda", 0))
+    dist.init_process_group(
+        "nccl",
+        init_method=f"tcp://127.0.0.1:{free_port}",
+        rank=0,
+        world_size=1,
+        device_id=torch.device("cuda", 0),
+    )
     try:
         plain, net = recorded_net(rc, CUDA), recorded_net(rc, CUDA)
         params = {id(p) for p in net.parameters()}
@@ -270,8 +324,13 @@ def test_sync_bn_wrap_on_cuda_equals_plain_batchnorm(refvec, free_port, no_tf32)
 def test_training_command_sync_bn_with_one_process_says_so(train_data, tmp_path):
     """--sync_bn outside torchrun (one process): plain BatchNorm, and the log says so."""
     args = tiny_args(train_data, tmp_path, "--sync_bn")
-    proc = subprocess.run([sys.executable, "-m", "train_patch2pix", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "train_patch2pix", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = parse_args(args)
     log = (make_tags(a).exp_dir(a.out_dir) / "log.txt").read_text()

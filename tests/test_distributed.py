@@ -27,13 +27,28 @@ import torch.multiprocessing as mp
 from utils.train.distributed import DistInfo, dist_env, local_batch
 
 REPO = Path(__file__).resolve().parents[1]
-RC = dict(conv_dims=[8, 8], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[8, 8],
-          feat_comb="pre", psize=[16, 16], pshift=8, panc=8, shared=False)
+RC = dict(
+    conv_dims=[8, 8],
+    conv_kers=[3, 3],
+    conv_strs=[2, 1],
+    fc_dims=[8, 8],
+    feat_comb="pre",
+    psize=[16, 16],
+    pshift=8,
+    panc=8,
+    shared=False,
+)
 # SGD (momentum 0.9): the weights are linear in the gradients, so a tight tolerance means
 # something. (Adam's first steps are ~lr·sign(grad): on the biases before a BatchNorm, whose
 # true gradient is 0, float rounding noise alone decides the sign.)
-OPTIM = Namespace(opt="sgd", lr_init=1e-2, weight_decay=0, lr_decay=None, optimizer_dict=None,
-                  lr_scheduler_dict=None)
+OPTIM = Namespace(
+    opt="sgd",
+    lr_init=1e-2,
+    weight_decay=0,
+    lr_decay=None,
+    optimizer_dict=None,
+    lr_scheduler_dict=None,
+)
 F_RECT = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
 
@@ -41,10 +56,20 @@ def make_net():
     from networks.patch2pix import Patch2Pix
 
     torch.manual_seed(0)
-    cfg = Namespace(device="cpu", training=True, backbone="ResNet34", change_stride=True,
-                    feat_idx=[0, 1, 2, 3], regressor_config=Namespace(**RC), regr_batch=100,
-                    weights_dict=None, imagenet_init=False, freeze_feat=87, start_epoch=0,
-                    optim_config=OPTIM)
+    cfg = Namespace(
+        device="cpu",
+        training=True,
+        backbone="ResNet34",
+        change_stride=True,
+        feat_idx=[0, 1, 2, 3],
+        regressor_config=Namespace(**RC),
+        regr_batch=100,
+        weights_dict=None,
+        imagenet_init=False,
+        freeze_feat=87,
+        start_epoch=0,
+        optim_config=OPTIM,
+    )
     return Patch2Pix(cfg).train()
 
 
@@ -76,8 +101,9 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_two_processes_equal_one_process_averaging_their_gradients(tmp_path, free_port):
     out = tmp_path / "rank0.pt"
-    mp.start_processes(_ddp_worker, args=(2, free_port, str(out)), nprocs=2, join=True,
-                       start_method="spawn")
+    mp.start_processes(
+        _ddp_worker, args=(2, free_port, str(out)), nprocs=2, join=True, start_method="spawn"
+    )
     ddp = torch.load(out, weights_only=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the workers: the same summation order in every kernel
@@ -89,8 +115,9 @@ def test_two_processes_equal_one_process_averaging_their_gradients(tmp_path, fre
     moved = [n for n in trained if n.startswith("regress") and not torch.equal(sd[n], start[n])]
     assert len(moved) > 10  # the regressors did train
     for n in trained:
-        torch.testing.assert_close(ddp[n], sd[n], rtol=1e-6, atol=1e-9,
-                                   msg=lambda m, n=n: f"{n}: {m}")
+        torch.testing.assert_close(
+            ddp[n], sd[n], rtol=1e-6, atol=1e-9, msg=lambda m, n=n: f"{n}: {m}"
+        )
     # and not like either process alone: the two ranks' batches differ
     diff = (ddp["regress_fine.fc.6.weight"] - start["regress_fine.fc.6.weight"]).abs().max()
     assert diff > 1e-4
@@ -108,11 +135,13 @@ def reference_steps():
         for rank in range(2):
             b = batches(rank, step)
             net.optimizer.zero_grad(set_to_none=True)
-            res = batch_loss(*net.forward_train(b["src_im"], b["pos_im"], ksize=2, ptmax=0),
-                             b["F"], LossConfig())
+            res = batch_loss(
+                *net.forward_train(b["src_im"], b["pos_im"], ksize=2, ptmax=0), b["F"], LossConfig()
+            )
             res.loss.backward()
-            grads.append({n: p.grad.clone() for n, p in net.named_parameters()
-                          if p.grad is not None})
+            grads.append(
+                {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+            )
         for n, p in net.named_parameters():
             if n in grads[0]:
                 p.grad = (grads[0][n] + grads[1][n]) / 2
@@ -144,8 +173,11 @@ def _crash_worker(rank: int, world: int, port: int, out: str) -> None:
             train_step(net, batches(rank, step), LossConfig(), 2, 0, forward=fwd)
         msg = "no error"
     except Exception as e:  # noqa: BLE001 - the test records what rank 0 saw
-        msg = (str(collective_error(e, info, 10)) if is_collective_failure(e)
-               else "unexpected: " + traceback.format_exc())
+        msg = (
+            str(collective_error(e, info, 10))
+            if is_collective_failure(e)
+            else "unexpected: " + traceback.format_exc()
+        )
     Path(out).write_text(f"{time.time() - t0:.1f}\n{msg}")
     os._exit(1)
 
@@ -153,8 +185,7 @@ def _crash_worker(rank: int, world: int, port: int, out: str) -> None:
 def test_a_crashed_rank_stops_the_other_within_the_timeout(tmp_path, free_port):
     out = tmp_path / "rank0.txt"
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_crash_worker, args=(r, 2, free_port, str(out)))
-             for r in range(2)]
+    procs = [ctx.Process(target=_crash_worker, args=(r, 2, free_port, str(out))) for r in range(2)]
     t0 = time.time()
     for p in procs:
         p.start()
@@ -167,8 +198,9 @@ def test_a_crashed_rank_stops_the_other_within_the_timeout(tmp_path, free_port):
     assert not alive, "a process hung"
     assert [p.exitcode for p in procs] == [1, 3]
     waited, msg = out.read_text().split("\n", 1)
-    assert msg.startswith("rank 0/2: another process crashed, left or did not answer within "
-                          "--dist_timeout 10 s"), msg
+    assert msg.startswith(
+        "rank 0/2: another process crashed, left or did not answer within --dist_timeout 10 s"
+    ), msg
     assert "\n" not in msg.strip()
     assert float(waited) < 30 and time.time() - t0 < 120
 
@@ -177,8 +209,11 @@ def test_batch_must_divide_over_the_processes():
     assert local_batch(4, DistInfo(0, 2, 0)) == 2 and local_batch(3, DistInfo(0, 1, 0)) == 3
     from utils.train.cli import UsageError
 
-    with pytest.raises(UsageError, match=r"^--batch 3 is the global batch and must divide evenly "
-                                         r"over the 2 processes of torchrun"):
+    with pytest.raises(
+        UsageError,
+        match=r"^--batch 3 is the global batch and must divide evenly "
+        r"over the 2 processes of torchrun",
+    ):
         local_batch(3, DistInfo(1, 2, 1))
     assert dist_env({}) == DistInfo(0, 1, 0)
     assert dist_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == DistInfo(1, 4, 1)
@@ -195,11 +230,28 @@ TINY = (
 
 
 def torchrun(args: list[str], port: int) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "train_patch2pix",
-           *args]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "train_patch2pix",
+        *args,
+    ]
+    return subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_torchrun_rank0_writes_and_resume_works(train_data, tmp_path, free_port):
@@ -207,8 +259,17 @@ def test_torchrun_rank0_writes_and_resume_works(train_data, tmp_path, free_port)
     from utils.train.cli import parse_args
     from utils.train.experiment import make_tags
 
-    args = ["--data_root", str(train_data / "data"), "--pair_root", str(train_data / "pairs"),
-            "-o", str(tmp_path / "out"), *TINY, "--epochs", "1"]
+    args = [
+        "--data_root",
+        str(train_data / "data"),
+        "--pair_root",
+        str(train_data / "pairs"),
+        "-o",
+        str(tmp_path / "out"),
+        *TINY,
+        "--epochs",
+        "1",
+    ]
     proc = torchrun(args, free_port)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = parse_args(args)
@@ -221,7 +282,8 @@ def test_torchrun_rank0_writes_and_resume_works(train_data, tmp_path, free_port)
     assert ckpt["last_epoch"] == 0
     keys = list(ckpt["state_dict"])
     assert "regress_mid.conv.0.weight" in keys and not any(
-        k.startswith(("module.", "net.")) for k in keys)  # the single-model format
+        k.startswith(("module.", "net.")) for k in keys
+    )  # the single-model format
     files = sorted(p.name for p in exp.iterdir())
     assert files.count("log.txt") == 1 and not any(".tmp" in f for f in files), files
 
@@ -231,18 +293,36 @@ def test_torchrun_rank0_writes_and_resume_works(train_data, tmp_path, free_port)
     assert log.count(">>>>>> Resuming at epoch 1") == 1
     ckpt2 = load_checkpoint_safe(exp / "last_ckpt.pth")
     assert ckpt2["last_epoch"] == 1
-    assert not torch.equal(ckpt2["state_dict"]["regress_fine.fc.6.weight"],
-                           ckpt["state_dict"]["regress_fine.fc.6.weight"])
+    assert not torch.equal(
+        ckpt2["state_dict"]["regress_fine.fc.6.weight"],
+        ckpt["state_dict"]["regress_fine.fc.6.weight"],
+    )
 
 
 def test_torchrun_batch_that_does_not_divide_is_one_line(train_data, tmp_path):
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
-    args = ["--data_root", str(train_data / "data"), "--pair_root", str(train_data / "pairs"),
-            "-o", str(tmp_path / "out"), *TINY, "--batch", "3"]
-    proc = subprocess.run([sys.executable, "-m", "train_patch2pix", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env=env)
+    args = [
+        "--data_root",
+        str(train_data / "data"),
+        "--pair_root",
+        str(train_data / "pairs"),
+        "-o",
+        str(tmp_path / "out"),
+        *TINY,
+        "--batch",
+        "3",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "train_patch2pix", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "train_patch2pix: error: --batch 3 is the global batch and must divide evenly over the 2 "
-        "processes of torchrun (e.g. --batch 2)"]
+        "processes of torchrun (e.g. --batch 2)"
+    ]
     assert not (tmp_path / "out").exists()

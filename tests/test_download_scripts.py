@@ -62,8 +62,12 @@ def _offline_env(**extra: str) -> dict[str, str]:
 
 def _run(script: Path, target: Path, **extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["bash", str(script), str(target)], env=_offline_env(**extra), capture_output=True,
-        text=True, timeout=180, cwd=REPO,
+        ["bash", str(script), str(target)],
+        env=_offline_env(**extra),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
     )
 
 
@@ -85,8 +89,10 @@ def fake_gdown(tmp_path) -> Path:
 @pytest.mark.parametrize(
     "script, words",
     [
-        (PRETRAINED, ["patch2pix_pretrained.pth", "ncn_ivd_5ep.pth",
-                      "1ZbJIE0LcZ3Oti-h8zU72JRL7LryVxJOh"]),
+        (
+            PRETRAINED,
+            ["patch2pix_pretrained.pth", "ncn_ivd_5ep.pth", "1ZbJIE0LcZ3Oti-h8zU72JRL7LryVxJOh"],
+        ),
         (PAIRS, ["1u8sfc23c9ZhXSA_IVct2l_T3JLrS5air", "prep_megadepth_training_pairs"]),
         (VAL, ["reichstag", "temple_nara_japan", "make_synthetic"]),
     ],
@@ -120,8 +126,7 @@ def test_pretrained_success_and_reuse(tmp_path, fake_gdown):
     assert res.returncode == 0 and res.stdout.count("exists, kept") == 2
 
 
-@pytest.mark.parametrize("mode, message", [("partial", "could not download"),
-                                           ("html", "web page")])
+@pytest.mark.parametrize("mode, message", [("partial", "could not download"), ("html", "web page")])
 def test_pretrained_bad_download_leaves_nothing(tmp_path, fake_gdown, mode, message):
     target = tmp_path / "w"
     target.mkdir()
@@ -149,8 +154,18 @@ def test_val_success_from_local_archive(tmp_path):
     from data_pairs.make_synthetic import make_val_scene
 
     src = tmp_path / "src"
-    make_val_scene(src, "tiny_scene", 0, seed=1, n_images=3, width=64, height=48,
-                   n_points=300, supersample=1, portrait_every=0)
+    make_val_scene(
+        src,
+        "tiny_scene",
+        0,
+        seed=1,
+        n_images=3,
+        width=64,
+        height=48,
+        n_points=300,
+        supersample=1,
+        portrait_every=0,
+    )
     archives = tmp_path / "archives"
     archives.mkdir()
     with tarfile.open(archives / "tiny_scene.tar.gz", "w:gz") as tar:

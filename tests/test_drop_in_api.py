@@ -24,14 +24,30 @@ from utils.datasets.preprocess import load_im_flexible
 from utils.eval import model_helper
 from utils.eval.model_helper import estimate_matches, refine_matches
 
-SMALL_RC = dict(conv_dims=[32, 32], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[32, 16],
-                feat_comb="pre", psize=[16, 16], pshift=8, panc=1, shared=False)
+SMALL_RC = dict(
+    conv_dims=[32, 32],
+    conv_kers=[3, 3],
+    conv_strs=[2, 1],
+    fc_dims=[32, 16],
+    feat_comb="pre",
+    psize=[16, 16],
+    pshift=8,
+    panc=1,
+    shared=False,
+)
 
 
 def _net(rc: dict | None = SMALL_RC) -> Patch2Pix:
-    cfg = Namespace(training=False, backbone="ResNet34", change_stride=True,
-                    feat_idx=[0, 1, 2, 3], regressor_config=Namespace(**rc) if rc else None,
-                    regr_batch=1200, weights_dict=None, imagenet_init=False)
+    cfg = Namespace(
+        training=False,
+        backbone="ResNet34",
+        change_stride=True,
+        feat_idx=[0, 1, 2, 3],
+        regressor_config=Namespace(**rc) if rc else None,
+        regr_batch=1200,
+        weights_dict=None,
+        imagenet_init=False,
+    )
     net = Patch2Pix(cfg)
     net.load_state_dict(rule_state_dict(net))
     return net.eval()
@@ -69,14 +85,27 @@ def test_original_caller_load_unsqueeze_predict_fine_scale(net, image_pair):
     upscale = np.array([sc1 + sc2])
     with torch.no_grad():
         fine, scores, coarse = net.predict_fine(
-            im1.unsqueeze(0).to(net.device), im2.unsqueeze(0).to(net.device),
-            ksize=ksize, ncn_thres=0.0, mutual=True)
+            im1.unsqueeze(0).to(net.device),
+            im2.unsqueeze(0).to(net.device),
+            ksize=ksize,
+            ncn_thres=0.0,
+            mutual=True,
+        )
     matches = fine[0].cpu().numpy() * upscale
     scores = scores[0].cpu().numpy()
     coarse = coarse[0].cpu().numpy() * upscale
     assert len(matches) > 0
-    m, s, c = estimate_matches(net, p1, p2, ksize=ksize, ncn_thres=0.0, mutual=True,
-                               io_thres=0.0, eval_type="fine", imsize=imsize)
+    m, s, c = estimate_matches(
+        net,
+        p1,
+        p2,
+        ksize=ksize,
+        ncn_thres=0.0,
+        mutual=True,
+        io_thres=0.0,
+        eval_type="fine",
+        imsize=imsize,
+    )
     np.testing.assert_allclose(m, matches, rtol=0, atol=1e-4)
     np.testing.assert_allclose(s, scores, rtol=0, atol=1e-6)
     np.testing.assert_allclose(c, coarse, rtol=0, atol=1e-6)
@@ -112,8 +141,7 @@ def test_coarse_only_model_says_use_coarse(nc_net, image_pair):
     # the coarse path works, and so does refine_matches(coarse_only=True)
     m, s, c = estimate_matches(nc_net, p1, p2, eval_type="coarse", io_thres=0.0)
     assert m.shape[1] == 4 and len(m) == len(s) == len(c) > 0
-    got, scores = refine_matches(p1, p2, nc_net, lambda g1, g2: np.ones((2, 4)),
-                                 coarse_only=True)
+    got, scores = refine_matches(p1, p2, nc_net, lambda g1, g2: np.ones((2, 4)), coarse_only=True)
     assert got.shape == (2, 4) and scores is None
 
 
@@ -126,8 +154,9 @@ def test_combine_is_the_parameter_free_correlation_used_in_forward(net):
     f1, f2 = torch.randn(2, 5, 3, 4, generator=g), torch.randn(2, 5, 2, 6, generator=g)
     want = torch.einsum("bcij,bckl->bijkl", f1, f2).unsqueeze(1)
     torch.testing.assert_close(net.combine(f1, f2), want)
-    pooled, di, dj, dk, dl = net.combine.pooled(torch.randn(1, 5, 4, 4, generator=g),
-                                                torch.randn(1, 5, 2, 4, generator=g), 2)
+    pooled, di, dj, dk, dl = net.combine.pooled(
+        torch.randn(1, 5, 4, 4, generator=g), torch.randn(1, 5, 2, 4, generator=g), 2
+    )
     assert pooled.shape == di.shape == (1, 1, 2, 2, 1, 2)
 
     class Counting(type(net.combine)):
@@ -160,22 +189,25 @@ def test_neigh_consensus_original_signature(net):
     made = [
         NeighConsensus(True, [3, 3], [16, 1], True),  # the original, positionally
         NeighConsensus(False, [3, 3], [16, 1]),
-        NeighConsensus(use_cuda=True, kernel_sizes=[3, 3], channels=[16, 1],
-                       symmetric_mode=True),
+        NeighConsensus(use_cuda=True, kernel_sizes=[3, 3], channels=[16, 1], symmetric_mode=True),
         NeighConsensus(kernel_sizes=[3, 3], channels=[16, 1]),
         NeighConsensus([3, 3], [16, 1], True),  # (kernel_sizes, channels, symmetric_mode)
     ]
     for ncn in made:
         assert ncn.symmetric_mode is True
         assert {k: v.shape for k, v in ncn.state_dict().items()} == {
-            k: v.shape for k, v in sd.items()}
+            k: v.shape for k, v in sd.items()
+        }
         ncn.load_state_dict(sd)
         with torch.no_grad():
             torch.testing.assert_close(ncn(x), want)
     default = NeighConsensus()  # the original's defaults: kernels [3, 3, 3], channels 10 10 1
     convs = [m for m in default.conv if hasattr(m, "weight")]
-    assert [tuple(c.weight.shape) for c in convs] == [(3, 10, 1, 3, 3, 3), (3, 10, 10, 3, 3, 3),
-                                                      (3, 1, 10, 3, 3, 3)]
+    assert [tuple(c.weight.shape) for c in convs] == [
+        (3, 10, 1, 3, 3, 3),
+        (3, 10, 10, 3, 3, 3),
+        (3, 1, 10, 3, 3, 3),
+    ]
     assert NeighConsensus(True, [3], [1], False).symmetric_mode is False
     assert NeighConsensus([3], [1], symmetric_mode=False).symmetric_mode is False
     with pytest.raises(ValueError, match="kernel sizes"):
@@ -185,9 +217,16 @@ def test_neigh_consensus_original_signature(net):
 # ---------------------------------------------------------------- no second copy of weights
 def test_model_does_not_keep_the_weights_dict(net, tmp_path, monkeypatch):
     sd = {k: v.clone() for k, v in net.state_dict().items()}
-    cfg = Namespace(training=False, backbone="ResNet34", change_stride=True,
-                    feat_idx=[0, 1, 2, 3], regressor_config=Namespace(**SMALL_RC),
-                    regr_batch=1200, weights_dict=sd, imagenet_init=False)
+    cfg = Namespace(
+        training=False,
+        backbone="ResNet34",
+        change_stride=True,
+        feat_idx=[0, 1, 2, 3],
+        regressor_config=Namespace(**SMALL_RC),
+        regr_batch=1200,
+        weights_dict=sd,
+        imagenet_init=False,
+    )
     built = Patch2Pix(cfg)
     assert not hasattr(built.config, "weights_dict") and cfg.weights_dict is sd
     assert built.config.regressor_config is built.regressor_config
@@ -196,10 +235,19 @@ def test_model_does_not_keep_the_weights_dict(net, tmp_path, monkeypatch):
 
     # load_model: once it returns, nothing refers to the tensors read from the file
     path = tmp_path / "ckpt.pth"
-    save_checkpoint_atomic({"last_epoch": 0, "best_vals": [0.0] * 4, "backbone": "ResNet34",
-                            "feat_idx": [0, 1, 2, 3], "change_stride": True,
-                            "regressor_config": Namespace(**SMALL_RC), "state_dict": sd,
-                            "optim": {}}, path)
+    save_checkpoint_atomic(
+        {
+            "last_epoch": 0,
+            "best_vals": [0.0] * 4,
+            "backbone": "ResNet34",
+            "feat_idx": [0, 1, 2, 3],
+            "change_stride": True,
+            "regressor_config": Namespace(**SMALL_RC),
+            "state_dict": sd,
+            "optim": {},
+        },
+        path,
+    )
     refs: list[weakref.ref] = []
     real = model_helper.load_checkpoint_safe
 

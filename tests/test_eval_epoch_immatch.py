@@ -15,10 +15,31 @@ def val_root(tmp_path_factory):
     from data_pairs import make_synthetic
 
     out = tmp_path_factory.mktemp("val") / "data"
-    assert make_synthetic.main(["--out", str(out), "--scenes", "0", "--val_scenes", "1",
-                                "--val_images", "5", "--width", "240", "--height", "160",
-                                "--points", "600", "--supersample", "1",
-                                "--portrait_every", "0"]) == 0
+    assert (
+        make_synthetic.main(
+            [
+                "--out",
+                str(out),
+                "--scenes",
+                "0",
+                "--val_scenes",
+                "1",
+                "--val_images",
+                "5",
+                "--width",
+                "240",
+                "--height",
+                "160",
+                "--points",
+                "600",
+                "--supersample",
+                "1",
+                "--portrait_every",
+                "0",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -94,8 +115,16 @@ def test_missing_validation_data(tmp_path):
 
 def test_best_checkpoint_rule():
     def res(err, rate):
-        return ev.ImmatchValResult(mean_err=err, median_err=err, rate=rate, pass_rates={},
-                                   fine_dist=1.0, inlier_ratio=0.5, num_pairs=1, num_failed=0)
+        return ev.ImmatchValResult(
+            mean_err=err,
+            median_err=err,
+            rate=rate,
+            pass_rates={},
+            fine_dist=1.0,
+            inlier_ratio=0.5,
+            num_pairs=1,
+            num_failed=0,
+        )
 
     best = ev.BestTracker()
     assert best.update(res(10.0, 0.2))

@@ -115,10 +115,24 @@ def test_match_pair_cli(ckpt: Path, scaled_pair: tuple[Path, Path], tmp_path: Pa
     h = tmp_path / "H.txt"
     np.savetxt(h, np.diag([SCALE, SCALE, 1.0]))
     out = tmp_path / "res" / "matches.png"
-    res = run([
-        str(p1), str(p2), "--ckpt", str(ckpt), "--out", str(out), "--imsize", "192",
-        "--io_thres", "0.5", "--H", str(h), "--device", "cpu",
-    ])
+    res = run(
+        [
+            str(p1),
+            str(p2),
+            "--ckpt",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--imsize",
+            "192",
+            "--io_thres",
+            "0.5",
+            "--H",
+            str(h),
+            "--device",
+            "cpu",
+        ]
+    )
     png = np.asarray(Image.open(out).convert("RGB"))
     assert png.shape == (360, 320 + 10 + 480, 3) and png.std() > 10
     npz = np.load(out.with_suffix(".npz"))
@@ -156,8 +170,11 @@ def test_notebook_executes_in_jupyter(ckpt: Path, tmp_path: Path) -> None:
     path = REPO / "examples" / "visualize_matches.ipynb"
     nb = nbformat.read(path, as_version=4)
     assert nb.metadata["kernelspec"]["name"] == "patch2pix"
-    specs = json.loads(subprocess.run([jupyter, "kernelspec", "list", "--json"],
-                                      capture_output=True, text=True, check=True).stdout)
+    specs = json.loads(
+        subprocess.run(
+            [jupyter, "kernelspec", "list", "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert "patch2pix" in specs["kernelspecs"], "run scripts/setup_env.sh (registers it)"
     kernel_python = specs["kernelspecs"]["patch2pix"]["spec"]["argv"][0]
     assert Path(kernel_python).parent == Path(sys.executable).parent  # this environment's
@@ -165,13 +182,34 @@ def test_notebook_executes_in_jupyter(ckpt: Path, tmp_path: Path) -> None:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
     figs = tmp_path / "figs"
-    env = {**os.environ, "P2P_CKPT": str(ckpt), "P2P_IMSIZE": "192", "P2P_FIG_DIR": str(figs),
-           "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}
+    env = {
+        **os.environ,
+        "P2P_CKPT": str(ckpt),
+        "P2P_IMSIZE": "192",
+        "P2P_FIG_DIR": str(figs),
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "2",
+    }
     proc = subprocess.run(
-        [jupyter, "nbconvert", "--to", "notebook", "--execute", str(path),
-         "--ExecutePreprocessor.timeout=300", "--output-dir", str(tmp_path),
-         "--output", "executed.ipynb"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        [
+            jupyter,
+            "nbconvert",
+            "--to",
+            "notebook",
+            "--execute",
+            str(path),
+            "--ExecutePreprocessor.timeout=300",
+            "--output-dir",
+            str(tmp_path),
+            "--output",
+            "executed.ipynb",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     nb = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
     names = {p.name for p in figs.glob("*.png")}
@@ -196,10 +234,23 @@ def test_eval_hpatches_cli_with_network(ckpt: Path, tmp_path: Path) -> None:
     root = tmp_path / "hp"
     seqs = make_synthetic_hpatches(root, n_seqs=1, max_side=128)
     out = tmp_path / "r.json"
-    eval_hpatches.main([  # the illumination sequence only (5 pairs), to stay fast
-        "--ckpt", str(ckpt), "--root", str(root), "--imsize", "128", "--device", "cpu",
-        "--out", str(out), "--no_progress", "--exclude", seqs[1].name,
-    ])
+    eval_hpatches.main(
+        [  # the illumination sequence only (5 pairs), to stay fast
+            "--ckpt",
+            str(ckpt),
+            "--root",
+            str(root),
+            "--imsize",
+            "128",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--no_progress",
+            "--exclude",
+            seqs[1].name,
+        ]
+    )
     res = json.loads(out.read_text())
     assert res["summary"]["all"]["n_pairs"] == 5 and res["config"]["imsize"] == 128
     assert res["summary"]["viewpoint"]["n_pairs"] == 0

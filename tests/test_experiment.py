@@ -38,15 +38,47 @@ def test_paper_command_dir_and_env():
 def test_defaults_of_every_original_flag():
     a = build_parser().parse_args([])
     want = dict(
-        gpu=0, seed=1, epochs=100, save_step=1, plot_counts=5, batch=8, regr_batch=1200,
-        visdom_host=None, visdom_port=None, prefix="", out_dir="output/patch2pix",
-        dataset="MegaDepth", data_root="data", pair_root="data_pairs",
-        match_npy="megadepth_pairs.ov0.35_imrat1.5.pair500.excl_test.npy", backbone="ResNet34",
-        change_stride=False, ksize=2, freeze_feat=87, feat_idx=[0, 1, 2, 3], feat_comb="pre",
-        conv_kers=[3, 3], conv_dims=[512, 512], conv_strs=[2, 1], fc_dims=[512, 256],
-        psize=[16, 16], pshift=8, panc=8, ptmax=400, shared=False, cthres=0.5,
-        cls_dthres=[50, 5], epi_dthres=[50, 5], pretrain=None, ckpt=None, resume=False,
-        lr_init=5e-4, lr_decay=None, weight_decay=0, weight_cls=10.0, weight_epi=[1, 1],
+        gpu=0,
+        seed=1,
+        epochs=100,
+        save_step=1,
+        plot_counts=5,
+        batch=8,
+        regr_batch=1200,
+        visdom_host=None,
+        visdom_port=None,
+        prefix="",
+        out_dir="output/patch2pix",
+        dataset="MegaDepth",
+        data_root="data",
+        pair_root="data_pairs",
+        match_npy="megadepth_pairs.ov0.35_imrat1.5.pair500.excl_test.npy",
+        backbone="ResNet34",
+        change_stride=False,
+        ksize=2,
+        freeze_feat=87,
+        feat_idx=[0, 1, 2, 3],
+        feat_comb="pre",
+        conv_kers=[3, 3],
+        conv_dims=[512, 512],
+        conv_strs=[2, 1],
+        fc_dims=[512, 256],
+        psize=[16, 16],
+        pshift=8,
+        panc=8,
+        ptmax=400,
+        shared=False,
+        cthres=0.5,
+        cls_dthres=[50, 5],
+        epi_dthres=[50, 5],
+        pretrain=None,
+        ckpt=None,
+        resume=False,
+        lr_init=5e-4,
+        lr_decay=None,
+        weight_decay=0,
+        weight_cls=10.0,
+        weight_epi=[1, 1],
     )
     for k, v in want.items():
         assert getattr(a, k) == v, k
@@ -54,27 +86,42 @@ def test_defaults_of_every_original_flag():
 
 
 def test_aliases():
-    a = parse_args(shlex.split("-gpu 1 -vh localhost -vp 8097 -o out -lr 0.001 -lrd step 0.5 3 "
-                               "-wd 0.01 -wcls 5 -wepi 0 1"))
+    a = parse_args(
+        shlex.split(
+            "-gpu 1 -vh localhost -vp 8097 -o out -lr 0.001 -lrd step 0.5 3 "
+            "-wd 0.01 -wcls 5 -wepi 0 1"
+        )
+    )
     assert (a.gpu, a.visdom_host, a.visdom_port, a.out_dir) == (1, "localhost", "8097", "out")
     assert (a.lr_init, a.lr_decay, a.weight_decay) == (0.001, ["step", "0.5", "3"], 0.01)
     assert (a.weight_cls, a.weight_epi) == (5.0, [0.0, 1.0])
 
 
 def test_optional_tags():
-    a = parse_args(shlex.split(
-        "--prefix dbg --freeze_feat 60 -wd 0.01 -lrd step 0.5 3 --shared --feat_idx 1 2 "
-        "--conv_kers 3 --conv_dims 64 --conv_strs 2 --fc_dims 32 --psize 8 8 --panc 1 "
-        "--feat_comb post --ptmax 250 -wepi 0 1 --match_npy my.npy"))
+    a = parse_args(
+        shlex.split(
+            "--prefix dbg --freeze_feat 60 -wd 0.01 -lrd step 0.5 3 --shared --feat_idx 1 2 "
+            "--conv_kers 3 --conv_dims 64 --conv_strs 2 --fc_dims 32 --psize 8 8 --panc 1 "
+            "--feat_comb post --ptmax 250 -wepi 0 1 --match_npy my.npy"
+        )
+    )
     tags = make_tags(a)
     assert tags.odir_tag == "dbg.Mega.my.freeze60"
     assert tags.exp_tag == "ks2fe12ep50-5cls50-5_wcls10.0wepi0.0-1.0.lr0.0005wd0.01lrst0.5-3"
     assert tags.regress_tag == "post250_conv3dim64str2fc32_psz8-8a1.shared"
 
 
-@pytest.mark.parametrize("tokens", [["linear", "0.1"], ["step", "0.5"], ["step", "x", "3"],
-                                    ["multistep", "0.2"], ["step", "0.5", "3", "4"],
-                                    ["step", "1.5", "3"]])
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        ["linear", "0.1"],
+        ["step", "0.5"],
+        ["step", "x", "3"],
+        ["multistep", "0.2"],
+        ["step", "0.5", "3", "4"],
+        ["step", "1.5", "3"],
+    ],
+)
 def test_bad_lr_decay_names_the_flag(tokens):
     with pytest.raises(ValueError, match="--lr_decay"):
         parse_lr_decay(tokens)

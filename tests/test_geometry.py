@@ -180,8 +180,18 @@ def test_matches2relapose_cv_too_few_matches():
 
 def test_api_names_stay_importable_from_utils_eval_geometry():
     """api.md's names still import from utils.eval.geometry and are the one implementation."""
-    for name in ("pose2fund", "abs2relapose", "relative_pose", "qvec2rotmat", "rotmat2qvec",
-                 "quat2mat", "mat2quat", "skew", "pose2essential", "normalize_points"):
+    for name in (
+        "pose2fund",
+        "abs2relapose",
+        "relative_pose",
+        "qvec2rotmat",
+        "rotmat2qvec",
+        "quat2mat",
+        "mat2quat",
+        "skew",
+        "pose2essential",
+        "normalize_points",
+    ):
         assert getattr(eval_geometry, name) is getattr(geo, name), name
         assert name in eval_geometry.__all__
     assert "matches2relapose_cv" in eval_geometry.__all__

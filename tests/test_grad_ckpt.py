@@ -15,11 +15,19 @@ from networks.patch2pix import Patch2Pix
 from utils.train.losses import LossConfig
 from utils.train.trainer import train_step
 
-SMALL_RC = dict(conv_dims=[32, 32], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[32, 16],
-                feat_comb="pre", psize=[16, 16], pshift=8, panc=8, shared=False)
+SMALL_RC = dict(
+    conv_dims=[32, 32],
+    conv_kers=[3, 3],
+    conv_strs=[2, 1],
+    fc_dims=[32, 16],
+    feat_comb="pre",
+    psize=[16, 16],
+    pshift=8,
+    panc=8,
+    shared=False,
+)
 # Rectified pair (x2ᵀ F x1 = y1 − y2) for the synthetic batch.
 F_RECT = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]])
-
 
 
 def training_net(grad_ckpt: bool, regr_batch: int, rc: dict = SMALL_RC) -> Patch2Pix:
@@ -29,8 +37,12 @@ def training_net(grad_ckpt: bool, regr_batch: int, rc: dict = SMALL_RC) -> Patch
 
 def recorded_loss_cfg(refvec: dict) -> LossConfig:
     a = refvec["train_step"]["args"]
-    return LossConfig(cls_dthres=tuple(a["cls_dthres"]), epi_dthres=tuple(a["epi_dthres"]),
-                      weight_cls=a["weight_cls"], weight_epi=tuple(a["weight_epi"]))
+    return LossConfig(
+        cls_dthres=tuple(a["cls_dthres"]),
+        epi_dthres=tuple(a["epi_dthres"]),
+        weight_cls=a["weight_cls"],
+        weight_epi=tuple(a["weight_epi"]),
+    )
 
 
 def one_step(net: Patch2Pix, batch: dict, cfg: LossConfig, ptmax: int):

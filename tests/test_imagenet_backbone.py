@@ -38,8 +38,17 @@ from utils.eval.model_helper import load_model
 from utils.train.trainer import StartState, prepare_backbone
 
 DOWNLOAD_SH = Path(__file__).resolve().parents[1] / "pretrained" / "download.sh"
-SMALL_RC = dict(conv_dims=[8, 8], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[8, 8],
-                feat_comb="pre", psize=[16, 16], pshift=8, panc=1, shared=False)
+SMALL_RC = dict(
+    conv_dims=[8, 8],
+    conv_kers=[3, 3],
+    conv_strs=[2, 1],
+    fc_dims=[8, 8],
+    feat_comb="pre",
+    psize=[16, 16],
+    pshift=8,
+    panc=1,
+    shared=False,
+)
 
 
 @pytest.fixture
@@ -71,17 +80,23 @@ def _imagenet_like_state(seed: int = 3) -> dict[str, torch.Tensor]:
 
 
 def _train_config(**kw) -> Namespace:
-    return Namespace(training=False, backbone="ResNet34", change_stride=True,
-                     feat_idx=[0, 1, 2, 3], regressor_config=Namespace(**SMALL_RC),
-                     regr_batch=1200, weights_dict=None, **kw)
+    return Namespace(
+        training=False,
+        backbone="ResNet34",
+        change_stride=True,
+        feat_idx=[0, 1, 2, 3],
+        regressor_config=Namespace(**SMALL_RC),
+        regr_batch=1200,
+        weights_dict=None,
+        **kw,
+    )
 
 
 # ---------------------------------------------------------------- offline: one clear error
 def test_offline_error_names_the_file_and_where_to_put_it(torch_home, offline):
     want = torch_home / "hub" / "checkpoints" / IMAGENET_FILES[0]
     with pytest.raises(ImageNetWeightsError) as ei:
-        load_imagenet_weights(ResNet34(change_stride=True), lprint=lambda *_: None,
-                              download=True)
+        load_imagenet_weights(ResNet34(change_stride=True), lprint=lambda *_: None, download=True)
     msg = str(ei.value)
     assert isinstance(ei.value, UsageError)
     assert str(want) in msg and IMAGENET_URL in msg and "TORCH_HOME" in msg
@@ -95,13 +110,38 @@ def test_offline_error_names_the_file_and_where_to_put_it(torch_home, offline):
         prepare_backbone(Namespace(random_backbone=False), StartState(), lprint=lambda *_: None)
 
 
-def test_training_command_stops_with_one_line(train_data, torch_home, offline, tmp_path,
-                                              capsys):
+def test_training_command_stops_with_one_line(train_data, torch_home, offline, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["--data_root", str(train_data / "data"), "--pair_root", str(train_data / "pairs"),
-            "-o", str(out), "--change_stride", "--conv_dims", "8", "8", "--fc_dims", "8", "8",
-            "--batch", "1", "--train_size", "160", "96", "--max_iters_per_epoch", "1",
-            "--epochs", "1", "--workers", "0", "--no_progress", "--device", "cpu", "--no_val"]
+    argv = [
+        "--data_root",
+        str(train_data / "data"),
+        "--pair_root",
+        str(train_data / "pairs"),
+        "-o",
+        str(out),
+        "--change_stride",
+        "--conv_dims",
+        "8",
+        "8",
+        "--fc_dims",
+        "8",
+        "8",
+        "--batch",
+        "1",
+        "--train_size",
+        "160",
+        "96",
+        "--max_iters_per_epoch",
+        "1",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--no_progress",
+        "--device",
+        "cpu",
+        "--no_val",
+    ]
     rc = train_patch2pix.main(argv)
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert rc == 2
@@ -167,7 +207,8 @@ def test_unreadable_cached_file_is_named(torch_home, offline):
 def test_random_backbone_flag_never_downloads(torch_home, offline):
     args = Namespace(random_backbone=True)
     assert prepare_backbone(args, StartState(), lprint=lambda *_: None) == (
-        "random backbone (--random_backbone)")
+        "random backbone (--random_backbone)"
+    )
     torch.manual_seed(0)
     a = Patch2Pix(_train_config(imagenet_init=False))
     assert offline == []
@@ -193,17 +234,26 @@ def test_load_model_never_downloads(torch_home, offline, tmp_path, monkeypatch):
     torch.manual_seed(1)
     net = Patch2Pix(_train_config(imagenet_init=False))
     path = tmp_path / "ckpt.pth"
-    save_checkpoint_atomic({"last_epoch": 0, "best_vals": [0.0] * 4, "backbone": "ResNet34",
-                            "feat_idx": [0, 1, 2, 3], "change_stride": True,
-                            "regressor_config": Namespace(**SMALL_RC),
-                            "state_dict": net.state_dict()}, path)
+    save_checkpoint_atomic(
+        {
+            "last_epoch": 0,
+            "best_vals": [0.0] * 4,
+            "backbone": "ResNet34",
+            "feat_idx": [0, 1, 2, 3],
+            "change_stride": True,
+            "regressor_config": Namespace(**SMALL_RC),
+            "state_dict": net.state_dict(),
+        },
+        path,
+    )
     msgs: list[str] = []
     loaded = load_model(path, lprint=msgs.append, device="cpu")
     assert offline == [] and not any("ImageNet" in m for m in msgs)
     torch.testing.assert_close(loaded.state_dict(), net.state_dict())
     nc = tmp_path / "ncn.pth"
-    torch.save({k: v for k, v in net.state_dict().items()
-                if k.startswith(("extract.", "ncn."))}, nc)
+    torch.save(
+        {k: v for k, v in net.state_dict().items() if k.startswith(("extract.", "ncn."))}, nc
+    )
     load_model(nc, method="nc", lprint=msgs.append, device="cpu")
     assert offline == []
 
@@ -219,8 +269,14 @@ def _script_env(**extra: str) -> dict[str, str]:
 
 
 def _download_sh(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(DOWNLOAD_SH), "imagenet", *args], env=_script_env(**env),
-                          capture_output=True, text=True, timeout=120, cwd=DOWNLOAD_SH.parents[1])
+    return subprocess.run(
+        ["bash", str(DOWNLOAD_SH), "imagenet", *args],
+        env=_script_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=DOWNLOAD_SH.parents[1],
+    )
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
@@ -229,8 +285,9 @@ def test_download_script_fetches_into_the_torch_cache(tmp_path):
     torch.save(_imagenet_like_state(6), src)
     prefix = hashlib.sha256(src.read_bytes()).hexdigest()[:8]
     home = tmp_path / "th"
-    res = _download_sh(TORCH_HOME=str(home), PATCH2PIX_IMAGENET_URL=src.as_uri(),
-                       PATCH2PIX_IMAGENET_SHA256=prefix)
+    res = _download_sh(
+        TORCH_HOME=str(home), PATCH2PIX_IMAGENET_URL=src.as_uri(), PATCH2PIX_IMAGENET_SHA256=prefix
+    )
     assert res.returncode == 0, res.stderr
     got = home / "hub" / "checkpoints" / IMAGENET_FILES[0]
     assert sorted(p.name for p in got.parent.iterdir()) == [IMAGENET_FILES[0]]

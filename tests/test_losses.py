@@ -63,7 +63,7 @@ def stack_pairs(*pairs):
 def test_weighted_bce_weights_positives_by_neg_over_pos():
     p = torch.tensor([0.8, 0.3, 0.6, 0.1, 0.9])
     t = torch.tensor([True, False, False, False, True])
-    want = (bce(0.8, 1, 1.5) + bce(0.3, 0, 1) + bce(0.6, 0, 1) + bce(0.1, 0, 1) + bce(0.9, 1, 1.5))
+    want = bce(0.8, 1, 1.5) + bce(0.3, 0, 1) + bce(0.6, 0, 1) + bce(0.1, 0, 1) + bce(0.9, 1, 1.5)
     assert float(weighted_bce(p, t)) == pytest.approx(want / 5, rel=1e-6)
 
 
@@ -97,11 +97,21 @@ def test_weight_epi_order_is_fine_then_mid():
 def test_skipped_pairs_and_batch_mean():
     a = pair_a()
     # no fine positive: every mid row is 4 px off (mdist 8 >= 5)
-    b = (rows([0, 0]), rows([4, 4]), torch.tensor([0.5, 0.5]), rows([0, 0]),
-         torch.tensor([0.5, 0.5]))
+    b = (
+        rows([0, 0]),
+        rows([4, 4]),
+        torch.tensor([0.5, 0.5]),
+        rows([0, 0]),
+        torch.tensor([0.5, 0.5]),
+    )
     # no mid positive: every anchor is 20 px off (cdist 200)
-    c = (rows([20, 20]), rows([0, 0]), torch.tensor([0.5, 0.5]), rows([0, 0]),
-         torch.tensor([0.5, 0.5]))
+    c = (
+        rows([20, 20]),
+        rows([0, 0]),
+        torch.tensor([0.5, 0.5]),
+        rows([0, 0]),
+        torch.tensor([0.5, 0.5]),
+    )
     # second copy of pair a with different probabilities
     d = list(pair_a())
     d[2] = torch.tensor([0.5, 0.5, 0.5, 0.5])
@@ -144,8 +154,15 @@ def test_one_empty_epipolar_set_counts_zero():
 def test_all_skipped_gives_differentiable_zero():
     mprob = torch.tensor([0.3, 0.6], requires_grad=True)
     fprob = torch.tensor([0.3, 0.6], requires_grad=True)
-    out = batch_loss([rows([20, 20])], [rows([0, 0])], [mprob], [rows([0, 0])], [fprob],
-                     F_RECT[None], LossConfig())
+    out = batch_loss(
+        [rows([20, 20])],
+        [rows([0, 0])],
+        [mprob],
+        [rows([0, 0])],
+        [fprob],
+        F_RECT[None],
+        LossConfig(),
+    )
     assert out.kept == [] and float(out.loss.detach()) == 0.0
     out.loss.backward()
     assert torch.all(mprob.grad == 0) and torch.all(fprob.grad == 0)
@@ -169,7 +186,8 @@ def test_step_metrics_definitions():
     out = batch_loss([coarse], [mid], [mprob], [fine], [fprob], F_RECT[None], LossConfig())
     m = step_metrics(out, [mprob], [fprob], 0.5)
     assert m["cls_ratios"] == pytest.approx(
-        {"mpos_gt": 0.75, "mpos_pred": 0.5, "fpos_gt": 0.75, "fpos_pred": 0.25})
+        {"mpos_gt": 0.75, "mpos_pred": 0.5, "fpos_gt": 0.75, "fpos_pred": 0.25}
+    )
     md = m["match_dist"]
     assert md["cmid_gt"] == pytest.approx((0 + 8 + 2) / 3, rel=1e-5)  # mid gt rows 0, 1, 3
     assert md["mmid_gt"] == pytest.approx((0.5 + 4.5 + 50) / 3, rel=1e-5)
@@ -212,18 +230,31 @@ def test_train_step_reference(refvec):
     ts = refvec["train_step"]
     a = ts["args"]
     rc = dict(refvec["model_eval"]["regressor_config"], panc=a["panc"])
-    cfg = Namespace(device="cpu", training=False, backbone="ResNet34", change_stride=True,
-                    feat_idx=[0, 1, 2, 3], regressor_config=Namespace(**rc), regr_batch=1200,
-                    weights_dict=None, imagenet_init=False)
+    cfg = Namespace(
+        device="cpu",
+        training=False,
+        backbone="ResNet34",
+        change_stride=True,
+        feat_idx=[0, 1, 2, 3],
+        regressor_config=Namespace(**rc),
+        regr_batch=1200,
+        weights_dict=None,
+        imagenet_init=False,
+    )
     net = Patch2Pix(cfg)
     net.load_state_dict(rule_state_dict(net))
     net.train()
     assert torch.equal(ts["src_im"][0], ts["src_im"][1]) and torch.equal(ts["F"][0], ts["F"][1])
     with torch.no_grad():
-        out = net.forward_train(ts["src_im"][:1], ts["pos_im"][:1], ksize=a["ksize"],
-                                ptmax=a["ptmax"])
-    loss_cfg = LossConfig(cls_dthres=tuple(a["cls_dthres"]), epi_dthres=tuple(a["epi_dthres"]),
-                          weight_cls=a["weight_cls"], weight_epi=tuple(a["weight_epi"]))
+        out = net.forward_train(
+            ts["src_im"][:1], ts["pos_im"][:1], ksize=a["ksize"], ptmax=a["ptmax"]
+        )
+    loss_cfg = LossConfig(
+        cls_dthres=tuple(a["cls_dthres"]),
+        epi_dthres=tuple(a["epi_dthres"]),
+        weight_cls=a["weight_cls"],
+        weight_epi=tuple(a["weight_epi"]),
+    )
     res = batch_loss(*out, ts["F"][:1], loss_cfg).terms()
     for k in ("cls_mid", "cls_fine", "epi_mid", "epi_fine"):
         torch.testing.assert_close(res[k], ts[k][:1], rtol=1e-4, atol=0, msg=k)

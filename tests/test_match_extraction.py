@@ -11,8 +11,14 @@ from networks.utils import filter_coarse, select_local_patch_feats, shift_to_anc
 def test_corr_to_matches_known_argmax():
     # A: 2x3 cells, B: 3x2 cells. Put a clear maximum at chosen (A, B) cells.
     corr = torch.zeros(1, 1, 2, 3, 3, 2)
-    pairs = {(0, 0): (1, 2), (0, 1): (0, 0), (1, 0): (0, 1), (1, 1): (1, 1), (2, 0): (1, 0),
-             (2, 1): (0, 2)}
+    pairs = {
+        (0, 0): (1, 2),
+        (0, 1): (0, 0),
+        (1, 0): (0, 1),
+        (1, 1): (1, 1),
+        (2, 0): (1, 0),
+        (2, 1): (0, 2),
+    }
     for (ib, jb), (ia, ja) in pairs.items():
         corr[0, 0, ia, ja, ib, jb] = 5.0
     xA, yA, xB, yB, score = corr_to_matches(corr)
@@ -58,8 +64,9 @@ def test_cal_coarse_matches_pixels():
 
 
 def test_filter_coarse_mutual_order_and_scores():
-    matches = torch.tensor([[5, 1, 2, 2], [0, 0, 1, 1], [3, 3, 3, 3], [0, 0, 1, 1], [5, 1, 2, 2],
-                            [9, 9, 9, 9]])
+    matches = torch.tensor(
+        [[5, 1, 2, 2], [0, 0, 1, 1], [3, 3, 3, 3], [0, 0, 1, 1], [5, 1, 2, 2], [9, 9, 9, 9]]
+    )
     scores = torch.tensor([0.9, 0.1, 0.5, 0.7, 0.3, 0.8])
     m, s = filter_coarse([matches], [scores], 0.0, mutual=True)
     assert m[0].tolist() == [[0, 0, 1, 1], [5, 1, 2, 2]]  # sorted, duplicates collapsed
@@ -92,8 +99,14 @@ def test_shift_to_anchors_rows():
     m = torch.tensor([[20, 30, 40, 50]])
     out = shift_to_anchors([m], pshift=8, panc=8)[0]
     assert out.tolist() == [
-        [12, 22, 40, 50], [28, 22, 40, 50], [12, 38, 40, 50], [28, 38, 40, 50],
-        [20, 30, 32, 42], [20, 30, 48, 42], [20, 30, 32, 58], [20, 30, 48, 58],
+        [12, 22, 40, 50],
+        [28, 22, 40, 50],
+        [12, 38, 40, 50],
+        [28, 38, 40, 50],
+        [20, 30, 32, 42],
+        [20, 30, 48, 42],
+        [20, 30, 32, 58],
+        [20, 30, 48, 58],
     ]
     assert shift_to_anchors([m], 8, 1)[0] is m
     two = shift_to_anchors([torch.cat([m, m + 1])], 8, 8)[0]
@@ -163,14 +176,16 @@ def test_select_local_patch_lt_differs_from_center():
 def test_ref_corr_to_matches(refvec):
     v = refvec["corr_to_matches"]
     for inv, key in [(False, "a_from_b"), (True, "b_from_a")]:
-        out = corr_to_matches(v["corr"], tuple(v["delta"]), int(v["ksize"]),
-                              invert_matching_direction=inv)
+        out = corr_to_matches(
+            v["corr"], tuple(v["delta"]), int(v["ksize"]), invert_matching_direction=inv
+        )
         assert torch.equal(torch.stack(out[:4]), v[key])
         assert torch.allclose(out[4], v[key + "_score"], rtol=1e-5, atol=1e-7)
 
 
 def test_ref_select_local_patch_feats(refvec):
     v = refvec["select_local_patch_feats"]
-    f1, f2 = select_local_patch_feats(v["feats1"], v["feats2"], 0, v["matches"], [0, 1, 2, 3],
-                                      [1, 2, 2, 2], 16, "center")
+    f1, f2 = select_local_patch_feats(
+        v["feats1"], v["feats2"], 0, v["matches"], [0, 1, 2, 3], [1, 2, 2, 2], 16, "center"
+    )
     assert torch.equal(f1, v["f1s"]) and torch.equal(f2, v["f2s"])

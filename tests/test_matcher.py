@@ -41,8 +41,9 @@ def test_same_numbers_as_estimate_matches(net, pair) -> None:
     p1, p2 = pair
     matcher = Patch2PixMatcher(net, imsize=192, io_thres=0.25, ksize=2, eval_type="fine")
     out = matcher(p1, p2)
-    m, s, c = estimate_matches(net, str(p1), str(p2), ksize=2, io_thres=0.25,
-                               eval_type="fine", imsize=192)
+    m, s, c = estimate_matches(
+        net, str(p1), str(p2), ksize=2, io_thres=0.25, eval_type="fine", imsize=192
+    )
     assert len(m) > 20
     np.testing.assert_array_equal(out["keypoints0"], m[:, :2])
     np.testing.assert_array_equal(out["keypoints1"], m[:, 2:])

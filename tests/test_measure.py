@@ -200,6 +200,10 @@ def test_original_names_stay_importable():
     assert measure.symmetric_epipolar_distance is geo.symmetric_epipolar_distance
     assert measure.cal_rot_angle_error is geo.cal_rot_angle_error
     assert measure.cal_error_auc is geo.error_auc and hpatches.error_auc is geo.error_auc
-    for name in ("sampson_distance", "symmetric_epipolar_distance", "eval_matches_relapose",
-                 "check_inliers_distr"):
+    for name in (
+        "sampson_distance",
+        "symmetric_epipolar_distance",
+        "eval_matches_relapose",
+        "check_inliers_distr",
+    ):
         assert name in measure.__all__ and callable(getattr(measure, name))

@@ -29,8 +29,15 @@ from utils.geometry import error_auc, pose2essential
 @pytest.fixture(scope="module")
 def md_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("md1500")
-    counts = write_megadepth1500(root, pairs_per_file=3, n_images=6, width=160, height=120,
-                                 supersample=1, log=lambda *a: None)
+    counts = write_megadepth1500(
+        root,
+        pairs_per_file=3,
+        n_images=6,
+        width=160,
+        height=120,
+        supersample=1,
+        log=lambda *a: None,
+    )
     assert sum(counts.values()) >= 8
     return root
 
@@ -38,8 +45,7 @@ def md_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_layout_is_the_benchmarks(md_root: Path) -> None:
     info = md_root / SCENE_INFO_DIR
     names = (info / LIST_FILE).read_text().split()
-    assert names == ["0015_0.1_0.3", "0015_0.3_0.5", "0022_0.1_0.3", "0022_0.3_0.5",
-                     "0022_0.5_0.7"]
+    assert names == ["0015_0.1_0.3", "0015_0.3_0.5", "0022_0.1_0.3", "0022_0.3_0.5", "0022_0.5_0.7"]
     for name, (_, lo, hi) in zip(names, SCENE_FILES):
         d = safe_load_npz(info / f"{name}.npz")
         assert set(d) == {"image_paths", "depth_paths", "intrinsics", "poses", "pair_infos"}
@@ -139,9 +145,21 @@ def test_failures_count_as_infinite(md_root: Path) -> None:
 
 def test_cli_oracle_json_and_errors(md_root: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "res" / "md.json"
-    rc = eval_megadepth1500.main(["--data_root", str(md_root), "--matcher", "oracle",
-                                  "--max_pairs", "3", "--ransac", "usac", "--out", str(out),
-                                  "--no_progress"])
+    rc = eval_megadepth1500.main(
+        [
+            "--data_root",
+            str(md_root),
+            "--matcher",
+            "oracle",
+            "--max_pairs",
+            "3",
+            "--ransac",
+            "usac",
+            "--out",
+            str(out),
+            "--no_progress",
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     assert set(data) >= {"config", "summary", "pairs"}
@@ -157,8 +175,9 @@ def test_cli_oracle_json_and_errors(md_root: Path, tmp_path: Path, capsys) -> No
     info = tmp_path / "binary_list"
     info.mkdir()
     (info / LIST_FILE).write_bytes(b"\x89PNG\r\n\x1a\n\x00")  # an image saved under the name
-    rc = eval_megadepth1500.main(["--data_root", str(md_root), "--scene_info", str(info),
-                                  "--matcher", "oracle"])
+    rc = eval_megadepth1500.main(
+        ["--data_root", str(md_root), "--scene_info", str(info), "--matcher", "oracle"]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and f"{info / LIST_FILE}: not a text" in err
 
@@ -166,9 +185,23 @@ def test_cli_oracle_json_and_errors(md_root: Path, tmp_path: Path, capsys) -> No
 def test_cli_with_network(md_root: Path, tmp_path: Path, tiny_ckpt: Path) -> None:
     """A checkpoint runs end to end through the shared matcher flags (wiring, tiny images)."""
     out = tmp_path / "net.json"
-    rc = eval_megadepth1500.main(["--data_root", str(md_root), "--ckpt", str(tiny_ckpt),
-                                  "--imsize", "128", "--device", "cpu", "--max_pairs", "2",
-                                  "--out", str(out), "--no_progress"])
+    rc = eval_megadepth1500.main(
+        [
+            "--data_root",
+            str(md_root),
+            "--ckpt",
+            str(tiny_ckpt),
+            "--imsize",
+            "128",
+            "--device",
+            "cpu",
+            "--max_pairs",
+            "2",
+            "--out",
+            str(out),
+            "--no_progress",
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["config"]["matcher"] == "network" and data["config"]["imsize"] == 128
@@ -181,18 +214,33 @@ def test_writer_cli(tmp_path: Path, capsys) -> None:
     assert megadepth1500.main(["--out", str(tmp_path), "--images_per_scene", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("data_pairs.synthetic.megadepth1500: error: --images_per_scene")
-    rc = megadepth1500.main(["--out", str(tmp_path / "s"), "--images_per_scene", "3",
-                             "--width", "64", "--height", "48", "--supersample", "1"])
+    rc = megadepth1500.main(
+        [
+            "--out",
+            str(tmp_path / "s"),
+            "--images_per_scene",
+            "3",
+            "--width",
+            "64",
+            "--height",
+            "48",
+            "--supersample",
+            "1",
+        ]
+    )
     assert rc == 0 and (tmp_path / "s" / SCENE_INFO_DIR / LIST_FILE).is_file()
     assert "wrote" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("bad_row, words", [
-    (((0, 9), 0.5, 10), ["pair_infos[1]", "IndexError"]),  # no image 9
-    (((0, 2), 0.5, 10), ["pair_infos[1]", "without an image"]),  # slot 2 is empty
-    (((0, 1), 0.5, 10), ["pair_infos[1]", "ValueError"]),  # pose of image 1 is 3x3
-    ((0, 0.5, 10), ["pair_infos[1]", "TypeError"]),  # no (i, j)
-])
+@pytest.mark.parametrize(
+    "bad_row, words",
+    [
+        (((0, 9), 0.5, 10), ["pair_infos[1]", "IndexError"]),  # no image 9
+        (((0, 2), 0.5, 10), ["pair_infos[1]", "without an image"]),  # slot 2 is empty
+        (((0, 1), 0.5, 10), ["pair_infos[1]", "ValueError"]),  # pose of image 1 is 3x3
+        ((0, 0.5, 10), ["pair_infos[1]", "TypeError"]),  # no (i, j)
+    ],
+)
 def test_malformed_pair_rows_name_file_and_row(tmp_path: Path, bad_row, words, capsys) -> None:
     from data_pairs.synthetic.files import object_array
 
@@ -201,11 +249,16 @@ def test_malformed_pair_rows_name_file_and_row(tmp_path: Path, bad_row, words, c
     (info / LIST_FILE).write_text("s.npz\n")
     K = np.diag([100.0, 100.0, 1.0])
     poses = [np.eye(4), np.eye(3), None]
-    np.savez(info / "s.npz", image_paths=object_array(["a.jpg", "b.jpg", None]),
-             intrinsics=object_array([K, K, None]), poses=object_array(poses),
-             pair_infos=object_array([((0, 0), 1.0, 5), bad_row]))
-    rc = eval_megadepth1500.main(["--data_root", str(tmp_path), "--scene_info", str(info),
-                                  "--matcher", "oracle"])
+    np.savez(
+        info / "s.npz",
+        image_paths=object_array(["a.jpg", "b.jpg", None]),
+        intrinsics=object_array([K, K, None]),
+        poses=object_array(poses),
+        pair_infos=object_array([((0, 0), 1.0, 5), bad_row]),
+    )
+    rc = eval_megadepth1500.main(
+        ["--data_root", str(tmp_path), "--scene_info", str(info), "--matcher", "oracle"]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert f"{info / 's.npz'}" in err and all(w in err for w in words), err

@@ -53,8 +53,7 @@ def test_conv4d_gradcheck():
     g = torch.Generator().manual_seed(0)
     for cin, cout in [(1, 2), (2, 1)]:
         x = torch.randn(1, cin, 3, 2, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
-        w = torch.randn(3, cout, cin, 3, 3, 3, generator=g, dtype=torch.float64,
-                        requires_grad=True)
+        w = torch.randn(3, cout, cin, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
         b = torch.randn(cout, generator=g, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(conv4d, (x, w, b))
 

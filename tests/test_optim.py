@@ -14,8 +14,14 @@ def test_parse_lr_decay_forms():
     assert parse_lr_decay(["multistep", "0.2", "5"]) == ("multistep", 0.2, [5])
     assert parse_lr_decay(["multistep", "0.5", "3", "8"]) == ("multistep", 0.5, [3, 8])
     assert parse_lr_decay(["step", "0.1", "10"]) == ("step", 0.1, [10])
-    for bad in (["multistep"], ["step", "0.1", "2", "3"], ["cosine", "0.1", "2"],
-                ["step", "x", "2"], ["multistep", "1.5", "2"], ["step", "0.5", "0"]):
+    for bad in (
+        ["multistep"],
+        ["step", "0.1", "2", "3"],
+        ["cosine", "0.1", "2"],
+        ["step", "x", "2"],
+        ["multistep", "1.5", "2"],
+        ["step", "0.5", "0"],
+    ):
         with pytest.raises(ValueError, match="--lr_decay"):
             parse_lr_decay(bad)
 

@@ -22,11 +22,13 @@ PAIR_FIELDS = {"im1", "im2", "overlap", "K1", "K2", "t", "q", "R", "crop1", "cro
 def _quat_to_R(q: np.ndarray) -> np.ndarray:
     """Rotation matrix of a unit quaternion (w, x, y, z), written out independently."""
     w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def _fundamental(K1, K2, R, t) -> np.ndarray:
@@ -47,8 +49,18 @@ def mega(tmp_path_factory) -> Path:
     """Tiny MegaDepth_undistort: scene 5000 (5 images, the 5th portrait) and copies of its
     scene file as 0008 (excl_test), 0015 (excl_all only) and 5001 (one pose perturbed)."""
     root = tmp_path_factory.mktemp("pairs_data")
-    npz = ms.make_megadepth_scene(root, "5000", 0, seed=5, n_images=5, width=160, height=120,
-                                  n_points=800, supersample=1, portrait_every=5)
+    npz = ms.make_megadepth_scene(
+        root,
+        "5000",
+        0,
+        seed=5,
+        n_images=5,
+        width=160,
+        height=120,
+        n_points=800,
+        supersample=1,
+        portrait_every=5,
+    )
     info_dir = npz.parent
     shutil.copy(npz, info_dir / "0008.0.npz")
     shutil.copy(npz, info_dir / "0015.0.npz")
@@ -93,8 +105,9 @@ def test_cli_writes_named_file_with_structure(mega, tmp_path, capsys):
 def test_every_pair_is_valid(mega, scene_arrays):
     pairs = prep.generate_pairs(mega, log=lambda s: None)["5000"]
     slot_of = {
-        p[len("Undistorted_SfM/"):]: i
-        for i, p in enumerate(scene_arrays["image_paths"]) if p is not None
+        p[len("Undistorted_SfM/") :]: i
+        for i, p in enumerate(scene_arrays["image_paths"])
+        if p is not None
     }
     crops = {im.name: im.crop for im in pairs["ims"]}
     ov, poses, K = scene_arrays["overlap_matrix"], scene_arrays["poses"], scene_arrays["intrinsics"]
@@ -136,12 +149,13 @@ def test_excluded_scenes_and_bad_poses(mega):
     # 5001 is 5000 with one camera rotated by 3°: its pairs fail the Sampson check
     info = prep.load_scene_info(mega / "scene_info" / "5000.0.npz")
     bad_slot = next(i for i, p in enumerate(info["image_paths"]) if p is not None)
-    bad = info["image_paths"][bad_slot][len("Undistorted_SfM/"):]
+    bad = info["image_paths"][bad_slot][len("Undistorted_SfM/") :]
     good_names = {n for p in pairs["5000"]["pairs"] for n in (p.im1, p.im2)}
     bad_names = {n for p in pairs["5001"]["pairs"] for n in (p.im1, p.im2)}
     assert bad in good_names and bad not in bad_names
-    n_rejected = [int(re.search(r"(\d+) by Sampson", s).group(1)) for s in stats
-                  if s.startswith("5001")]
+    n_rejected = [
+        int(re.search(r"(\d+) by Sampson", s).group(1)) for s in stats if s.startswith("5001")
+    ]
     assert n_rejected and n_rejected[0] > 0
     with pytest.raises(ValueError, match="exclude_tag"):
         prep.generate_pairs(mega, exclude_tag="excl_nothing")
@@ -197,19 +211,27 @@ def test_val_overlap_definition_hand_built(tmp_path):
     sparse = _hand_model(tmp_path)
     names, ov = pov.pair_overlaps(read_model(sparse)[1])
     assert names == ["b.jpg", "a.jpg", "d.jpg", "c.jpg"]
-    expected = np.array([
-        [0, 0.4, 1.0, 0.3],
-        [0.4, 0, 0.4, 0.3],
-        [1.0, 0.4, 0, 0.3],
-        [0.3, 0.3, 0.3, 0],
-    ])
+    expected = np.array(
+        [
+            [0, 0.4, 1.0, 0.3],
+            [0.4, 0, 0.4, 0.3],
+            [1.0, 0.4, 0, 0.3],
+            [0.3, 0.3, 0.3, 0],
+        ]
+    )
     np.testing.assert_allclose(ov, expected)
     path = pov.precompute_scene_overlaps(sparse.parent, log=lambda s: None)
     assert path == sparse / "ov_pairs.npy"
     got = pov.load_ov_pairs(path)
     assert sorted(got) == [0.1, 0.2, 0.3, 0.4, 0.5]
-    all_pairs = {("b.jpg", "a.jpg"), ("d.jpg", "b.jpg"), ("c.jpg", "b.jpg"),
-                 ("d.jpg", "a.jpg"), ("c.jpg", "a.jpg"), ("d.jpg", "c.jpg")}
+    all_pairs = {
+        ("b.jpg", "a.jpg"),
+        ("d.jpg", "b.jpg"),
+        ("c.jpg", "b.jpg"),
+        ("d.jpg", "a.jpg"),
+        ("c.jpg", "a.jpg"),
+        ("d.jpg", "c.jpg"),
+    }
     for o in (0.1, 0.2, 0.3):
         assert set(got[o]) == all_pairs - {("d.jpg", "b.jpg")}  # overlap 1 is left out
     assert set(got[0.4]) == {("b.jpg", "a.jpg"), ("d.jpg", "a.jpg")}
@@ -234,8 +256,9 @@ def test_val_overlaps_reused_when_complete(tmp_path):
         np.save(f, {0.1: []}, allow_pickle=True)
     pov.precompute_scene_overlaps(sparse.parent, log=logs.append)
     assert path.read_bytes() == first
-    assert logs[-2] == f"{path}: exists but lacks overlap levels [0.2, 0.3, 0.4, 0.5]; " \
-                       "recomputing it"
+    assert (
+        logs[-2] == f"{path}: exists but lacks overlap levels [0.2, 0.3, 0.4, 0.5]; recomputing it"
+    )
     path.write_bytes(first[: len(first) // 2])  # truncated
     pov.precompute_scene_overlaps(sparse.parent, log=logs.append)
     assert logs[-2].startswith(f"{path}: exists but was refused (") and path.read_bytes() == first
@@ -250,8 +273,18 @@ def test_val_overlaps_reused_when_complete(tmp_path):
 
 
 def test_val_overlaps_cli_on_synthetic_scene(tmp_path, capsys):
-    dense = ms.make_val_scene(tmp_path, "synthetic_val", 0, seed=2, n_images=4, width=96,
-                              height=64, n_points=400, supersample=1, portrait_every=0)
+    dense = ms.make_val_scene(
+        tmp_path,
+        "synthetic_val",
+        0,
+        seed=2,
+        n_images=4,
+        width=96,
+        height=64,
+        n_points=400,
+        supersample=1,
+        portrait_every=0,
+    )
     root = tmp_path / "immatch_benchmark" / "val_dense"
     assert pov.main(["--data_root", str(root)]) == 0
     got = pov.load_ov_pairs(dense / "sparse" / "ov_pairs.npy")
@@ -286,8 +319,9 @@ def test_notebook_runs_the_same_code(mega, tmp_path, monkeypatch):
     nb = nbformat.read(repo / "data_pairs" / "prep_megadepth_training_pairs.ipynb", 4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
     kernel = "patch2pix" if "patch2pix" in KernelSpecManager().find_kernel_specs() else "python3"
-    nbclient.NotebookClient(nb, timeout=120, kernel_name=kernel,
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=120, kernel_name=kernel, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     written = tmp_path / "data_pairs" / prep.pair_file_name(0.35, 1.5, 500, "excl_test")
     assert written.is_file()
     assert prep.main(["--base_dir", str(mega), "--save_dir", str(tmp_path / "cli")]) == 0

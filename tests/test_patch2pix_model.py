@@ -14,15 +14,31 @@ from utils.common.setup_helper import CheckpointError, load_checkpoint_safe, sav
 from utils.eval.model_helper import load_model
 
 SPEC_SHAPES = REPO.parent / "shared" / "spec" / "state_dict_shapes.json"
-SMALL_RC = dict(conv_dims=[32, 32], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[32, 16],
-                feat_comb="pre", psize=[16, 16], pshift=8, panc=1, shared=False)
+SMALL_RC = dict(
+    conv_dims=[32, 32],
+    conv_kers=[3, 3],
+    conv_strs=[2, 1],
+    fc_dims=[32, 16],
+    feat_comb="pre",
+    psize=[16, 16],
+    pshift=8,
+    panc=1,
+    shared=False,
+)
 DEFAULT_RC = dict(SMALL_RC, conv_dims=[512, 512], fc_dims=[512, 256])
 
 
 def make_net(rc=SMALL_RC, **kw):
-    cfg = Namespace(training=False, backbone="ResNet34", change_stride=True,
-                    feat_idx=[0, 1, 2, 3], regressor_config=Namespace(**rc) if rc else None,
-                    regr_batch=1200, weights_dict=None, imagenet_init=False)
+    cfg = Namespace(
+        training=False,
+        backbone="ResNet34",
+        change_stride=True,
+        feat_idx=[0, 1, 2, 3],
+        regressor_config=Namespace(**rc) if rc else None,
+        regr_batch=1200,
+        weights_dict=None,
+        imagenet_init=False,
+    )
     for k, v in kw.items():
         setattr(cfg, k, v)
     return Patch2Pix(cfg)
@@ -52,7 +68,8 @@ def test_ref_model_eval(rule_net, refvec):
         corr, _ = rule_net(v["im1"], v["im2"], ksize=2)
         assert torch.allclose(corr, v["corr4d"], rtol=1e-4, atol=1e-5 * v["corr4d"].abs().max())
         fine, fine_p, mid, mid_p, coarse = rule_net.predict_fine(
-            v["im1"], v["im2"], ksize=2, mutual=True, return_all=True)
+            v["im1"], v["im2"], ksize=2, mutual=True, return_all=True
+        )
         assert torch.equal(coarse[0], v["coarse"])
         assert torch.allclose(mid[0], v["mid"], atol=1e-3)
         assert torch.allclose(mid_p[0], v["mid_scores"], atol=1e-5)
@@ -83,8 +100,11 @@ class ConstRegressor(torch.nn.Module):
 
 def feats_for(h1, w1, h2, w2):
     net = make_net()
-    return net, net.extract.forward_all(torch.zeros(1, 3, h1, w1)), \
-        net.extract.forward_all(torch.zeros(1, 3, h2, w2))
+    return (
+        net,
+        net.extract.forward_all(torch.zeros(1, 3, h1, w1)),
+        net.extract.forward_all(torch.zeros(1, 3, h2, w2)),
+    )
 
 
 def test_regressor_output_parsing_and_clamping():
@@ -126,8 +146,9 @@ def test_zero_matches_give_empty_outputs(rule_net):
     ref, sc, co = rule_net.refine_matches(im, im, np.zeros((0, 4)), 0.5)
     assert ref.shape == (0, 4) and sc.shape == (0,) and co.shape == (0, 4)
     feats = rule_net.extract.forward_all(im)
-    m, p = rule_net.forward_fine_match(feats, feats, [torch.zeros(0, 4)], 16, "center",
-                                       rule_net.regress_mid)
+    m, p = rule_net.forward_fine_match(
+        feats, feats, [torch.zeros(0, 4)], 16, "center", rule_net.regress_mid
+    )
     assert m[0].shape == (0, 4) and p[0].shape == (0,)
 
 
@@ -161,10 +182,20 @@ def test_identical_images_match_on_identity(hw):
 
 
 def test_gradients_reach_regressors_and_ncn():
-    net = make_net(dict(SMALL_RC, panc=8), training=True, freeze_feat=87, start_epoch=0,
-                   optim_config=Namespace(opt="adam", lr_init=5e-4, weight_decay=0,
-                                          lr_decay=None, optimizer_dict=None,
-                                          lr_scheduler_dict=None))
+    net = make_net(
+        dict(SMALL_RC, panc=8),
+        training=True,
+        freeze_feat=87,
+        start_epoch=0,
+        optim_config=Namespace(
+            opt="adam",
+            lr_init=5e-4,
+            weight_decay=0,
+            lr_decay=None,
+            optimizer_dict=None,
+            lr_scheduler_dict=None,
+        ),
+    )
     net.train()
     g = torch.Generator().manual_seed(0)
     im1, im2 = torch.randn(1, 3, 64, 64, generator=g), torch.randn(1, 3, 64, 64, generator=g)
@@ -189,9 +220,16 @@ def test_gradients_reach_regressors_and_ncn():
 
 # ---------------------------------------------------------------- checkpoint loading
 def original_checkpoint(net, rc):
-    return {"last_epoch": 3, "best_vals": [np.float64(1.5), np.float64(0.3), np.inf, 0.0],
-            "backbone": "ResNet34", "feat_idx": [0, 1, 2, 3], "change_stride": True,
-            "regressor_config": Namespace(**rc), "state_dict": net.state_dict(), "optim": {}}
+    return {
+        "last_epoch": 3,
+        "best_vals": [np.float64(1.5), np.float64(0.3), np.inf, 0.0],
+        "backbone": "ResNet34",
+        "feat_idx": [0, 1, 2, 3],
+        "change_stride": True,
+        "regressor_config": Namespace(**rc),
+        "state_dict": net.state_dict(),
+        "optim": {},
+    }
 
 
 def test_checkpoint_round_trip(rule_net, tmp_path):
@@ -229,6 +267,7 @@ def test_load_bare_ncnet_state_dict(rule_net, tmp_path):
 def test_non_strict_loading_reports_keys(rule_net, capsys):
     msgs = []
     from networks.patch2pix import load_weights
+
     sd = {k: v for k, v in rule_net.state_dict().items() if k.startswith(("extract.", "ncn."))}
     net = make_net()
     load_weights(net, sd, lprint=msgs.append)
@@ -280,8 +319,13 @@ def test_imagenet_weights_from_local_cache_only(tmp_path, monkeypatch):
     assert net.layer3[0].conv1.stride == (1, 1) and net.layer3[0].downsample[0].stride == (1, 1)
     x = torch.randn(1, 3, 64, 96)
     feats = net.eval().forward_all(x)
-    assert [f.shape[1:] for f in feats] == [(3, 64, 96), (64, 32, 48), (64, 16, 24),
-                                            (128, 8, 12), (256, 8, 12)]
+    assert [f.shape[1:] for f in feats] == [
+        (3, 64, 96),
+        (64, 32, 48),
+        (64, 16, 24),
+        (128, 8, 12),
+        (256, 8, 12),
+    ]
     assert torch.equal(feats[-1], net(x))
 
 
@@ -303,8 +347,9 @@ def test_training_chunks_never_leave_one_row_for_batchnorm():
     assert net._chunk_sizes(9) == [4, 5]  # the left-over row joins the last full chunk
     assert net._chunk_sizes(8) == [4, 4] and net._chunk_sizes(3) == [3]
     feats = net.extract.forward_all(torch.randn(1, 3, 32, 32))
-    m, p = net.forward_fine_match(feats, feats, [torch.rand(9, 4) * 32], 16, "center",
-                                  net.regress_mid)  # 9 = 2 chunks + 1 row
+    m, p = net.forward_fine_match(
+        feats, feats, [torch.rand(9, 4) * 32], 16, "center", net.regress_mid
+    )  # 9 = 2 chunks + 1 row
     assert m[0].shape == (9, 4) and p[0].shape == (9,)
     net.eval()
     assert net._chunk_sizes(9) == [4, 5]  # same bounds in evaluation (model.md §4.6)

@@ -46,8 +46,11 @@ def exp_dir(tmp_path: Path) -> Path:
 
 
 def _lines(fig) -> dict[tuple[str, str], tuple[list, list]]:
-    return {(ax.get_title(), ln.get_label()): (list(ln.get_xdata()), list(ln.get_ydata()))
-            for ax in fig.axes for ln in ax.lines}
+    return {
+        (ax.get_title(), ln.get_label()): (list(ln.get_xdata()), list(ln.get_ydata()))
+        for ax in fig.axes
+        for ln in ax.lines
+    }
 
 
 def test_every_series_equals_the_file(exp_dir: Path) -> None:

@@ -36,8 +36,12 @@ def _read(path: Path) -> np.ndarray:
 
 def _matches(n: int, w1: int, h1: int, w2: int, h2: int, seed: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return np.c_[rng.uniform(5, w1 - 5, n), rng.uniform(5, h1 - 5, n),
-                 rng.uniform(5, w2 - 5, n), rng.uniform(5, h2 - 5, n)]
+    return np.c_[
+        rng.uniform(5, w1 - 5, n),
+        rng.uniform(5, h1 - 5, n),
+        rng.uniform(5, w2 - 5, n),
+        rng.uniform(5, h2 - 5, n),
+    ]
 
 
 def _red(px: np.ndarray) -> int:

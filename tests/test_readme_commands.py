@@ -53,8 +53,14 @@ def commands_in(line: str) -> list[list[str]]:
     cmds, cur = [], []
     for tok in tokens + [";"]:
         if tok in ("&&", ";", "||", "|"):
-            if (len(cur) >= 3 and cur[:2] == ["python", "-m"] and MODULE.match(cur[2])
-                    or len(cur) >= 2 and cur[0] == "bash" and SCRIPT.match(cur[1])):
+            if (
+                len(cur) >= 3
+                and cur[:2] == ["python", "-m"]
+                and MODULE.match(cur[2])
+                or len(cur) >= 2
+                and cur[0] == "bash"
+                and SCRIPT.match(cur[1])
+            ):
                 cmds.append(cur)
             cur = []
         else:
@@ -137,8 +143,13 @@ sys.__stdout__.write(json.dumps(res))
 
 def help_texts(modules: list[str]) -> dict[str, tuple[int, str, str]]:
     """{module: (exit code, stdout, stderr)} of `python -m <module> --help`."""
-    proc = subprocess.run([sys.executable, "-c", HELP_ALL, *modules], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", HELP_ALL, *modules],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return {m: tuple(v) for m, v in json.loads(proc.stdout).items()}
 
@@ -153,8 +164,9 @@ def test_readme_modules_and_flags_exist() -> None:
     problems = []
     for mod, (code, out, err) in help_texts(sorted(flags)).items():
         if code != 0 or "usage:" not in out:  # a parser, not a silent run
-            problems.append(f"python -m {mod} --help: exit {code}, no usage: "
-                            f"{out[-300:]} {err[-500:]}")
+            problems.append(
+                f"python -m {mod} --help: exit {code}, no usage: {out[-300:]} {err[-500:]}"
+            )
             continue
         for flag in sorted(flags[mod]):
             if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", out):

@@ -86,12 +86,24 @@ def _original_pairs() -> dict:
     q = np.array([1.0, 0.0, 0.0, 0.0])
     return {
         "0000": {
-            "ims": [Namespace(name="0000/images/1.jpg", crop=(np.int64(0), np.int64(0))),
-                    Namespace(name="0000/images/2.jpg", crop=(0, 1))],
-            "pairs": [Namespace(im1="0000/images/1.jpg", im2="0000/images/2.jpg",
-                                overlap=np.float64(0.5), K1=K, K2=K.astype(np.float32),
-                                t=np.array([1.0, 0.0, 0.0]), q=q, R=np.eye(3),
-                                crop1=(0, 0), crop2=(0, 1))],
+            "ims": [
+                Namespace(name="0000/images/1.jpg", crop=(np.int64(0), np.int64(0))),
+                Namespace(name="0000/images/2.jpg", crop=(0, 1)),
+            ],
+            "pairs": [
+                Namespace(
+                    im1="0000/images/1.jpg",
+                    im2="0000/images/2.jpg",
+                    overlap=np.float64(0.5),
+                    K1=K,
+                    K2=K.astype(np.float32),
+                    t=np.array([1.0, 0.0, 0.0]),
+                    q=q,
+                    R=np.eye(3),
+                    crop1=(0, 0),
+                    crop2=(0, 1),
+                )
+            ],
         }
     }
 
@@ -99,8 +111,10 @@ def _original_pairs() -> dict:
 def _original_scene_info() -> dict[str, np.ndarray]:
     """A D2Net scene_info in its exact structure: object arrays with None entries."""
     n = 3
-    paths = np.array([None, "Undistorted_SfM/0000/images/1.jpg",
-                      "Undistorted_SfM/0000/images/2.jpg"], dtype=object)
+    paths = np.array(
+        [None, "Undistorted_SfM/0000/images/1.jpg", "Undistorted_SfM/0000/images/2.jpg"],
+        dtype=object,
+    )
     depth = np.array([None, "phoenix/d/1.h5", "phoenix/d/2.h5"], dtype=object)
     K = np.empty(n, dtype=object)
     K[:] = [None, np.eye(3), np.eye(3) * 2]
@@ -112,10 +126,18 @@ def _original_scene_info() -> dict[str, np.ndarray]:
     ndepth[:] = [None, {7: 1.5, 9: np.float64(2.0)}, {7: 3.0}]
     ov = -np.ones((n, n))
     ov[1, 2] = ov[2, 1] = 0.5
-    return {"image_paths": paths, "depth_paths": depth, "intrinsics": K, "poses": poses,
-            "overlap_matrix": ov, "scale_ratio_matrix": np.ones((n, n)),
-            "angles": np.zeros((n, n)), "n_points3D": np.int64(2),
-            "points3D_id_to_2D": to2d, "points3D_id_to_ndepth": ndepth}
+    return {
+        "image_paths": paths,
+        "depth_paths": depth,
+        "intrinsics": K,
+        "poses": poses,
+        "overlap_matrix": ov,
+        "scale_ratio_matrix": np.ones((n, n)),
+        "angles": np.zeros((n, n)),
+        "n_points3D": np.int64(2),
+        "points3D_id_to_2D": to2d,
+        "points3D_id_to_ndepth": ndepth,
+    }
 
 
 def _assert_same(a, b) -> None:
@@ -161,8 +183,12 @@ def test_pair_file_loaders_refuse_crafted_pickle(tmp_path, payload, protocol):
     pairs["0000"]["pairs"].append(payload(marker))
     path = _write_npy(tmp_path / "pairs.npy", pairs, protocol)
     (tmp_path / "MegaDepth_undistort").mkdir()
-    loaders = [load_pair_file, prep.load_pairs, safe_load_npy,
-               lambda p: ImMatchDatasetMega(tmp_path, p, item_type="pair")]
+    loaders = [
+        load_pair_file,
+        prep.load_pairs,
+        safe_load_npy,
+        lambda p: ImMatchDatasetMega(tmp_path, p, item_type="pair"),
+    ]
     for load in loaders:
         with pytest.raises(UnsafePickleError) as ei:
             load(path)
@@ -203,8 +229,9 @@ def test_pair_command_refuses_crafted_scene_info(tmp_path, capsys):
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_ov_pairs_loaders_refuse_crafted_pickle(tmp_path, payload, protocol):
     marker = tmp_path / "marker"
-    path = _write_npy(tmp_path / "ov_pairs.npy", {0.1: [("b.jpg", "a.jpg")],
-                                                   0.2: payload(marker)}, protocol)
+    path = _write_npy(
+        tmp_path / "ov_pairs.npy", {0.1: [("b.jpg", "a.jpg")], 0.2: payload(marker)}, protocol
+    )
     for load in (pov.load_ov_pairs, lambda p: load_overlap_pairs(p, 0.1)):
         with pytest.raises(UnsafePickleError) as ei:
             load(path)
@@ -301,7 +328,7 @@ def test_bad_files_name_the_file(tmp_path):
 
 def test_pickle_cannot_patch_the_namespace_class(tmp_path):
     """BUILD with slot state on the allowed class itself would set class attributes."""
-    raw = (b"\x80\x02cargparse\nNamespace\nN}X\x08\x00\x00\x00__repr__K\x01s\x86b.")
+    raw = b"\x80\x02cargparse\nNamespace\nN}X\x08\x00\x00\x00__repr__K\x01s\x86b."
     path = tmp_path / "patch.npy"
     path.write_bytes(raw)
     with pytest.raises(UnsafePickleError, match="modifies the class Namespace"):

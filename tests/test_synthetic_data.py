@@ -30,8 +30,16 @@ N_IMAGES = 4
 SCENE = "9000"
 VAL = "synthetic_val"
 D2NET_KEYS = {
-    "image_paths", "depth_paths", "intrinsics", "poses", "overlap_matrix",
-    "scale_ratio_matrix", "angles", "n_points3D", "points3D_id_to_2D", "points3D_id_to_ndepth",
+    "image_paths",
+    "depth_paths",
+    "intrinsics",
+    "poses",
+    "overlap_matrix",
+    "scale_ratio_matrix",
+    "angles",
+    "n_points3D",
+    "points3D_id_to_2D",
+    "points3D_id_to_ndepth",
 }
 
 
@@ -39,11 +47,28 @@ D2NET_KEYS = {
 def data_root(tmp_path_factory) -> Path:
     """A tiny data root: one training scene and one validation scene, 4 images each."""
     root = tmp_path_factory.mktemp("synthetic")
-    args = ms.parse_args([
-        "--out", str(root), "--scenes", "1", "--images_per_scene", str(N_IMAGES),
-        "--width", str(W), "--height", str(H), "--points", "800", "--supersample", "1",
-        "--portrait_every", "4", "--seed", str(SEED),
-    ])
+    args = ms.parse_args(
+        [
+            "--out",
+            str(root),
+            "--scenes",
+            "1",
+            "--images_per_scene",
+            str(N_IMAGES),
+            "--width",
+            str(W),
+            "--height",
+            str(H),
+            "--points",
+            "800",
+            "--supersample",
+            "1",
+            "--portrait_every",
+            "4",
+            "--seed",
+            str(SEED),
+        ]
+    )
     names = ms.generate(args, log=lambda s: None)
     assert names == {"train": [SCENE], "val": [VAL]}
     return root
@@ -84,7 +109,7 @@ def test_megadepth_layout(data_root, info):
         K = info["intrinsics"][i]
         w, h = int(round(2 * K[0, 2])), int(round(2 * K[1, 2]))
         assert (w, h) in ((W, H), (H, W))
-        for p in (mega / rel, mega / rel[len("Undistorted_SfM/"):]):  # both layouts resolve
+        for p in (mega / rel, mega / rel[len("Undistorted_SfM/") :]):  # both layouts resolve
             with PILImage.open(p) as im:
                 assert im.size == (w, h) and im.mode == "RGB"
         dpath = info["depth_paths"][i]
@@ -214,8 +239,9 @@ def test_val_model_reads_back(data_root):
     dense = data_root / "immatch_benchmark" / "val_dense" / VAL / "dense"
     cameras, images, points3D = read_model(dense / "sparse")
     assert len(images) == N_IMAGES and len(cameras) == N_IMAGES
-    views = syn.sample_views(syn.scene_rng(SEED, syn.KIND_VAL, 0, syn.STREAM_VIEWS), N_IMAGES,
-                             W, H, portrait_every=4)
+    views = syn.sample_views(
+        syn.scene_rng(SEED, syn.KIND_VAL, 0, syn.STREAM_VIEWS), N_IMAGES, W, H, portrait_every=4
+    )
     rec = pycolmap.Reconstruction(str(dense / "sparse"))  # pycolmap itself reads it too
     assert rec.num_images() == N_IMAGES and rec.num_points3D() == len(points3D)
     models = set()
@@ -261,12 +287,28 @@ def test_read_model_errors(tmp_path):
 def test_write_read_roundtrip(tmp_path):
     q = np.array([0.9, 0.1, -0.2, 0.3])
     q /= np.linalg.norm(q)
-    cams = {1: Camera("SIMPLE_PINHOLE", 100, 80, np.array([90.0, 50, 40])),
-            2: Camera("RADIAL", 80, 100, np.array([95.0, 40, 50, 0.01, -0.02]))}
-    ims = {3: Image("x.jpg", 1, q, np.array([0.1, 0.2, 0.3]), np.array([7, -1]),
-                    np.array([[1.5, 2.5], [3.0, 4.0]])),
-           5: Image("y.jpg", 2, np.array([1.0, 0, 0, 0]), np.zeros(3), np.array([-1, 7]),
-                    np.array([[5.0, 6.0], [7.0, 8.0]]))}
+    cams = {
+        1: Camera("SIMPLE_PINHOLE", 100, 80, np.array([90.0, 50, 40])),
+        2: Camera("RADIAL", 80, 100, np.array([95.0, 40, 50, 0.01, -0.02])),
+    }
+    ims = {
+        3: Image(
+            "x.jpg",
+            1,
+            q,
+            np.array([0.1, 0.2, 0.3]),
+            np.array([7, -1]),
+            np.array([[1.5, 2.5], [3.0, 4.0]]),
+        ),
+        5: Image(
+            "y.jpg",
+            2,
+            np.array([1.0, 0, 0, 0]),
+            np.zeros(3),
+            np.array([-1, 7]),
+            np.array([[5.0, 6.0], [7.0, 8.0]]),
+        ),
+    }
     pts = {7: Point3D(np.array([1.0, 2.0, 3.0]), np.array([3, 5]))}
     for ext in (".bin", ".txt"):
         write_model(tmp_path / ext[1:], cams, ims, pts, ext=ext)
@@ -279,14 +321,16 @@ def test_write_read_roundtrip(tmp_path):
         np.testing.assert_allclose(i2[5].xys, ims[5].xys)
         np.testing.assert_array_equal(np.sort(p2[7].image_ids), [3, 5])
     with pytest.raises(ValueError, match="unknown 3D point"):
-        write_model(tmp_path / "bad", cams, {3: ims[3]._replace(point3D_ids=np.array([8, -1]))},
-                    pts)
+        write_model(
+            tmp_path / "bad", cams, {3: ims[3]._replace(point3D_ids=np.array([8, -1]))}, pts
+        )
 
 
 def test_generator_is_deterministic(tmp_path):
     """The same scene twice, once from keyword fields and once from a SceneSpec: same files."""
-    kw = dict(seed=11, n_images=2, width=48, height=32, n_points=200, supersample=1,
-              portrait_every=0)
+    kw = dict(
+        seed=11, n_images=2, width=48, height=32, n_points=200, supersample=1, portrait_every=0
+    )
     a = syn.make_megadepth_scene(tmp_path / "a", "5003", 3, **kw)
     b = syn.make_megadepth_scene(tmp_path / "b", "5003", 3, syn.SceneSpec(**kw))
     with np.load(a, allow_pickle=True) as da, np.load(b, allow_pickle=True) as db:
@@ -299,8 +343,9 @@ def test_generator_is_deterministic(tmp_path):
 
 def test_scene_spec_fields():
     spec = syn.scene_spec(None, seed=4, width=32)
-    assert spec == syn.SceneSpec(seed=4, n_images=12, width=32, height=480, n_points=3000,
-                                 supersample=2, portrait_every=6)
+    assert spec == syn.SceneSpec(
+        seed=4, n_images=12, width=32, height=480, n_points=3000, supersample=2, portrait_every=6
+    )
     assert syn.scene_spec(spec, n_images=3).n_images == 3 and spec.n_images == 12
     with pytest.raises(TypeError, match="n_image"):
         syn.make_val_scene(Path("unused"), "x", 0, n_image=3)
@@ -308,26 +353,63 @@ def test_scene_spec_fields():
 
 def test_old_hyphenated_flags_still_parse():
     """Old scripts' ``--images-per-scene`` spellings give the same arguments; --help hides them."""
-    new = ms.parse_args(["--images_per_scene", "5", "--val_scenes", "2", "--val_images=3",
-                         "--portrait_every", "0", "--none_entries", "2", "--first_scene_id",
-                         "9100", "--sfm_layout", "copy", "--no_ov_pairs"])
-    old = ms.parse_args(["--images-per-scene", "5", "--val-scenes", "2", "--val-images=3",
-                         "--portrait-every", "0", "--none-entries", "2", "--first-scene-id",
-                         "9100", "--sfm-layout", "copy", "--no-ov-pairs"])
+    new = ms.parse_args(
+        [
+            "--images_per_scene",
+            "5",
+            "--val_scenes",
+            "2",
+            "--val_images=3",
+            "--portrait_every",
+            "0",
+            "--none_entries",
+            "2",
+            "--first_scene_id",
+            "9100",
+            "--sfm_layout",
+            "copy",
+            "--no_ov_pairs",
+        ]
+    )
+    old = ms.parse_args(
+        [
+            "--images-per-scene",
+            "5",
+            "--val-scenes",
+            "2",
+            "--val-images=3",
+            "--portrait-every",
+            "0",
+            "--none-entries",
+            "2",
+            "--first-scene-id",
+            "9100",
+            "--sfm-layout",
+            "copy",
+            "--no-ov-pairs",
+        ]
+    )
     assert vars(old) == vars(new)
     assert (new.images_per_scene, new.val_scenes, new.val_images, new.first_scene_id) == (
-        5, 2, 3, 9100)
+        5,
+        2,
+        3,
+        9100,
+    )
     assert new.sfm_layout == "copy" and new.no_ov_pairs is True
     help_text = ms.build_parser().format_help()
     assert "--images_per_scene" in help_text and "--images-per-scene" not in help_text
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["--images_per_scene", "1"], "--images_per_scene"),
-    (["--width", "8"], "--width"),
-    (["--supersample", "0"], "--supersample"),
-    (["--sfm_layout", "hardlink"], "--sfm_layout"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--images_per_scene", "1"], "--images_per_scene"),
+        (["--width", "8"], "--width"),
+        (["--supersample", "0"], "--supersample"),
+        (["--sfm_layout", "hardlink"], "--sfm_layout"),
+    ],
+)
 def test_cli_errors_are_one_line(argv, flag, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         ms.main(["--out", str(tmp_path), *argv])
@@ -343,18 +425,20 @@ def test_every_photo_texture_is_installed():
     photos = textures.photo_textures()
     assert len(photos) == len(textures.PHOTO_TEXTURES) == 15
     greys = [name for (im, grey), name in zip(photos, textures.PHOTO_TEXTURES) if grey]
-    assert greys == ["camera", "brick", "grass", "gravel", "coins", "clock", "moon", "text",
-                     "page"]
+    assert greys == ["camera", "brick", "grass", "gravel", "coins", "clock", "moon", "text", "page"]
     im, _ = photos[0]  # astronaut.png: 512 x 512 RGB using the full 8-bit range, / 255
     assert im.shape == (512, 512, 3) and im.dtype == np.float32
     assert (float(im.min()), float(im.max())) == (0.0, 1.0)
     np.testing.assert_array_equal(im * 255, np.round(im * 255))
 
 
-@pytest.mark.parametrize("table, missing", [
-    ({"astronaut": "no_such_image.png"}, "no_such_image.png"),
-    ({"no_such_loader": "astronaut.png"}, "no_such_loader"),
-])
+@pytest.mark.parametrize(
+    "table, missing",
+    [
+        ({"astronaut": "no_such_image.png"}, "no_such_image.png"),
+        ({"no_such_loader": "astronaut.png"}, "no_such_loader"),
+    ],
+)
 def test_missing_texture_fails_loudly(monkeypatch, table, missing):
     """A texture that is not installed is an error naming it, never silently skipped."""
     monkeypatch.setattr(textures, "PHOTO_TEXTURES", {**textures.PHOTO_TEXTURES, **table})

@@ -38,14 +38,27 @@ def data(train_data: Path) -> Path:
 
 
 def base_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data_root", str(data / "data"), "--pair_root", str(data / "pairs"),
-            "-o", str(out), *TINY, *extra]
+    return [
+        "--data_root",
+        str(data / "data"),
+        "--pair_root",
+        str(data / "pairs"),
+        "-o",
+        str(out),
+        *TINY,
+        *extra,
+    ]
 
 
 def run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "train_patch2pix", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    return subprocess.run(
+        [sys.executable, "-m", "train_patch2pix", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
 
 
 def exp_dir_of(args: list[str]) -> Path:
@@ -70,8 +83,15 @@ def trained(data, tmp_path_factory, visdom_server):
 
 def test_two_epochs_outputs(trained):
     args, exp, proc = trained
-    for name in ("log.txt", "metrics.jsonl", "config.json", "last_ckpt.pth", "ckpt_ep1.pth",
-                 "ckpt_ep2.pth", "immatch_best_ckpt.pth"):
+    for name in (
+        "log.txt",
+        "metrics.jsonl",
+        "config.json",
+        "last_ckpt.pth",
+        "ckpt_ep1.pth",
+        "ckpt_ep2.pth",
+        "immatch_best_ckpt.pth",
+    ):
         assert (exp / name).is_file(), name
     log = (exp / "log.txt").read_text()
     assert ">>>>>> Epoch 0" in log and ">>>>>> Epoch 1" in log and ">>Val immatch: 2 pairs" in log
@@ -97,8 +117,12 @@ def test_two_epochs_outputs(trained):
 
     a = parse_args(args)
     env = make_tags(a).visdom_env
-    vis = Visdom(server="http://127.0.0.1", port=int(a.visdom_port), raise_exceptions=True,
-                 use_incoming_socket=False)
+    vis = Visdom(
+        server="http://127.0.0.1",
+        port=int(a.visdom_port),
+        raise_exceptions=True,
+        use_incoming_socket=False,
+    )
     win = json.loads(vis.get_window_data("train.loss", env=env))
     names = {t["name"] for t in win["content"]["data"]}
     assert names == {"pair", "cls_mid", "cls_fine", "epi_mid", "epi_fine"}
@@ -122,8 +146,16 @@ def test_two_epochs_outputs(trained):
 
     # checkpoint format of data-formats.md §5, loadable through the safe loader
     ckpt = load_checkpoint_safe(exp / "last_ckpt.pth")
-    assert set(ckpt) == {"last_epoch", "best_vals", "backbone", "feat_idx", "change_stride",
-                         "regressor_config", "state_dict", "optim"}
+    assert set(ckpt) == {
+        "last_epoch",
+        "best_vals",
+        "backbone",
+        "feat_idx",
+        "change_stride",
+        "regressor_config",
+        "state_dict",
+        "optim",
+    }
     assert ckpt["last_epoch"] == 1 and ckpt["backbone"] == "ResNet34"
     assert ckpt["feat_idx"] == [0, 1, 2, 3] and ckpt["change_stride"] is True
     rc = ckpt["regressor_config"]
@@ -147,7 +179,7 @@ def test_resume_continues_with_optimiser_state(trained):
     proc = run_cli([*args[:-2], "--epochs", "3", "--resume"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (exp / "log.txt").read_text()
-    resumed = log[log.index(">>>>>> Resuming at epoch 2"):]
+    resumed = log[log.index(">>>>>> Resuming at epoch 2") :]
     assert ">>>>>> Epoch 2" in resumed and ">>>>>> Epoch 0" not in resumed
     after = load_checkpoint_safe(exp / "last_ckpt.pth")
     assert after["last_epoch"] == 2
@@ -178,9 +210,14 @@ def test_kill_during_checkpoint_write_keeps_last_ckpt(trained, tmp_path):
     run_args = list(args)
     i = run_args.index("--epochs")
     run_args[i + 1] = str(epoch + 2)
-    proc = subprocess.run([sys.executable, str(script), *run_args, "--resume", "--no_val"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, str(script), *run_args, "--resume", "--no_val"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert sha(last) == digest
     assert load_checkpoint_safe(last)["last_epoch"] == epoch
@@ -229,8 +266,7 @@ def test_missing_pair_file(data, tmp_path, capsys):
 
 
 def test_bad_lr_decay(data, tmp_path, capsys):
-    assert "--lr_decay" in _main_error(base_args(data, tmp_path, "-lrd", "linear", "0.1"),
-                                       capsys)
+    assert "--lr_decay" in _main_error(base_args(data, tmp_path, "-lrd", "linear", "0.1"), capsys)
 
 
 def test_resume_without_checkpoint(data, tmp_path, capsys):
@@ -239,15 +275,18 @@ def test_resume_without_checkpoint(data, tmp_path, capsys):
 
 def test_ckpt_of_another_architecture(trained, data, tmp_path, capsys):
     _, exp, _ = trained
-    msg = _main_error(base_args(data, tmp_path, "--conv_dims", "16", "16", "--ckpt",
-                                str(exp / "ckpt_ep1.pth")), capsys)
+    msg = _main_error(
+        base_args(data, tmp_path, "--conv_dims", "16", "16", "--ckpt", str(exp / "ckpt_ep1.pth")),
+        capsys,
+    )
     assert "--ckpt" in msg and "another architecture" in msg and "conv_dims" in msg
 
 
 def test_pretrain_of_another_architecture(data, tmp_path, capsys):
     bad = tmp_path / "other.pth"
-    torch.save({"ncn.conv.0.weight": torch.zeros(3, 8, 1, 3, 3, 3),
-                "ncn.conv.0.bias": torch.zeros(8)}, bad)
+    torch.save(
+        {"ncn.conv.0.weight": torch.zeros(3, 8, 1, 3, 3, 3), "ncn.conv.0.bias": torch.zeros(8)}, bad
+    )
     msg = _main_error(base_args(data, tmp_path, "--pretrain", str(bad)), capsys)
     assert "--pretrain" in msg and "architecture" in msg
     junk = tmp_path / "junk.pth"

@@ -69,8 +69,14 @@ def test_validation_windows(visdom_server):
     plotter = VisdomPlotter("127.0.0.1", str(port), env)
     hist = [0.5, 0.25, 0.25, 0, 0, 0, 0, 0, 0]
     res = ImmatchValResult(
-        mean_err=4.0, median_err=3.0, rate=0.5, pass_rates={t: t / 10 for t in range(1, 11)},
-        fine_dist=2.0, inlier_ratio=0.6, num_pairs=2, num_failed=0,
+        mean_err=4.0,
+        median_err=3.0,
+        rate=0.5,
+        pass_rates={t: t / 10 for t in range(1, 11)},
+        fine_dist=2.0,
+        inlier_ratio=0.6,
+        num_pairs=2,
+        num_failed=0,
         dist_hist={"coarse": hist, "fine": hist[::-1], "inlier": hist},
     )
     wins = plotter.plot("test", 1, validation_means(res.as_dict()))
@@ -78,8 +84,10 @@ def test_validation_windows(visdom_server):
     res.mean_err, res.rate = 2.0, 0.75
     plotter.plot("test", 2, validation_means(res.as_dict()))
     vis = plotter.vis
-    assert _traces(vis, "test.pose_err", env) == {"mean": [(1, 4.0), (2, 2.0)],
-                                                   "median": [(1, 3.0), (2, 3.0)]}
+    assert _traces(vis, "test.pose_err", env) == {
+        "mean": [(1, 4.0), (2, 2.0)],
+        "median": [(1, 3.0), (2, 3.0)],
+    }
     assert _traces(vis, "test.sel_rate", env) == {"rate": [(1, 0.5), (2, 0.75)]}
     rates = _traces(vis, "test.pass_rates", env)
     assert set(rates) == {f"{t}deg" for t in range(1, 11)}

@@ -73,8 +73,7 @@ def fake_registry(tmp_path: Path):
         url = f"https://registry.example/{name}/-/{name}-1.0.0.tgz"
         tarballs[url] = tgz
         pins[name] = "1.0.0"
-        lock[f"node_modules/{name}"] = {"version": "1.0.0", "resolved": url,
-                                        "integrity": _sri(tgz)}
+        lock[f"node_modules/{name}"] = {"version": "1.0.0", "resolved": url, "integrity": _sri(tgz)}
     lock_dir = tmp_path / "lock"
     lock_dir.mkdir()
     (lock_dir / "package.json").write_text(json.dumps({"dependencies": pins}))
@@ -109,8 +108,9 @@ def test_install_places_files_once(fake_registry, tmp_path: Path) -> None:
     assert len(va.install(static, lock_dir, fetch=fetch, lprint=lambda *_: None)) == n_files
 
 
-def test_install_refuses_a_tarball_that_differs_from_the_lock(fake_registry,
-                                                              tmp_path: Path) -> None:
+def test_install_refuses_a_tarball_that_differs_from_the_lock(
+    fake_registry, tmp_path: Path
+) -> None:
     lock_dir, tarballs = fake_registry
     static = tmp_path / "static"
 
@@ -147,12 +147,22 @@ def test_server_without_assets_is_a_one_line_error(monkeypatch, capsys, tmp_path
     assert visdom_server.main(["--port", "70000"]) == 2
     assert "--port 70000: not a port number" in capsys.readouterr().err
     assert visdom_server.visdom_argv(8097, "localhost", Path("e"), bind_local=True) == [
-        "visdom", "-port", "8097", "--hostname", "localhost", "-env_path", "e",
-        "-logging_level", "INFO", "-bind_local"]
+        "visdom",
+        "-port",
+        "8097",
+        "--hostname",
+        "localhost",
+        "-env_path",
+        "e",
+        "-logging_level",
+        "INFO",
+        "-bind_local",
+    ]
 
 
-def test_install_writes_each_file_atomically(fake_registry, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_install_writes_each_file_atomically(
+    fake_registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A write that fails part-way leaves the asset that was there, whole, and no temporary
     file in visdom's static folder (plain ``python -m visdom.server`` skips existing files)."""
     import utils.common.setup_helper as sh
@@ -167,8 +177,7 @@ def test_install_writes_each_file_atomically(fake_registry, tmp_path: Path,
 
     monkeypatch.setattr(sh.os, "replace", disk_full)
     with pytest.raises(UsageError, match="cannot write .*No space left"):
-        va.install(static, lock_dir, fetch=tarballs.__getitem__, force=True,
-                   lprint=lambda *_: None)
+        va.install(static, lock_dir, fetch=tarballs.__getitem__, force=True, lprint=lambda *_: None)
     monkeypatch.undo()
     after = {p: p.read_bytes() for p in static.rglob("*") if p.is_file()}
     # the stamp is removed first (an interrupted install is redone); nothing else changed

@@ -34,8 +34,10 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-TRAIN_WINDOWS = {f"train.{p}" for p in ("loss", "cls_mid", "cls_fine", "cls_ratios",
-                                         "match_dist", "mem", "pair_scores")}
+TRAIN_WINDOWS = {
+    f"train.{p}"
+    for p in ("loss", "cls_mid", "cls_fine", "cls_ratios", "match_dist", "mem", "pair_scores")
+}
 VIEW = (1400, 1900)  # room for the 13 windows (7 train, 6 validation), 3 per row
 # Per window: title in the bar and in the plot, plotly traces and the SVG line paths drawn.
 WINDOWS_JS = """JSON.stringify(Array.from(document.querySelectorAll('.window')).map(w => {
@@ -57,11 +59,14 @@ WINDOWS_JS = """JSON.stringify(Array.from(document.querySelectorAll('.window')).
 def find_browser() -> str:
     """Path of a Chromium binary, or skip loudly / fail where a browser is required."""
     exe = os.environ.get("P2P_CHROMIUM") or next(
-        (p for p in map(shutil.which, BROWSERS) if p), None)
+        (p for p in map(shutil.which, BROWSERS) if p), None
+    )
     if exe:
         return exe
-    msg = ("NO BROWSER: chromium is not installed, the Visdom page is NOT tested; "
-           "install it with `apt-get install -y chromium` (.ci/run does)")
+    msg = (
+        "NO BROWSER: chromium is not installed, the Visdom page is NOT tested; "
+        "install it with `apt-get install -y chromium` (.ci/run does)"
+    )
     if os.environ.get("P2P_REQUIRE_BROWSER") == "1" or os.environ.get("CI"):
         pytest.fail(msg)
     pytest.skip(msg)
@@ -77,11 +82,20 @@ class DevTools:
     def __init__(self, exe: str, profile: Path, width: int = 1400, height: int = 1100):
         import websocket  # websocket-client, a dependency of visdom
 
-        args = [exe, "--headless=new", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--no-default-browser-check", "--remote-debugging-port=0",
-                "--remote-allow-origins=*", f"--user-data-dir={profile}",
-                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-                f"--window-size={width},{height}", "about:blank"]
+        args = [
+            exe,
+            "--headless=new",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--remote-debugging-port=0",
+            "--remote-allow-origins=*",
+            f"--user-data-dir={profile}",
+            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ]
         if os.geteuid() == 0:  # Chromium's sandbox refuses to run as root (containers, CI)
             args.insert(1, "--no-sandbox")
         self.log = profile / "chromium.log"
@@ -96,13 +110,19 @@ class DevTools:
         port = int(port_file.read_text().split()[0])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
             page = next(t for t in json.loads(r.read()) if t["type"] == "page")
-        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60,
-                                              suppress_origin=True)
+        self.ws = websocket.create_connection(
+            page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True
+        )
         self.next_id, self.events = 0, []
         for domain in ("Page", "Network", "Runtime"):
             self.send(f"{domain}.enable")
-        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height,
-                  deviceScaleFactor=1, mobile=False)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
 
     def send(self, method: str, **params) -> dict:
         self.next_id += 1
@@ -122,8 +142,9 @@ class DevTools:
         return res["result"].get("value")
 
     def screenshot(self, path: Path) -> Path:
-        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot",
-                                                    format="png")["data"]))
+        path.write_bytes(
+            base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"])
+        )
         return path
 
     def close(self) -> None:
@@ -148,17 +169,59 @@ def browser(tmp_path: Path):
 
 def train_with_visdom(data: Path, out: Path, port: int) -> list[str]:
     """Two epochs x 2 steps of a tiny model, plotted twice per epoch, validated on 2 pairs."""
-    args = ["--data_root", str(data / "data"), "--pair_root", str(data / "pairs"), "-o", str(out),
-            "--change_stride", "--conv_dims", "8", "8", "--fc_dims", "8", "8", "--ptmax", "20",
-            "--batch", "1", "--train_size", "160", "96", "--epochs", "2",
-            "--max_iters_per_epoch", "2", "--plot_counts", "2", "--val_imsize", "160",
-            "--val_sample_max", "2", "--workers", "0", "--no_progress", "--device", "cpu",
-            "--random_backbone", "-vh", "127.0.0.1", "-vp", str(port),
-            # its own Visdom environment: the session-wide server also holds other tests' runs
-            "--prefix", "browser"]
-    proc = subprocess.run([sys.executable, "-m", "train_patch2pix", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    args = [
+        "--data_root",
+        str(data / "data"),
+        "--pair_root",
+        str(data / "pairs"),
+        "-o",
+        str(out),
+        "--change_stride",
+        "--conv_dims",
+        "8",
+        "8",
+        "--fc_dims",
+        "8",
+        "8",
+        "--ptmax",
+        "20",
+        "--batch",
+        "1",
+        "--train_size",
+        "160",
+        "96",
+        "--epochs",
+        "2",
+        "--max_iters_per_epoch",
+        "2",
+        "--plot_counts",
+        "2",
+        "--val_imsize",
+        "160",
+        "--val_sample_max",
+        "2",
+        "--workers",
+        "0",
+        "--no_progress",
+        "--device",
+        "cpu",
+        "--random_backbone",
+        "-vh",
+        "127.0.0.1",
+        "-vp",
+        str(port),
+        # its own Visdom environment: the session-wide server also holds other tests' runs
+        "--prefix",
+        "browser",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "train_patch2pix", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return args
 
@@ -167,19 +230,22 @@ def server_windows(port: int, env: str) -> dict[str, dict[str, int]]:
     """{window title: {trace name: finite values}} as the Visdom server holds them."""
     from visdom import Visdom
 
-    vis = Visdom(server="http://127.0.0.1", port=port, raise_exceptions=True,
-                 use_incoming_socket=False)
+    vis = Visdom(
+        server="http://127.0.0.1", port=port, raise_exceptions=True, use_incoming_socket=False
+    )
     wins = json.loads(vis.get_window_data(env=env))
     out = {}
     for win in wins.values():
         traces = win["content"]["data"]
-        out[win["title"]] = {t["name"]: int(np.isfinite(np.asarray(t["y"], float)).sum())
-                             for t in traces}
+        out[win["title"]] = {
+            t["name"]: int(np.isfinite(np.asarray(t["y"], float)).sum()) for t in traces
+        }
     return out
 
 
-def test_training_dashboard_in_chromium(browser: DevTools, visdom_server, train_data,
-                                        tmp_path: Path) -> None:
+def test_training_dashboard_in_chromium(
+    browser: DevTools, visdom_server, train_data, tmp_path: Path
+) -> None:
     from utils.common.visdom_assets import missing_assets
     from utils.common.visdom_helper import VAL_PLOTS
     from utils.train.cli import parse_args
@@ -194,6 +260,7 @@ def test_training_dashboard_in_chromium(browser: DevTools, visdom_server, train_
     assert set(expected) == TRAIN_WINDOWS | val_windows, sorted(expected)
 
     browser.send("Page.navigate", url=f"http://127.0.0.1:{port}/env/{urllib.parse.quote(env)}")
+
     def drawn_lines(w: dict) -> int:
         return sum("L" in d for d in w["paths"])
 
@@ -204,7 +271,8 @@ def test_training_dashboard_in_chromium(browser: DevTools, visdom_server, train_
     while time.time() < deadline:  # the page draws the windows asynchronously
         wins = json.loads(browser.evaluate(WINDOWS_JS) or "[]")
         if len(wins) >= len(expected) and all(
-                w["bar"] in expected and drawn_lines(w) >= lines(w["bar"]) for w in wins):
+            w["bar"] in expected and drawn_lines(w) >= lines(w["bar"]) for w in wins
+        ):
             break
         time.sleep(0.5)
     print(f"page drawn in {90 - deadline + time.time():.1f} s")
@@ -225,14 +293,22 @@ def test_training_dashboard_in_chromium(browser: DevTools, visdom_server, train_
     assert expected["test.sel_rate"] == {"rate": 2}  # validated after epochs 1 and 2
 
     # offline: every request stayed on this machine and every asset was served
-    requests = {e["params"]["requestId"]: e["params"]["request"]["url"]
-                for e in browser.events if e["method"] == "Network.requestWillBeSent"}
-    status = {e["params"]["requestId"]: e["params"]["response"]["status"]
-              for e in browser.events if e["method"] == "Network.responseReceived"}
-    failed = {requests.get(e["params"]["requestId"]): e["params"].get("errorText")
-              for e in browser.events if e["method"] == "Network.loadingFailed"}
-    outside = [u for u in requests.values()
-               if not u.startswith(("http://127.0.0.1:", "data:"))]
+    requests = {
+        e["params"]["requestId"]: e["params"]["request"]["url"]
+        for e in browser.events
+        if e["method"] == "Network.requestWillBeSent"
+    }
+    status = {
+        e["params"]["requestId"]: e["params"]["response"]["status"]
+        for e in browser.events
+        if e["method"] == "Network.responseReceived"
+    }
+    failed = {
+        requests.get(e["params"]["requestId"]): e["params"].get("errorText")
+        for e in browser.events
+        if e["method"] == "Network.loadingFailed"
+    }
+    outside = [u for u in requests.values() if not u.startswith(("http://127.0.0.1:", "data:"))]
     assert not outside, f"the page requested other hosts: {outside}"
     static = {u: status.get(r) for r, u in requests.items() if "/static/" in u}
     assert len(static) >= 15 and all(s == 200 for s in static.values()), static

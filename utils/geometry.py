@@ -181,9 +181,7 @@ def relative_pose(
     return R2 @ R1.T, R2 @ (c1 - c2)
 
 
-def abs2relapose(
-    c1: ArrayLike, c2: ArrayLike, q1: ArrayLike, q2: ArrayLike
-) -> tuple[Array, Array]:
+def abs2relapose(c1: ArrayLike, c2: ArrayLike, q1: ArrayLike, q2: ArrayLike) -> tuple[Array, Array]:
     """Relative pose from absolute poses given as camera centres and quaternions.
 
     This is the original's signature (camera centres first, then world-to-camera rotation
@@ -219,6 +217,7 @@ def normalize_points(pts: ArrayLike, K: ArrayLike) -> Array:
 # --------------------------------------------------------------------------------------
 # Epipolar distances
 # --------------------------------------------------------------------------------------
+
 
 def _to_homogeneous(pts: ArrayLike, homos: bool) -> Array:
     """(N, 2) → (N, 3) with a column of ones when `homos`; (N, 3) input is used as is."""
@@ -287,6 +286,7 @@ def symmetric_epipolar_distance(
 # Pose errors and their AUC
 # --------------------------------------------------------------------------------------
 
+
 def cal_vec_angle_error(v_est: ArrayLike, v_gt: ArrayLike, sign_invariant: bool = True) -> float:
     """Angle (degrees) between two 3-vectors, e.g. estimated and true translation directions.
 
@@ -333,7 +333,6 @@ def cal_quat_angle_error(q_est: ArrayLike, q_gt: ArrayLike) -> float:
     b = as_f64(q_gt).reshape(4)
     d = abs(np.dot(a / np.linalg.norm(a), b / np.linalg.norm(b)))
     return float(np.degrees(2.0 * np.arccos(np.clip(d, 0.0, 1.0))))
-
 
 
 def error_auc(

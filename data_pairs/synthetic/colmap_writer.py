@@ -33,8 +33,13 @@ def val_scene_name(k: int) -> str:
 
 
 def make_val_scene(
-    out: Path, scene_name: str, index: int, spec: SceneSpec | None = None, *,
-    n_untriangulated: int = 40, **spec_fields: int,
+    out: Path,
+    scene_name: str,
+    index: int,
+    spec: SceneSpec | None = None,
+    *,
+    n_untriangulated: int = 40,
+    **spec_fields: int,
 ) -> Path:
     """Render one PhotoTourism-like validation scene; returns its ``dense`` folder.
 
@@ -68,8 +73,13 @@ def make_val_scene(
             "RADIAL": [f, cx, cy, 0.0, 0.0],
         }[model]
         cameras[iid] = Camera(model, v.width, v.height, np.array(params, dtype=np.float64))
-        extra = np.stack([rrng.uniform(0, v.width, n_untriangulated),
-                          rrng.uniform(0, v.height, n_untriangulated)], axis=1)
+        extra = np.stack(
+            [
+                rrng.uniform(0, v.width, n_untriangulated),
+                rrng.uniform(0, v.height, n_untriangulated),
+            ],
+            axis=1,
+        )
         xys = np.concatenate([per_xy[k], extra])
         p3d = np.concatenate([per_idx[k] + 1, -np.ones(n_untriangulated, np.int64)])
         order = rrng.permutation(len(xys))

@@ -26,8 +26,13 @@ def save_depth(path: Path, depth: np.ndarray) -> None:
 
     def write(fobj) -> None:
         with h5py.File(fobj, "w") as f:
-            f.create_dataset("depth", data=depth.astype(np.float32), compression="gzip",
-                             compression_opts=4, shuffle=True)
+            f.create_dataset(
+                "depth",
+                data=depth.astype(np.float32),
+                compression="gzip",
+                compression_opts=4,
+                shuffle=True,
+            )
 
     write_atomic(path, write)
 

@@ -142,8 +142,10 @@ def write_megadepth1500(
                 pair_infos=object_array(chosen),
             )
             counts[name] = len(chosen)
-        log(f"MegaDepth-1500 scene {scene}: {len(syn.views)} images, {len(pairs)} "
-            f"overlapping pairs ({time.time() - t0:.1f} s)")
+        log(
+            f"MegaDepth-1500 scene {scene}: {len(syn.views)} images, {len(pairs)} "
+            f"overlapping pairs ({time.time() - t0:.1f} s)"
+        )
     listing = "".join(f"{file_name(*f)}\n" for f in SCENE_FILES).encode()
     write_atomic(info_dir / LIST_FILE, lambda f: f.write(listing))
     return counts
@@ -154,12 +156,14 @@ def build_parser():
     p = make_parser(MODULE, "Write a synthetic set in the MegaDepth-1500 benchmark layout.")
     p.add_argument("--out", default="data/megadepth1500_synthetic", help="root folder")
     p.add_argument("--images_per_scene", type=int, default=16, help="images per scene")
-    p.add_argument("--pairs_per_file", type=int, default=10,
-                   help="pairs per scene-info file at most")
+    p.add_argument(
+        "--pairs_per_file", type=int, default=10, help="pairs per scene-info file at most"
+    )
     p.add_argument("--width", type=int, default=640, help="landscape image width")
     p.add_argument("--height", type=int, default=480, help="landscape image height")
-    p.add_argument("--supersample", type=int, default=2,
-                   help="rays per pixel along each axis (anti-aliasing)")
+    p.add_argument(
+        "--supersample", type=int, default=2, help="rays per pixel along each axis (anti-aliasing)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed of the scenes")
     return p
 
@@ -173,12 +177,18 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.pairs_per_file < 1 or args.supersample < 1:
         raise UsageError("--pairs_per_file and --supersample must be at least 1")
     counts = write_megadepth1500(
-        args.out, pairs_per_file=args.pairs_per_file, seed=args.seed,
-        n_images=args.images_per_scene, width=args.width, height=args.height,
+        args.out,
+        pairs_per_file=args.pairs_per_file,
+        seed=args.seed,
+        n_images=args.images_per_scene,
+        width=args.width,
+        height=args.height,
         supersample=args.supersample,
     )
-    print(f"wrote {sum(counts.values())} pairs under {args.out}: "
-          + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(
+        f"wrote {sum(counts.values())} pairs under {args.out}: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+    )
     return 0
 
 

@@ -93,8 +93,14 @@ def _pair_matrices(
 
 
 def make_megadepth_scene(
-    out: Path, scene_name: str, index: int, spec: SceneSpec | None = None, *,
-    none_entries: int = 1, sfm_layout: str = "link", **spec_fields: int,
+    out: Path,
+    scene_name: str,
+    index: int,
+    spec: SceneSpec | None = None,
+    *,
+    none_entries: int = 1,
+    sfm_layout: str = "link",
+    **spec_fields: int,
 ) -> Path:
     """Render one MegaDepth-like scene under ``out/MegaDepth_undistort``; returns the npz.
 

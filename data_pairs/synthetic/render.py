@@ -25,9 +25,7 @@ def _dot3(d: np.ndarray, v: np.ndarray) -> np.ndarray:
     return d[:, 0] * v[0] + d[:, 1] * v[1] + d[:, 2] * v[2]
 
 
-def transform_points(
-    pts: np.ndarray, M: np.ndarray, t: np.ndarray | None = None
-) -> np.ndarray:
+def transform_points(pts: np.ndarray, M: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
     """(N, 3) rows ``M · p (+ t)`` for points p (N, 3) and M (3, 3), without BLAS."""
     out = np.stack([_dot3(pts, M[0]), _dot3(pts, M[1]), _dot3(pts, M[2])], axis=1)
     return out if t is None else out + t

@@ -68,16 +68,23 @@ class SyntheticScene:
 
 def synthesize_scene(spec: SceneSpec, kind: int, index: int) -> SyntheticScene:
     """Build, render and observe scene `index` of `kind` (KIND_TRAIN / KIND_VAL)."""
+
     def rng(stream: int) -> np.random.Generator:
         return sc.scene_rng(spec.seed, kind, index, stream)
 
     scene = sc.build_scene(rng(sc.STREAM_GEOMETRY))
-    views = sample_views(rng(sc.STREAM_VIEWS), spec.n_images, spec.width, spec.height,
-                         portrait_every=spec.portrait_every)
+    views = sample_views(
+        rng(sc.STREAM_VIEWS),
+        spec.n_images,
+        spec.width,
+        spec.height,
+        portrait_every=spec.portrait_every,
+    )
     render_rng = rng(sc.STREAM_RENDER)
     images, depths = render_views(scene, views, render_rng, spec.supersample)
     points_rng = rng(sc.STREAM_POINTS)
     points = sample_surface_points(scene, spec.n_points, points_rng)
     kept, obs_idx, obs_xy, obs_z = observations(scene, views, depths, points)
-    return SyntheticScene(scene, views, images, depths, points, kept, obs_idx, obs_xy, obs_z,
-                          render_rng, points_rng)
+    return SyntheticScene(
+        scene, views, images, depths, points, kept, obs_idx, obs_xy, obs_z, render_rng, points_rng
+    )

@@ -59,7 +59,8 @@ def _load_photo(name: str) -> np.ndarray:
         raise RuntimeError(
             f"synthetic texture {name!r}: scikit-image {_skimage_version()} does not ship "
             f"{path} (the synthetic scenes need every texture of "
-            "data_pairs.synthetic.textures.PHOTO_TEXTURES; reinstall scikit-image)")
+            "data_pairs.synthetic.textures.PHOTO_TEXTURES; reinstall scikit-image)"
+        )
     try:
         return np.asarray(loader())
     except Exception as e:  # a corrupt / hash-mismatched file: say which one

@@ -88,6 +88,7 @@ def maxpool4d(corr: Tensor, k_size: int = 2) -> tuple[Tensor, Tensor, Tensor, Te
     pooled = v2.permute(0, 2, 3, 1).reshape(shape)
     idx_a = idx_a.permute(0, 2, 3, 1).reshape(b * c, hk1 * wk1, hk2 * wk2)
     idx_b = idx_b.view(b * c, h1 * w1, hk2 * wk2).gather(1, idx_a)
+
     # Windows are aligned with k and the widths are multiples of k, so x % k = (x % w) % k;
     # for a power of two, x % k is x & (k - 1), which is much cheaper on int64.
     def mod_k(x: Tensor) -> Tensor:
@@ -205,8 +206,10 @@ class NeighConsensus(nn.Module):
         channels = [10, 10, 1] if channels is _UNSET else list(channels)  # type: ignore[arg-type]
         symmetric_mode = True if symmetric_mode is _UNSET else bool(symmetric_mode)
         if len(kernel_sizes) != len(channels):
-            raise ValueError(f"NeighConsensus: {len(kernel_sizes)} kernel sizes but "
-                             f"{len(channels)} channel counts")
+            raise ValueError(
+                f"NeighConsensus: {len(kernel_sizes)} kernel sizes but "
+                f"{len(channels)} channel counts"
+            )
         layers: list[nn.Module] = []
         ch_in = 1
         for k, ch in zip(kernel_sizes, channels, strict=True):

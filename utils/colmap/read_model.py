@@ -252,9 +252,12 @@ def pinhole_intrinsics(camera: Camera) -> np.ndarray | None:
     parameters are all zero (COLMAP's image_undistorter leaves such cameras as they are);
     cameras with lens distortion or a fisheye projection give None.
     """
-    cam = pycolmap.Camera(model=camera.model, width=int(camera.width),
-                          height=int(camera.height),
-                          params=np.asarray(camera.params, dtype=np.float64))
+    cam = pycolmap.Camera(
+        model=camera.model,
+        width=int(camera.width),
+        height=int(camera.height),
+        params=np.asarray(camera.params, dtype=np.float64),
+    )
     if not (cam.is_undistorted() and cam.is_perspective_pinhole()):
         return None
     return np.asarray(cam.calibration_matrix(), dtype=np.float64)

@@ -31,13 +31,17 @@ class OneLineParser(argparse.ArgumentParser):
 def make_parser(module: str, description: str, **kwargs) -> OneLineParser:
     """A parser for ``python -m <module>``; errors are reported as ``<module>: error: ...``."""
     kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
-    return OneLineParser(prog=f"python -m {module}", description=description,
-                         error_prog=module, **kwargs)
+    return OneLineParser(
+        prog=f"python -m {module}", description=description, error_prog=module, **kwargs
+    )
 
 
-def run_command(prog: str, main: Callable[[Sequence[str] | None], object],
-                argv: Sequence[str] | None = None,
-                extra: tuple[type[BaseException], ...] = ()) -> int:
+def run_command(
+    prog: str,
+    main: Callable[[Sequence[str] | None], object],
+    argv: Sequence[str] | None = None,
+    extra: tuple[type[BaseException], ...] = (),
+) -> int:
     """Run ``main(argv)``; return its exit code (0 when it returns None).
 
     ``UsageError`` and the exception types in ``extra`` print ``<prog>: error: <message>``

@@ -136,9 +136,7 @@ def colors_from_values(
     return np.asarray(cm(norm(vals)), dtype=np.float64).reshape(-1, 4)
 
 
-def _side_by_side(
-    im1: np.ndarray, im2: np.ndarray, gap: int
-) -> tuple[np.ndarray, float]:
+def _side_by_side(im1: np.ndarray, im2: np.ndarray, gap: int) -> tuple[np.ndarray, float]:
     """Place two (H, W, 3) images on one white canvas; return it and image 2's x offset."""
     h1, w1 = im1.shape[:2]
     h2, w2 = im2.shape[:2]
@@ -207,8 +205,15 @@ def _draw_points(ax: Any, xy: np.ndarray, colors: np.ndarray, radius: float) -> 
         return
     d = np.full(len(xy), 2.0 * radius)
     coll = EllipseCollection(
-        d, d, np.zeros(len(xy)), units="xy", offsets=xy, offset_transform=ax.transData,
-        facecolors=colors, edgecolors="black", linewidths=0.3,
+        d,
+        d,
+        np.zeros(len(xy)),
+        units="xy",
+        offsets=xy,
+        offset_transform=ax.transData,
+        facecolors=colors,
+        edgecolors="black",
+        linewidths=0.3,
     )
     ax.add_collection(coll)
 
@@ -281,7 +286,13 @@ def plot_matches(
     _draw_points(ax, np.concatenate([p1, p2]), np.concatenate([cols, cols]), r)
     if title:
         ax.text(
-            5, 5, title, color="white", fontsize=8, va="top", ha="left",
+            5,
+            5,
+            title,
+            color="white",
+            fontsize=8,
+            va="top",
+            ha="left",
             bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "linewidth": 0},
         )
     if sav_fig:
@@ -318,8 +329,10 @@ def epipolar_segments(lines: np.ndarray, width: int, height: int) -> tuple[np.nd
     eps = 1e-6
     inside = (
         np.isfinite(cand).all(-1)
-        & (cand[..., 0] >= -eps) & (cand[..., 0] <= xmax + eps)
-        & (cand[..., 1] >= -eps) & (cand[..., 1] <= ymax + eps)
+        & (cand[..., 0] >= -eps)
+        & (cand[..., 0] <= xmax + eps)
+        & (cand[..., 1] >= -eps)
+        & (cand[..., 1] <= ymax + eps)
     )
     segs = np.full((len(ln), 2, 2), np.nan)
     valid = np.zeros(len(ln), dtype=bool)

@@ -129,8 +129,18 @@ def safe_unpickle(fh: IO[bytes], source: str) -> Any:
         return _RestrictedUnpickler(fh, source).load()
     except UnsafePickleError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, UnicodeDecodeError, OverflowError, MemoryError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        UnicodeDecodeError,
+        OverflowError,
+        MemoryError,
+    ) as e:
         raise NpyFileError(f"cannot read {source}: corrupt pickle ({e})") from None
     finally:
         _restore_class(argparse.Namespace, before, source)

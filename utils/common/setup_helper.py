@@ -68,8 +68,12 @@ def describe_non_checkpoint(path: str | os.PathLike) -> str | None:
         if names and all(n.endswith(".npy") for n in names):
             return "a numpy .npz archive"
         return "a zip archive without torch's data.pkl"
-    if len(head) >= 14 and head[0] == 0x80 and head[2:4] == b"\x8a\x0a" \
-            and head[4:14] == _TORCH_LEGACY_MAGIC:
+    if (
+        len(head) >= 14
+        and head[0] == 0x80
+        and head[2:4] == b"\x8a\x0a"
+        and head[4:14] == _TORCH_LEGACY_MAGIC
+    ):
         return None
     for sig, what in _KNOWN_SIGNATURES:
         if head.startswith(sig):
@@ -126,8 +130,9 @@ def load_checkpoint_safe(path: str | os.PathLike, map_location: Any = "cpu") -> 
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
         why = " ".join(str(e).split()) or type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {path} (damaged or truncated?): {why}") \
-            from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (damaged or truncated?): {why}"
+        ) from None
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:

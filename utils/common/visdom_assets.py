@@ -44,8 +44,10 @@ ASSETS: dict[str, tuple[tuple[str, str], ...]] = {
     "bootstrap": (
         ("dist/js/bootstrap.min.js", "js/bootstrap.min.js"),
         ("dist/css/bootstrap.min.css", "css/bootstrap.min.css"),
-        *((f"dist/fonts/{_BS_FONT}.{ext}", f"fonts/{_BS_FONT}.{ext}")
-          for ext in ("eot", "woff2", "woff", "ttf", "svg")),
+        *(
+            (f"dist/fonts/{_BS_FONT}.{ext}", f"fonts/{_BS_FONT}.{ext}")
+            for ext in ("eot", "woff2", "woff", "ttf", "svg")
+        ),
         # download_scripts keeps the URL fragment in the file name; the CSS requests the .svg
         (f"dist/fonts/{_BS_FONT}.svg", f"fonts/{_BS_FONT}.svg#glyphicons_halflingsregular"),
     ),
@@ -64,12 +66,19 @@ ASSETS: dict[str, tuple[tuple[str, str], ...]] = {
     "react-resizable": (("css/styles.css", "css/react-resizable-styles.css"),),
     "react-grid-layout": (("css/styles.css", "css/react-grid-layout-styles.css"),),
     "classnames": (("index.js", "fonts/classnames"),),  # unpkg's classnames@2.2.5 is index.js
-    "mathjax": tuple((p, MATHJAX + p) for p in (
-        "config/Safe.js", "config/TeX-AMS-MML_HTMLorMML.js", "extensions/Safe.js",
-        "jax/output/SVG/fonts/TeX/fontdata.js", "jax/output/SVG/jax.js",
-        "jax/output/SVG/fonts/TeX/Size1/Regular/Main.js", "jax/output/SVG/config.js",
-        "MathJax.js",
-    )),
+    "mathjax": tuple(
+        (p, MATHJAX + p)
+        for p in (
+            "config/Safe.js",
+            "config/TeX-AMS-MML_HTMLorMML.js",
+            "extensions/Safe.js",
+            "jax/output/SVG/fonts/TeX/fontdata.js",
+            "jax/output/SVG/jax.js",
+            "jax/output/SVG/fonts/TeX/Size1/Regular/Main.js",
+            "jax/output/SVG/config.js",
+            "MathJax.js",
+        )
+    ),
 }
 
 
@@ -98,8 +107,10 @@ def read_lock(lock_dir: Path = LOCK_DIR) -> dict[str, dict]:
     for name, version in pins.items():
         entry = lock.get(f"node_modules/{name}", {})
         if entry.get("version") != version or "resolved" not in entry or "integrity" not in entry:
-            raise UsageError(f"{lock_dir}/package-lock.json: no {name}@{version} with a URL and "
-                             "integrity (regenerate it: see scripts/visdom_assets/README.md)")
+            raise UsageError(
+                f"{lock_dir}/package-lock.json: no {name}@{version} with a URL and "
+                "integrity (regenerate it: see scripts/visdom_assets/README.md)"
+            )
         out[name] = {k: entry[k] for k in ("version", "resolved", "integrity")}
     return out
 
@@ -120,8 +131,11 @@ def is_installed(static: Path | None = None, lock_dir: Path = LOCK_DIR) -> bool:
     """All assets present and stamped with the current pins."""
     static = static_dir() if static is None else static
     stamp = static / STAMP
-    return (not missing_assets(static) and stamp.is_file()
-            and stamp.read_text().strip() == lock_digest(lock_dir))
+    return (
+        not missing_assets(static)
+        and stamp.is_file()
+        and stamp.read_text().strip() == lock_digest(lock_dir)
+    )
 
 
 def check_integrity(data: bytes, integrity: str, what: str) -> None:
@@ -159,9 +173,13 @@ def _fetch(url: str, timeout: float = 120.0) -> bytes:
         raise UsageError(f"cannot download {url}: {e}") from e
 
 
-def install(static: Path | None = None, lock_dir: Path = LOCK_DIR, force: bool = False,
-            fetch: Callable[[str], bytes] = _fetch, lprint: Callable[[str], object] = print
-            ) -> list[Path]:
+def install(
+    static: Path | None = None,
+    lock_dir: Path = LOCK_DIR,
+    force: bool = False,
+    fetch: Callable[[str], bytes] = _fetch,
+    lprint: Callable[[str], object] = print,
+) -> list[Path]:
     """Install every asset into ``static`` (default: visdom's); return the files written.
 
     Nothing is downloaded when the installation is complete and stamped with the current
@@ -200,25 +218,40 @@ def install(static: Path | None = None, lock_dir: Path = LOCK_DIR, force: bool =
 
 def _main(argv: Sequence[str] | None = None) -> int:
     p = make_parser("utils.common.visdom_assets", __doc__.split("\n\n")[0])
-    p.add_argument("--check", action="store_true",
-                   help="only report whether the assets are installed (exit 1 if not)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only report whether the assets are installed (exit 1 if not)",
+    )
     p.add_argument("--force", action="store_true", help="download and install again")
-    p.add_argument("--static", type=Path, default=None,
-                   help="install into this folder instead of visdom's static/")
+    p.add_argument(
+        "--static",
+        type=Path,
+        default=None,
+        help="install into this folder instead of visdom's static/",
+    )
     a = p.parse_args(argv)
     static = static_dir() if a.static is None else a.static
     if a.check:
         missing = missing_assets(static)
         if missing or not is_installed(static):
-            print(f"visdom assets not installed in {static}"
-                  + (f" (missing {len(missing)}: {', '.join(missing[:4])} ...)" if missing else
-                     " (installed from other pins)"))
+            print(
+                f"visdom assets not installed in {static}"
+                + (
+                    f" (missing {len(missing)}: {', '.join(missing[:4])} ...)"
+                    if missing
+                    else " (installed from other pins)"
+                )
+            )
             return 1
         print(f"visdom assets installed in {static}")
         return 0
     written = install(static, force=a.force)
-    print(f"visdom assets: {len(written)} file(s) written to {static}" if written
-          else f"visdom assets: already installed in {static}")
+    print(
+        f"visdom assets: {len(written)} file(s) written to {static}"
+        if written
+        else f"visdom assets: already installed in {static}"
+    )
     return 0
 
 

@@ -29,8 +29,16 @@ PLOTS: dict[str, tuple[str, ...]] = {
     "loss": ("pair", "nc", "cls_mid", "cls_fine", "epi_mid", "epi_fine"),
     "cls_mid": ("rec", "prec", "spec", "acc", "f1"),
     "cls_fine": ("rec", "prec", "spec", "acc", "f1"),
-    "match_dist": ("cmid_gt", "mmid_gt", "mfid_gt", "ffid_gt",
-                   "cmid_pred", "mmid_pred", "mfid_pred", "ffid_pred"),
+    "match_dist": (
+        "cmid_gt",
+        "mmid_gt",
+        "mfid_gt",
+        "ffid_gt",
+        "cmid_pred",
+        "mmid_pred",
+        "mfid_pred",
+        "ffid_pred",
+    ),
     "mem": ("rss", "vms", "gpu_maloc", "gpu_mres"),
 }
 PREFIXES: tuple[str, ...] = ("train", "test")
@@ -58,8 +66,9 @@ def validation_means(res: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """
     out: dict[str, dict[str, float]] = {
         "pose_err": {"mean": res.get("mean_err"), "median": res.get("median_err")},
-        "pass_rates": {f"{int(k)}deg": 100.0 * float(v)
-                       for k, v in (res.get("pass_rates") or {}).items()},
+        "pass_rates": {
+            f"{int(k)}deg": 100.0 * float(v) for k, v in (res.get("pass_rates") or {}).items()
+        },
         "sel_rate": {"rate": res.get("rate")},
     }
     for tag, hist in (res.get("dist_hist") or {}).items():
@@ -104,8 +113,13 @@ class VisdomPlotter:
 
         server = host if "://" in host else f"http://{host}"
         try:
-            self.vis = Visdom(server=server, port=int(port) if port is not None else 8097,
-                              env=env, raise_exceptions=True, use_incoming_socket=False)
+            self.vis = Visdom(
+                server=server,
+                port=int(port) if port is not None else 8097,
+                env=env,
+                raise_exceptions=True,
+                use_incoming_socket=False,
+            )
         except (ConnectionError, OSError) as e:
             self._disable(e)
 
@@ -115,8 +129,9 @@ class VisdomPlotter:
         return self.vis is not None
 
     def _disable(self, err: Exception) -> None:
-        self.lprint(f"Visdom disabled: cannot reach the server ({err}); training goes on "
-                    "without plots.")
+        self.lprint(
+            f"Visdom disabled: cannot reach the server ({err}); training goes on without plots."
+        )
         self.vis = None
 
     def plot(self, prefix: str, x: float, means: Mapping[str, Mapping[str, float]]) -> list[str]:
@@ -157,9 +172,13 @@ class VisdomPlotter:
         X, Y = np.array([x]), np.array([y])
         if win not in self._known:
             if not self.vis.win_exists(win, env=self.env):
-                self.vis.line(Y=Y, X=X, win=win, env=self.env,
-                              opts={"title": win, "legend": [name], "showlegend": True,
-                                    "xlabel": "epoch"})
+                self.vis.line(
+                    Y=Y,
+                    X=X,
+                    win=win,
+                    env=self.env,
+                    opts={"title": win, "legend": [name], "showlegend": True, "xlabel": "epoch"},
+                )
                 self._known.add(win)
                 return
             self._known.add(win)

@@ -20,23 +20,39 @@ from utils.common.visdom_assets import missing_assets, static_dir
 PROG = "utils.common.visdom_server"
 
 
-def visdom_argv(port: int, hostname: str, env_path: Path, bind_local: bool = False,
-                logging_level: str = "INFO") -> list[str]:
+def visdom_argv(
+    port: int, hostname: str, env_path: Path, bind_local: bool = False, logging_level: str = "INFO"
+) -> list[str]:
     """The command line of ``visdom.server.run_server.main`` for these settings."""
-    argv = ["visdom", "-port", str(port), "--hostname", hostname, "-env_path", str(env_path),
-            "-logging_level", logging_level]
+    argv = [
+        "visdom",
+        "-port",
+        str(port),
+        "--hostname",
+        hostname,
+        "-env_path",
+        str(env_path),
+        "-logging_level",
+        logging_level,
+    ]
     return argv + (["-bind_local"] if bind_local else [])
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
     p = make_parser(PROG, __doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=8097, help="port to listen on")
-    p.add_argument("--hostname", default="localhost",
-                   help="host name printed in the page's address")
-    p.add_argument("--env_path", type=Path, default=Path("output/visdom"),
-                   help="folder of the saved environments (created if absent)")
-    p.add_argument("--bind_local", action="store_true",
-                   help="accept connections from this machine only")
+    p.add_argument(
+        "--hostname", default="localhost", help="host name printed in the page's address"
+    )
+    p.add_argument(
+        "--env_path",
+        type=Path,
+        default=Path("output/visdom"),
+        help="folder of the saved environments (created if absent)",
+    )
+    p.add_argument(
+        "--bind_local", action="store_true", help="accept connections from this machine only"
+    )
     p.add_argument("--logging_level", default="INFO", help="logging level of the server")
     a = p.parse_args(argv)
     if not 0 < a.port < 65536:
@@ -46,7 +62,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(
             f"visdom's page assets are missing from {static_dir()} ({len(missing)} files, e.g. "
             f"{missing[0]}): install them with `python -m utils.common.visdom_assets` "
-            "(needs registry.npmjs.org once) or `bash scripts/setup_env.sh`")
+            "(needs registry.npmjs.org once) or `bash scripts/setup_env.sh`"
+        )
     try:
         a.env_path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -168,8 +168,10 @@ class ImMatchDatasetMega(Dataset):
                 self.im_root = resolve_megadepth_root(self.data_root)
             return self.im_root
         if not isinstance(image_dir, str):
-            raise NpyFileError(f"training-pair file {self.match_file}: scene {scene}: image_dir "
-                               f"must be a string, got {type(image_dir).__name__}")
+            raise NpyFileError(
+                f"training-pair file {self.match_file}: scene {scene}: image_dir "
+                f"must be a string, got {type(image_dir).__name__}"
+            )
         root = os.path.join(self.data_root, image_dir)  # an absolute image_dir is kept as is
         if not os.path.isdir(root):
             raise FileNotFoundError(

@@ -166,8 +166,7 @@ def load_im_flexible(
         FileNotFoundError / ValueError naming the path when the file is missing / unreadable;
         ValueError when the image is smaller than one feature cell.
     """
-    x, scale = prepare_image(open_image(im_path), k_size, upsample, imsize,
-                             name=os.fspath(im_path))
+    x, scale = prepare_image(open_image(im_path), k_size, upsample, imsize, name=os.fspath(im_path))
     if crop_square:
         x = x[:, : x.shape[-1], :].contiguous()
     return x, scale

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ransac_thres", type=float, default=2.0, help="homography RANSAC px")
     ap.add_argument("--solver", choices=["ransac", "usac"], default="ransac")
     ap.add_argument(
-        "--exclude", default="d2net",
+        "--exclude",
+        default="d2net",
         help="'d2net': skip the 8 high-resolution sequences (108 remain, the D2-Net / "
         "Patch2Pix protocol); 'none'; or a comma-separated list of sequence names",
     )
@@ -68,8 +69,15 @@ def _main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     matcher, matcher_cfg = matcher_from_args(args, oracle_matcher)
     res = evaluate_hpatches(
-        args.root, matcher, MMA_THRESHOLDS, HOMOGRAPHY_THRESHOLDS, args.ransac_thres,
-        args.solver, parse_exclude(args.exclude), args.max_seqs, not args.no_progress,
+        args.root,
+        matcher,
+        MMA_THRESHOLDS,
+        HOMOGRAPHY_THRESHOLDS,
+        args.ransac_thres,
+        args.solver,
+        parse_exclude(args.exclude),
+        args.max_seqs,
+        not args.no_progress,
     )
     res = {"config": {**vars(args), **matcher_cfg}, **res}
     finish(res, format_summary(res["summary"]), args.out)

@@ -36,14 +36,24 @@ SCENE_INFO_DIR = "megadepth_test_1500_scene_info"
 def build_parser() -> argparse.ArgumentParser:
     """The command line options."""
     ap = make_parser(MODULE, "MegaDepth-1500 relative pose evaluation (AUC@5/10/20°).")
-    ap.add_argument("--data_root", default="data/megadepth_test_1500",
-                    help="folder the npz image_paths / depth_paths are relative to")
-    ap.add_argument("--scene_info", default=None,
-                    help=f"folder of megadepth_test_1500.txt and the npz files "
-                    f"(default: <data_root>/{SCENE_INFO_DIR})")
+    ap.add_argument(
+        "--data_root",
+        default="data/megadepth_test_1500",
+        help="folder the npz image_paths / depth_paths are relative to",
+    )
+    ap.add_argument(
+        "--scene_info",
+        default=None,
+        help=f"folder of megadepth_test_1500.txt and the npz files "
+        f"(default: <data_root>/{SCENE_INFO_DIR})",
+    )
     add_matcher_args(ap, io_thres=0.5, imsize=1024)
-    ap.add_argument("--ransac", choices=sorted(RANSAC_METHODS), default="opencv",
-                    help="essential-matrix estimator: OpenCV RANSAC or USAC MAGSAC++")
+    ap.add_argument(
+        "--ransac",
+        choices=sorted(RANSAC_METHODS),
+        default="opencv",
+        help="essential-matrix estimator: OpenCV RANSAC or USAC MAGSAC++",
+    )
     ap.add_argument("--max_pairs", type=int, default=None, help="evaluate the first N pairs")
     ap.add_argument("--out", default=None, help="results JSON (default: print only)")
     ap.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -56,9 +66,11 @@ def _main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise UsageError("--max_pairs must be at least 1")
     scene_info = Path(args.scene_info) if args.scene_info else Path(args.data_root) / SCENE_INFO_DIR
     matcher, matcher_cfg = matcher_from_args(
-        args, lambda: oracle_matcher(load_pairs(scene_info, args.data_root, args.max_pairs)))
-    res = evaluate_megadepth1500(scene_info, args.data_root, matcher, args.ransac,
-                                 args.max_pairs, not args.no_progress)
+        args, lambda: oracle_matcher(load_pairs(scene_info, args.data_root, args.max_pairs))
+    )
+    res = evaluate_megadepth1500(
+        scene_info, args.data_root, matcher, args.ransac, args.max_pairs, not args.no_progress
+    )
     config = {**vars(args), "scene_info": str(scene_info), **matcher_cfg}
     res = {"config": config, **res}
     finish(res, format_summary(res["summary"]), args.out)

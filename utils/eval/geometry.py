@@ -27,8 +27,19 @@ from utils.geometry import (
 )
 
 # api.md's names (the original's module), re-exported from utils.geometry, and the pose solver
-__all__ = ["skew", "pose2fund", "pose2essential", "abs2relapose", "relative_pose", "qvec2rotmat",
-           "rotmat2qvec", "quat2mat", "mat2quat", "normalize_points", "matches2relapose_cv"]
+__all__ = [
+    "skew",
+    "pose2fund",
+    "pose2essential",
+    "abs2relapose",
+    "relative_pose",
+    "qvec2rotmat",
+    "rotmat2qvec",
+    "quat2mat",
+    "mat2quat",
+    "normalize_points",
+    "matches2relapose_cv",
+]
 
 
 def matches2relapose_cv(

@@ -64,7 +64,6 @@ D2NET_EXCLUDED: tuple[str, ...] = (
 )
 
 
-
 # --------------------------------------------------------------------------------------
 # geometry
 # --------------------------------------------------------------------------------------
@@ -179,8 +178,12 @@ def estimate_homography(
         cv2.setRNGSeed(int(seed))
     try:
         H, mask = cv2.findHomography(
-            m[:, :2], m[:, 2:], methods[solver], float(ransac_thres),
-            maxIters=int(max_iters), confidence=float(confidence),
+            m[:, :2],
+            m[:, 2:],
+            methods[solver],
+            float(ransac_thres),
+            maxIters=int(max_iters),
+            confidence=float(confidence),
         )
     except cv2.error:
         return None, inl
@@ -208,8 +211,9 @@ def read_homography(path: str | os.PathLike) -> np.ndarray:
     except (ValueError, UnicodeDecodeError) as e:
         raise HomographyFileError(f"{path}: not a 3x3 homography text file ({e})") from None
     if H.shape != (3, 3) or not np.all(np.isfinite(H)):
-        raise HomographyFileError(f"{path}: expected a 3x3 matrix of finite numbers, got "
-                                  f"shape {H.shape}")
+        raise HomographyFileError(
+            f"{path}: expected a 3x3 matrix of finite numbers, got shape {H.shape}"
+        )
     return H
 
 
@@ -244,7 +248,8 @@ def list_sequences(
         raise FileNotFoundError(f"HPatches root {rootp} is not a folder")
     skip = set(exclude)
     seqs = sorted(
-        p for p in rootp.iterdir()
+        p
+        for p in rootp.iterdir()
         if p.is_dir() and p.name[:2] in ("i_", "v_") and p.name not in skip
     )
     if max_seqs is not None:
@@ -438,8 +443,10 @@ def oracle_matcher(step: int = 16, margin: int = 0) -> Matcher:
         q = warp_points(pts, H)
         ok = (
             np.isfinite(q).all(1)
-            & (q[:, 0] >= margin) & (q[:, 0] <= w2 - 1 - margin)
-            & (q[:, 1] >= margin) & (q[:, 1] <= h2 - 1 - margin)
+            & (q[:, 0] >= margin)
+            & (q[:, 0] <= w2 - 1 - margin)
+            & (q[:, 1] >= margin)
+            & (q[:, 1] <= h2 - 1 - margin)
         )
         return np.concatenate([pts[ok], q[ok]], axis=1)
 

@@ -70,8 +70,10 @@ def to_pil_rgb(image: ImageInput, name: str = "image") -> Image.Image:
             raise ValueError(f"{name}: expected uint8 or [0, 1] float values, got {arr.dtype}")
         lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
         if not (-1e-3 <= lo and hi <= 1.0 + 1e-3):  # a 0-255 float image would turn white
-            raise ValueError(f"{name}: float values must be in [0, 1], got [{lo:g}, {hi:g}] "
-                             "(divide by 255, or pass uint8)")
+            raise ValueError(
+                f"{name}: float values must be in [0, 1], got [{lo:g}, {hi:g}] "
+                "(divide by 255, or pass uint8)"
+            )
         arr = np.clip(np.rint(arr.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
@@ -121,14 +123,20 @@ class Patch2PixMatcher:
 
     def config(self) -> dict[str, Any]:
         """The matching settings (for result files)."""
-        return {"imsize": self.imsize, "io_thres": self.io_thres, "ksize": self.ksize,
-                "eval_type": self.eval_type, "ncn_thres": self.ncn_thres,
-                "mutual": self.mutual}
+        return {
+            "imsize": self.imsize,
+            "io_thres": self.io_thres,
+            "ksize": self.ksize,
+            "eval_type": self.eval_type,
+            "ncn_thres": self.ncn_thres,
+            "mutual": self.mutual,
+        }
 
     def _prepare(self, image: ImageInput, name: str) -> tuple[torch.Tensor, tuple[float, float]]:
         label = os.fspath(image) if isinstance(image, (str, os.PathLike)) else name
-        return prepare_image(to_pil_rgb(image, name), self.ksize, self.net.upsample,
-                             self.imsize, name=label)
+        return prepare_image(
+            to_pil_rgb(image, name), self.ksize, self.net.upsample, self.imsize, name=label
+        )
 
     def __call__(self, image0: ImageInput, image1: ImageInput) -> dict[str, np.ndarray]:
         """Match two images.
@@ -141,7 +149,15 @@ class Patch2PixMatcher:
         t0, s0 = self._prepare(image0, "image0")
         t1, s1 = self._prepare(image1, "image1")
         matches, scores, coarse = match_prepared(
-            self.net, t0, t1, s0, s1, self.ksize, self.ncn_thres, self.mutual, self.io_thres,
+            self.net,
+            t0,
+            t1,
+            s0,
+            s1,
+            self.ksize,
+            self.ncn_thres,
+            self.mutual,
+            self.io_thres,
             self.eval_type,
         )
         m = np.asarray(matches, dtype=np.float64).reshape(-1, 4)

@@ -160,4 +160,3 @@ def cal_selection_rate(errors: ArrayLike) -> float:
     """
     r = cal_pass_rates(errors, (1, 5, 10))
     return 0.34 * r[1] + 0.33 * r[5] + 0.33 * r[10]
-

@@ -81,8 +81,10 @@ def read_list(scene_info_dir: str | os.PathLike) -> list[str]:
     """The scene-info file names (without ``.npz``) listed in ``megadepth_test_1500.txt``."""
     path = Path(scene_info_dir) / LIST_FILE
     if not path.is_file():
-        raise UsageError(f"{path} not found: --scene_info must be the folder holding "
-                         f"{LIST_FILE} and the scene-info .npz files")
+        raise UsageError(
+            f"{path} not found: --scene_info must be the folder holding "
+            f"{LIST_FILE} and the scene-info .npz files"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -125,19 +127,23 @@ def load_pairs(
             try:
                 pair = _pair(root, name, d, depths, info_row)
             except (IndexError, TypeError, ValueError, np.linalg.LinAlgError) as e:
-                raise UsageError(f"{path}: pair_infos[{row}] is not a valid pair "
-                                 f"({type(e).__name__}: {e})") from None
+                raise UsageError(
+                    f"{path}: pair_infos[{row}] is not a valid pair ({type(e).__name__}: {e})"
+                ) from None
             if pair is None:
-                raise UsageError(f"{path}: pair_infos[{row}] uses an image slot without an "
-                                 "image, intrinsics or pose")
+                raise UsageError(
+                    f"{path}: pair_infos[{row}] uses an image slot without an "
+                    "image, intrinsics or pose"
+                )
             pairs.append(pair)
             if max_pairs is not None and len(pairs) >= max_pairs:
                 return pairs
     return pairs
 
 
-def _pair(root: Path, name: str, d: dict[str, np.ndarray], depths: np.ndarray | None,
-          info_row: Sequence) -> Pair | None:
+def _pair(
+    root: Path, name: str, d: dict[str, np.ndarray], depths: np.ndarray | None, info_row: Sequence
+) -> Pair | None:
     """One row ``((i, j), overlap, ...)`` of ``pair_infos`` → :class:`Pair` (None when one of
     its image slots is empty). Malformed rows raise IndexError / TypeError / ValueError."""
     (i, j), overlap = info_row[0], info_row[1]
@@ -153,7 +159,8 @@ def _pair(root: Path, name: str, d: dict[str, np.ndarray], depths: np.ndarray | 
         name=f"{name}:{i}-{j}",
         image0=str(root / str(d["image_paths"][i])),
         image1=str(root / str(d["image_paths"][j])),
-        depth0=_depth_path(root, depths, i), depth1=_depth_path(root, depths, j),
+        depth0=_depth_path(root, depths, i),
+        depth1=_depth_path(root, depths, j),
         K0=np.asarray(d["intrinsics"][i], dtype=np.float64).reshape(3, 3),
         K1=np.asarray(d["intrinsics"][j], dtype=np.float64).reshape(3, 3),
         T_0to1=T1 @ np.linalg.inv(T0),
@@ -193,8 +200,9 @@ def estimate_pose(
     if seed is not None:
         cv2.setRNGSeed(int(seed))
     try:
-        E, mask = cv2.findEssentialMat(n0, n1, np.eye(3), threshold=thr, prob=conf,
-                                       method=RANSAC_METHODS[ransac])
+        E, mask = cv2.findEssentialMat(
+            n0, n1, np.eye(3), threshold=thr, prob=conf, method=RANSAC_METHODS[ransac]
+        )
     except cv2.error:
         return None
     if E is None or mask is None or E.shape[0] < 3:
@@ -202,8 +210,9 @@ def estimate_pose(
     best: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     best_n = 0
     for k in range(E.shape[0] // 3):
-        n, R, t, _ = cv2.recoverPose(np.ascontiguousarray(E[3 * k:3 * k + 3]), n0, n1,
-                                     np.eye(3), 1e9, mask=mask.copy())
+        n, R, t, _ = cv2.recoverPose(
+            np.ascontiguousarray(E[3 * k : 3 * k + 3]), n0, n1, np.eye(3), 1e9, mask=mask.copy()
+        )
         if n > best_n:
             best_n, best = n, (R, t[:, 0], mask.ravel() > 0)
     return best
@@ -217,16 +226,18 @@ def relative_pose_error(T_0to1: np.ndarray, R: np.ndarray, t: np.ndarray) -> tup
     return err_t, err_R
 
 
-def epipolar_errors(matches: np.ndarray, K0: np.ndarray, K1: np.ndarray,
-                    T_0to1: np.ndarray) -> np.ndarray:
+def epipolar_errors(
+    matches: np.ndarray, K0: np.ndarray, K1: np.ndarray, T_0to1: np.ndarray
+) -> np.ndarray:
     """(N,) squared symmetric epipolar distances in normalised coordinates (true E)."""
     from utils.geometry import symmetric_epipolar_distance
 
     if not len(matches):
         return np.zeros(0)
     E = pose2essential(T_0to1[:3, :3], T_0to1[:3, 3])
-    return symmetric_epipolar_distance(normalize_points(matches[:, :2], K0),
-                                       normalize_points(matches[:, 2:], K1), E)
+    return symmetric_epipolar_distance(
+        normalize_points(matches[:, :2], K0), normalize_points(matches[:, 2:], K1), E
+    )
 
 
 def evaluate_pair(matches: np.ndarray, pair: Pair, ransac: str = "opencv") -> dict[str, Any]:
@@ -258,8 +269,9 @@ def evaluate_pair(matches: np.ndarray, pair: Pair, ransac: str = "opencv") -> di
     }
 
 
-def summarize(results: Sequence[dict[str, Any]],
-              thresholds: Sequence[float] = AUC_THRESHOLDS) -> dict[str, Any]:
+def summarize(
+    results: Sequence[dict[str, Any]], thresholds: Sequence[float] = AUC_THRESHOLDS
+) -> dict[str, Any]:
     """AUC of the pose errors at `thresholds`, mean matches, mean precision, failures."""
     errs = np.array([r["pose_error"] for r in results], dtype=np.float64)
     auc = error_auc(errs, thresholds)
@@ -277,9 +289,11 @@ def summarize(results: Sequence[dict[str, Any]],
 def format_summary(s: dict[str, Any]) -> str:
     """One block of text: AUC@5/10/20, matches per pair, precision, failures."""
     auc = "  ".join(f"@{t}° {100 * v:.2f}" for t, v in s["auc"].items())
-    return (f"MegaDepth-1500: {s['n_pairs']} pairs  AUC {auc}\n"
-            f"  matches/pair {s['mean_matches']:.1f}  precision@{EPI_THRESHOLD:g} "
-            f"{100 * s['precision']:.2f}%  failures {s['failures']}")
+    return (
+        f"MegaDepth-1500: {s['n_pairs']} pairs  AUC {auc}\n"
+        f"  matches/pair {s['mean_matches']:.1f}  precision@{EPI_THRESHOLD:g} "
+        f"{100 * s['precision']:.2f}%  failures {s['failures']}"
+    )
 
 
 def evaluate_megadepth1500(
@@ -333,7 +347,7 @@ def oracle_matcher(pairs: Sequence[Pair], step: int = 8, depth_tol: float = 0.01
         if p.depth0 is None or p.depth1 is None:
             raise UsageError(f"the oracle matcher needs depth maps ({p.name} has none)")
         d0, d1 = read_depth(p.depth0), read_depth(p.depth1)
-        ys, xs = np.mgrid[0:d0.shape[0]:step, 0:d0.shape[1]:step]
+        ys, xs = np.mgrid[0 : d0.shape[0] : step, 0 : d0.shape[1] : step]
         z0 = d0[ys, xs].ravel()
         x0 = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1)[z0 > 0]
         z0 = z0[z0 > 0]

@@ -197,8 +197,14 @@ def init_patch2pix_matcher(args: Namespace) -> Callable:
 
     def matcher(im1, im2):
         return estimate_matches(
-            net, im1, im2, ksize=args.ksize, ncn_thres=getattr(args, "ncn_thres", 0.0),
-            io_thres=args.io_thres, eval_type="fine", imsize=args.imsize,
+            net,
+            im1,
+            im2,
+            ksize=args.ksize,
+            ncn_thres=getattr(args, "ncn_thres", 0.0),
+            io_thres=args.io_thres,
+            eval_type="fine",
+            imsize=args.imsize,
         )
 
     return matcher
@@ -211,8 +217,15 @@ def init_ncn_matcher(args: Namespace) -> Callable:
 
     def matcher(im1, im2):
         return estimate_matches(
-            net, im1, im2, ksize=args.ksize, ncn_thres=args.ncn_thres, mutual=True,
-            io_thres=0.0, eval_type="coarse", imsize=args.imsize,
+            net,
+            im1,
+            im2,
+            ksize=args.ksize,
+            ncn_thres=args.ncn_thres,
+            mutual=True,
+            io_thres=0.0,
+            eval_type="coarse",
+            imsize=args.imsize,
         )
 
     return matcher
@@ -251,4 +264,3 @@ def refine_matches(
         return coarse * upscale, None
     refined, scores, _ = net.refine_matches(t1, t2, coarse, io_thres)
     return refined * upscale, scores
-

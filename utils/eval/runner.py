@@ -47,19 +47,36 @@ def as_matches(out: Any) -> np.ndarray:
     return as_f64(out).reshape(-1, 4)
 
 
-def add_matcher_args(ap: argparse.ArgumentParser, io_thres: float = 0.5,
-                     imsize: int = 1024) -> None:
+def add_matcher_args(
+    ap: argparse.ArgumentParser, io_thres: float = 0.5, imsize: int = 1024
+) -> None:
     """The flags that choose and configure the matcher (shared by the evaluators)."""
     ap.add_argument("--ckpt", default=None, help="checkpoint (.pth); required unless oracle")
-    ap.add_argument("--matcher", choices=["network", "oracle"], default="network",
-                    help="'oracle': ground-truth matches (checks the data and the protocol)")
-    ap.add_argument("--method", choices=["patch2pix", "nc"], default="patch2pix",
-                    help="'nc': NCNet weights, coarse matches")
-    ap.add_argument("--eval_type", choices=["fine", "mid", "coarse"], default=None,
-                    help="which matches of the model are evaluated (default: 'coarse' with "
-                    "--method nc, whose weights have no regressors, else 'fine')")
-    ap.add_argument("--imsize", type=int, default=imsize,
-                    help="longer image side the network sees (<=0: native size)")
+    ap.add_argument(
+        "--matcher",
+        choices=["network", "oracle"],
+        default="network",
+        help="'oracle': ground-truth matches (checks the data and the protocol)",
+    )
+    ap.add_argument(
+        "--method",
+        choices=["patch2pix", "nc"],
+        default="patch2pix",
+        help="'nc': NCNet weights, coarse matches",
+    )
+    ap.add_argument(
+        "--eval_type",
+        choices=["fine", "mid", "coarse"],
+        default=None,
+        help="which matches of the model are evaluated (default: 'coarse' with "
+        "--method nc, whose weights have no regressors, else 'fine')",
+    )
+    ap.add_argument(
+        "--imsize",
+        type=int,
+        default=imsize,
+        help="longer image side the network sees (<=0: native size)",
+    )
     ap.add_argument("--io_thres", type=float, default=io_thres, help="match score threshold")
     ap.add_argument("--ksize", type=int, default=2, help="relocalisation kernel size")
     ap.add_argument("--ncn_thres", type=float, default=0.0, help="coarse score threshold")
@@ -67,8 +84,11 @@ def add_matcher_args(ap: argparse.ArgumentParser, io_thres: float = 0.5,
     ap.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda if any)")
 
 
-def matcher_from_args(args: argparse.Namespace, oracle: Callable[[], Matcher],
-                      lprint: Callable[..., Any] | None = None) -> tuple[Matcher, dict[str, Any]]:
+def matcher_from_args(
+    args: argparse.Namespace,
+    oracle: Callable[[], Matcher],
+    lprint: Callable[..., Any] | None = None,
+) -> tuple[Matcher, dict[str, Any]]:
     """Build the matcher the flags of :func:`add_matcher_args` ask for.
 
     Args:
@@ -85,19 +105,31 @@ def matcher_from_args(args: argparse.Namespace, oracle: Callable[[], Matcher],
     if not args.ckpt:
         raise UsageError("--ckpt is required (or use --matcher oracle)")
     if args.method == "nc" and args.eval_type in ("fine", "mid"):
-        raise UsageError(f"--eval_type {args.eval_type} needs the regressors, but --method nc "
-                         "loads NCNet weights, which have no regressors: use --eval_type coarse")
+        raise UsageError(
+            f"--eval_type {args.eval_type} needs the regressors, but --method nc "
+            "loads NCNet weights, which have no regressors: use --eval_type coarse"
+        )
     from utils.eval.matcher import Patch2PixMatcher
     from utils.eval.model_helper import load_model
 
     lprint = lprint or print  # stdout: stderr carries only the one-line error, if any
     net = load_model(args.ckpt, method=args.method, lprint=lprint, device=args.device)
     eval_type = args.eval_type or ("coarse" if args.method == "nc" else "fine")
-    matcher = Patch2PixMatcher(net, imsize=args.imsize, io_thres=args.io_thres,
-                               ksize=args.ksize, eval_type=eval_type,
-                               ncn_thres=args.ncn_thres, mutual=not args.no_mutual)
-    return matcher, {"matcher": "network", "ckpt": str(args.ckpt), "method": args.method,
-                     **matcher.config()}
+    matcher = Patch2PixMatcher(
+        net,
+        imsize=args.imsize,
+        io_thres=args.io_thres,
+        ksize=args.ksize,
+        eval_type=eval_type,
+        ncn_thres=args.ncn_thres,
+        mutual=not args.no_mutual,
+    )
+    return matcher, {
+        "matcher": "network",
+        "ckpt": str(args.ckpt),
+        "method": args.method,
+        **matcher.config(),
+    }
 
 
 def run_pairs(

@@ -44,8 +44,10 @@ def check_amp(mode: str, device: torch.device) -> None:
     if mode not in AMP_MODES:
         raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
     if mode == "fp16" and device.type != "cuda":
-        raise UsageError(f"--amp fp16 needs a CUDA device (gradient scaler, fp16 kernels); "
-                         f"on {device.type} use --amp bf16")
+        raise UsageError(
+            f"--amp fp16 needs a CUDA device (gradient scaler, fp16 kernels); "
+            f"on {device.type} use --amp bf16"
+        )
     if mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UsageError("--amp bf16: this CUDA device has no bfloat16 support (use --amp fp16)")
 

@@ -35,8 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", type=str, default="MegaDepth", help="dataset name")
-    g.add_argument("--data_root", type=str, default="data",
-                   help="holds MegaDepth_undistort/ and immatch_benchmark/")
+    g.add_argument(
+        "--data_root",
+        type=str,
+        default="data",
+        help="holds MegaDepth_undistort/ and immatch_benchmark/",
+    )
     g.add_argument("--pair_root", type=str, default="data_pairs", help="folder of the pair file")
     g.add_argument("--match_npy", type=str, default=DEFAULT_MATCH_NPY, help="pair file name")
 
@@ -44,12 +48,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", type=str, default="ResNet34", help="backbone class")
     g.add_argument("--change_stride", action="store_true", help="stride-8 layer3")
     g.add_argument("--ksize", type=int, default=2, help="relocalisation pooling size")
-    g.add_argument("--freeze_feat", type=int, default=87,
-                   help="freeze the first N backbone parameters (87 = through layer3)")
-    g.add_argument("--feat_idx", type=int, nargs="*", default=[0, 1, 2, 3],
-                   help="feature levels of the regressors")
-    g.add_argument("--feat_comb", type=str, default="pre", choices=["pre", "post"],
-                   help="combine patches before or after the convs")
+    g.add_argument(
+        "--freeze_feat",
+        type=int,
+        default=87,
+        help="freeze the first N backbone parameters (87 = through layer3)",
+    )
+    g.add_argument(
+        "--feat_idx",
+        type=int,
+        nargs="*",
+        default=[0, 1, 2, 3],
+        help="feature levels of the regressors",
+    )
+    g.add_argument(
+        "--feat_comb",
+        type=str,
+        default="pre",
+        choices=["pre", "post"],
+        help="combine patches before or after the convs",
+    )
     g.add_argument("--conv_kers", type=int, nargs="*", default=[3, 3], help="conv kernels")
     g.add_argument("--conv_dims", type=int, nargs="*", default=[512, 512], help="conv widths")
     g.add_argument("--conv_strs", type=int, nargs="*", default=[2, 1], help="conv strides")
@@ -62,59 +80,119 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("loss")
     g.add_argument("--cthres", type=float, default=0.5, help="classification metric threshold")
-    g.add_argument("--cls_dthres", type=int, nargs=2, default=[50, 5],
-                   help="Sampson thresholds (px²) of the mid / fine targets")
-    g.add_argument("--epi_dthres", type=int, nargs=2, default=[50, 5],
-                   help="Sampson thresholds (px²) of the mid / fine epipolar rows")
+    g.add_argument(
+        "--cls_dthres",
+        type=int,
+        nargs=2,
+        default=[50, 5],
+        help="Sampson thresholds (px²) of the mid / fine targets",
+    )
+    g.add_argument(
+        "--epi_dthres",
+        type=int,
+        nargs=2,
+        default=[50, 5],
+        help="Sampson thresholds (px²) of the mid / fine epipolar rows",
+    )
     g.add_argument("--weight_cls", "-wcls", type=float, default=10.0, help="classification weight")
-    g.add_argument("--weight_epi", "-wepi", type=float, nargs="*", default=[1, 1],
-                   help="fine and mid epipolar weights")
+    g.add_argument(
+        "--weight_epi",
+        "-wepi",
+        type=float,
+        nargs="*",
+        default=[1, 1],
+        help="fine and mid epipolar weights",
+    )
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--pretrain", type=str, default=None, help="NCNet weights (bare state_dict)")
     g.add_argument("--ckpt", type=str, default=None, help="a full checkpoint to load")
-    g.add_argument("--resume", action="store_true",
-                   help="continue from <experiment dir>/last_ckpt.pth")
+    g.add_argument(
+        "--resume", action="store_true", help="continue from <experiment dir>/last_ckpt.pth"
+    )
     g.add_argument("--lr_init", "-lr", type=float, default=5e-4, help="learning rate")
-    g.add_argument("--lr_decay", "-lrd", type=str, nargs="*", default=None,
-                   help="'step FACTOR STEP' or 'multistep FACTOR M1 [M2 ...]' (per epoch)")
+    g.add_argument(
+        "--lr_decay",
+        "-lrd",
+        type=str,
+        nargs="*",
+        default=None,
+        help="'step FACTOR STEP' or 'multistep FACTOR M1 [M2 ...]' (per epoch)",
+    )
     g.add_argument("--weight_decay", "-wd", type=float, default=0, help="weight decay")
 
     g = p.add_argument_group("new in this implementation")
-    g.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto = cuda:<gpu> when available, else cpu")
+    g.add_argument(
+        "--device",
+        type=str,
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto = cuda:<gpu> when available, else cpu",
+    )
     g.add_argument("--workers", type=int, default=2, help="data-loader worker processes")
-    g.add_argument("--random_backbone", action="store_true",
-                   help="without --pretrain/--ckpt/--resume, start from a random backbone "
-                   "instead of the ImageNet ResNet-34 weights (fetched into the torch cache "
-                   "when missing)")
-    g.add_argument("--max_iters_per_epoch", type=int, default=0,
-                   help="stop an epoch after N steps (0 = whole data set)")
-    g.add_argument("--train_size", type=int, nargs=2, default=[480, 320], metavar=("W", "H"),
-                   help="training image size")
+    g.add_argument(
+        "--random_backbone",
+        action="store_true",
+        help="without --pretrain/--ckpt/--resume, start from a random backbone "
+        "instead of the ImageNet ResNet-34 weights (fetched into the torch cache "
+        "when missing)",
+    )
+    g.add_argument(
+        "--max_iters_per_epoch",
+        type=int,
+        default=0,
+        help="stop an epoch after N steps (0 = whole data set)",
+    )
+    g.add_argument(
+        "--train_size",
+        type=int,
+        nargs=2,
+        default=[480, 320],
+        metavar=("W", "H"),
+        help="training image size",
+    )
     g.add_argument("--val_imsize", type=int, default=1024, help="validation image size")
     g.add_argument("--val_sample_max", type=int, default=150, help="validation pairs per scene")
     g.add_argument("--no_val", action="store_true", help="skip the per-epoch validation")
-    g.add_argument("--val_root", type=str, default=None,
-                   help="validate on these held-out COLMAP reconstructions: a folder of "
-                   "<scene>/dense/{images,sparse} with sparse/ov_pairs.npy (default: "
-                   "<data_root>/immatch_benchmark/val_dense)")
+    g.add_argument(
+        "--val_root",
+        type=str,
+        default=None,
+        help="validate on these held-out COLMAP reconstructions: a folder of "
+        "<scene>/dense/{images,sparse} with sparse/ov_pairs.npy (default: "
+        "<data_root>/immatch_benchmark/val_dense)",
+    )
     g.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
 
     g = p.add_argument_group("memory, precision and several processes")
-    g.add_argument("--grad_ckpt", action="store_true",
-                   help="recompute each regressor chunk during backward instead of keeping its "
-                   "activations (same loss and gradients, much less memory, ~1.3x step time)")
-    g.add_argument("--amp", type=str, default="off", choices=["off", "bf16", "fp16"],
-                   help="mixed precision of the regressors (off = float32 as the original; "
-                   "fp16 needs CUDA and uses a gradient scaler)")
-    g.add_argument("--sync_bn", action="store_true",
-                   help="under torchrun on CUDA: synchronise the backbone's BatchNorm "
-                   "statistics across processes (N processes x b = one process with N*b)")
-    g.add_argument("--dist_timeout", type=int, default=1800,
-                   help="under torchrun: seconds a process waits for the others (also while "
-                   "rank 0 validates) before the run stops with an error, so a crashed or "
-                   "hung rank cannot hang the run")
+    g.add_argument(
+        "--grad_ckpt",
+        action="store_true",
+        help="recompute each regressor chunk during backward instead of keeping its "
+        "activations (same loss and gradients, much less memory, ~1.3x step time)",
+    )
+    g.add_argument(
+        "--amp",
+        type=str,
+        default="off",
+        choices=["off", "bf16", "fp16"],
+        help="mixed precision of the regressors (off = float32 as the original; "
+        "fp16 needs CUDA and uses a gradient scaler)",
+    )
+    g.add_argument(
+        "--sync_bn",
+        action="store_true",
+        help="under torchrun on CUDA: synchronise the backbone's BatchNorm "
+        "statistics across processes (N processes x b = one process with N*b)",
+    )
+    g.add_argument(
+        "--dist_timeout",
+        type=int,
+        default=1800,
+        help="under torchrun: seconds a process waits for the others (also while "
+        "rank 0 validates) before the run stops with an error, so a crashed or "
+        "hung rank cannot hang the run",
+    )
     return p
 
 
@@ -154,8 +232,10 @@ def check_args(args: argparse.Namespace) -> None:
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name} must be positive, got {getattr(args, name)}")
     if args.regr_batch < 2:
-        raise UsageError(f"--regr_batch must be >= 2 in training (BatchNorm cannot normalise a "
-                         f"chunk of one row), got {args.regr_batch}")
+        raise UsageError(
+            f"--regr_batch must be >= 2 in training (BatchNorm cannot normalise a "
+            f"chunk of one row), got {args.regr_batch}"
+        )
     if args.dist_timeout <= 0:
         raise UsageError(f"--dist_timeout must be positive, got {args.dist_timeout}")
     if len(args.weight_epi) != 2:
@@ -164,8 +244,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("--feat_idx needs at least one level")
     n = len(args.conv_kers)
     if n == 0 or len(args.conv_dims) != n or len(args.conv_strs) != n:
-        raise UsageError("--conv_kers, --conv_dims and --conv_strs need the same number of "
-                         f"values, got {args.conv_kers}, {args.conv_dims}, {args.conv_strs}")
+        raise UsageError(
+            "--conv_kers, --conv_dims and --conv_strs need the same number of "
+            f"values, got {args.conv_kers}, {args.conv_dims}, {args.conv_strs}"
+        )
     if args.freeze_feat < 0:
         raise UsageError(f"--freeze_feat must be >= 0, got {args.freeze_feat}")
     if args.workers < 0 or args.max_iters_per_epoch < 0:
@@ -175,8 +257,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--train_size must be positive, got {w} {h}")
     unit = (8 if args.change_stride else 16) * args.ksize
     if w % unit or h % unit:
-        raise UsageError(f"--train_size {w} {h}: both sides must be multiples of {unit} "
-                         "(feature stride x --ksize)")
+        raise UsageError(
+            f"--train_size {w} {h}: both sides must be multiples of {unit} "
+            "(feature stride x --ksize)"
+        )
     if args.backbone != "ResNet34":
         raise UsageError(f"--backbone {args.backbone!r} is not available (only ResNet34)")
     if args.dataset != "MegaDepth":
@@ -185,8 +269,9 @@ def check_args(args: argparse.Namespace) -> None:
         try:
             int(args.visdom_port)
         except ValueError:
-            raise UsageError(f"--visdom_port must be a port number, got {args.visdom_port!r}") \
-                from None
+            raise UsageError(
+                f"--visdom_port must be a port number, got {args.visdom_port!r}"
+            ) from None
     try:
         parse_lr_decay(args.lr_decay)
     except ValueError as e:

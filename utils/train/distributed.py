@@ -66,14 +66,17 @@ def dist_env(env: dict[str, str] | None = None) -> DistInfo:
     """
     env = os.environ if env is None else env
     try:
-        info = DistInfo(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
-                        int(env.get("LOCAL_RANK", 0)))
+        info = DistInfo(
+            int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+        )
     except ValueError:
-        raise UsageError("RANK / WORLD_SIZE / LOCAL_RANK must be integers (set by torchrun)") \
-            from None
+        raise UsageError(
+            "RANK / WORLD_SIZE / LOCAL_RANK must be integers (set by torchrun)"
+        ) from None
     if info.world_size < 1 or not 0 <= info.rank < info.world_size:
-        raise UsageError(f"bad torchrun environment: RANK {info.rank}, WORLD_SIZE "
-                         f"{info.world_size}")
+        raise UsageError(
+            f"bad torchrun environment: RANK {info.rank}, WORLD_SIZE {info.world_size}"
+        )
     return info
 
 
@@ -84,9 +87,11 @@ def local_batch(batch: int, info: DistInfo) -> int:
         UsageError: when ``--batch`` does not divide by the number of processes.
     """
     if batch % info.world_size:
-        raise UsageError(f"--batch {batch} is the global batch and must divide evenly over the "
-                         f"{info.world_size} processes of torchrun (e.g. --batch "
-                         f"{info.world_size * max(1, batch // info.world_size)})")
+        raise UsageError(
+            f"--batch {batch} is the global batch and must divide evenly over the "
+            f"{info.world_size} processes of torchrun (e.g. --batch "
+            f"{info.world_size * max(1, batch // info.world_size)})"
+        )
     return batch // info.world_size
 
 
@@ -99,8 +104,10 @@ def process_device(args: Any, info: DistInfo) -> torch.device:
     if not want_cuda:
         return torch.device("cpu")
     if info.local_rank >= torch.cuda.device_count():
-        raise UsageError(f"torchrun LOCAL_RANK {info.local_rank}: only "
-                         f"{torch.cuda.device_count()} CUDA device(s) on this machine")
+        raise UsageError(
+            f"torchrun LOCAL_RANK {info.local_rank}: only "
+            f"{torch.cuda.device_count()} CUDA device(s) on this machine"
+        )
     torch.cuda.set_device(info.local_rank)
     return torch.device(f"cuda:{info.local_rank}")
 
@@ -111,8 +118,9 @@ def init_process_group(info: DistInfo, device: torch.device, timeout_s: float) -
     if not info.enabled or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, rank=info.rank, world_size=info.world_size,
-                            timeout=timedelta(seconds=timeout_s))
+    dist.init_process_group(
+        backend, rank=info.rank, world_size=info.world_size, timeout=timedelta(seconds=timeout_s)
+    )
 
 
 def destroy_process_group() -> None:
@@ -123,8 +131,9 @@ def destroy_process_group() -> None:
 
 def make_sampler(ds: Dataset, info: DistInfo, seed: int) -> DistributedSampler:
     """Shuffling sampler over this process's share; call ``set_epoch`` every epoch."""
-    return DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                              seed=seed, drop_last=False)
+    return DistributedSampler(
+        ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed, drop_last=False
+    )
 
 
 class TrainForward(nn.Module):
@@ -135,14 +144,14 @@ class TrainForward(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, im_src: Tensor, im_pos: Tensor, ksize: int = 2,
-                ptmax: int = 400) -> tuple:
+    def forward(self, im_src: Tensor, im_pos: Tensor, ksize: int = 2, ptmax: int = 400) -> tuple:
         """See ``Patch2Pix.forward_train``: (B, 3, H, W) image batches → per-pair lists."""
         return self.net.forward_train(im_src, im_pos, ksize=ksize, ptmax=ptmax)
 
 
-def wrap_model(net: nn.Module, info: DistInfo, device: torch.device,
-               sync_bn: bool = False) -> DistributedDataParallel:
+def wrap_model(
+    net: nn.Module, info: DistInfo, device: torch.device, sync_bn: bool = False
+) -> DistributedDataParallel:
     """DistributedDataParallel around `net`'s training forward.
 
     ``find_unused_parameters``: the NCN and the unfrozen backbone layers are optimised (as in
@@ -158,8 +167,10 @@ def wrap_model(net: nn.Module, info: DistInfo, device: torch.device,
             raise UsageError("--sync_bn needs CUDA (SyncBatchNorm); on CPU leave it off")
         net.extract = nn.SyncBatchNorm.convert_sync_batchnorm(net.extract)
     return DistributedDataParallel(
-        TrainForward(net), device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=True)
+        TrainForward(net),
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True,
+    )
 
 
 def collective_error(err: BaseException, info: DistInfo, timeout_s: float) -> DistributedError:
@@ -168,7 +179,8 @@ def collective_error(err: BaseException, info: DistInfo, timeout_s: float) -> Di
     first = lines[0][:200] if lines else type(err).__name__
     return DistributedError(
         f"rank {info.rank}/{info.world_size}: another process crashed, left or did not answer "
-        f"within --dist_timeout {timeout_s:g} s ({type(err).__name__}: {first})")
+        f"within --dist_timeout {timeout_s:g} s ({type(err).__name__}: {first})"
+    )
 
 
 def barrier() -> None:
@@ -193,5 +205,16 @@ def is_collective_failure(err: BaseException) -> bool:
         return True
     text = str(err)
     return isinstance(err, RuntimeError) and any(
-        s in text for s in ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset",
-                            "Timed out", "timed out", "Broken pipe", "ProcessGroup"))
+        s in text
+        for s in (
+            "gloo",
+            "Gloo",
+            "NCCL",
+            "Connection closed",
+            "Connection reset",
+            "Timed out",
+            "timed out",
+            "Broken pipe",
+            "ProcessGroup",
+        )
+    )

@@ -109,7 +109,8 @@ def resolve_val_root(data_root: str | Path) -> Path:
 def list_scenes(val_root: Path) -> list[str]:
     """Sorted scene names under `val_root` that have ``dense/sparse/ov_pairs.npy``."""
     return sorted(
-        p.name for p in val_root.iterdir()
+        p.name
+        for p in val_root.iterdir()
         if p.is_dir() and (p / "dense" / "sparse" / "ov_pairs.npy").is_file()
     )
 
@@ -217,17 +218,23 @@ def eval_immatch_val_sets(
                 for im1, im2 in pairs:
                     if im1 not in model.K or im2 not in model.K:
                         missing = im1 if im1 not in model.K else im2
-                        raise KeyError(f"{scene}: image {missing!r} of ov_pairs.npy is not in "
-                                       "the COLMAP model")
+                        raise KeyError(
+                            f"{scene}: image {missing!r} of ov_pairs.npy is not in the COLMAP model"
+                        )
                     matches, _, coarse = estimate_matches(
-                        net, str(dense / "images" / im1), str(dense / "images" / im2),
-                        ksize=ksize, ncn_thres=ncn_thres, mutual=True, io_thres=io_thres,
-                        eval_type=eval_type, imsize=imsize,
+                        net,
+                        str(dense / "images" / im1),
+                        str(dense / "images" / im2),
+                        ksize=ksize,
+                        ncn_thres=ncn_thres,
+                        mutual=True,
+                        io_thres=io_thres,
+                        eval_type=eval_type,
+                        imsize=imsize,
                     )
                     matches, coarse = _to_numpy(matches), _to_numpy(coarse)
                     K1, K2 = model.K[im1], model.K[im2]
-                    R12, t12 = relative_pose(model.R[im1], model.t[im1],
-                                             model.R[im2], model.t[im2])
+                    R12, t12 = relative_pose(model.R[im1], model.t[im1], model.R[im2], model.t[im2])
                     F = pose2fund(K1, K2, R12, t12)
                     fd = sampson_distance(matches[:, :2], matches[:, 2:], F)
                     cdists.append(sampson_distance(coarse[:, :2], coarse[:, 2:], F))
@@ -268,13 +275,17 @@ def eval_immatch_val_sets(
         dist_hist=hists,
     )
     scenes = " ".join(f"{k}:{v}" for k, v in per_scene.items())
-    lprint_(f">>Val immatch: {result.num_pairs} pairs ({scenes}), {failed} without pose, "
-            f"imsize={imsize} io_thres={io_thres} rthres={rthres} ({result.seconds:.1f}s)")
+    lprint_(
+        f">>Val immatch: {result.num_pairs} pairs ({scenes}), {failed} without pose, "
+        f"imsize={imsize} io_thres={io_thres} rthres={rthres} ({result.seconds:.1f}s)"
+    )
     for tag in ("coarse", "fine", "inlier"):
         lprint_("  " + texts[tag])
     rates = " ".join(f"{k}°={100 * v:.1f}%" for k, v in result.pass_rates.items())
-    lprint_(f"  err mean={result.mean_err:.2f} median={result.median_err:.2f} pass: {rates} "
-            f"rate={result.rate:.4f}")
+    lprint_(
+        f"  err mean={result.mean_err:.2f} median={result.median_err:.2f} pass: {rates} "
+        f"rate={result.rate:.4f}"
+    )
     return result
 
 
@@ -288,9 +299,7 @@ class BestTracker:
     inlier ratio of the latest improving validation.
     """
 
-    vals: list[float] = field(
-        default_factory=lambda: [float("inf"), 0.0, float("inf"), 0.0]
-    )
+    vals: list[float] = field(default_factory=lambda: [float("inf"), 0.0, float("inf"), 0.0])
 
     def update(self, res: ImmatchValResult) -> bool:
         """Fold one validation in; True when it improves the mean error or the rate."""

@@ -52,8 +52,9 @@ class ExperimentTags:
     @property
     def visdom_env(self) -> str:
         """``{odir_tag}.{feat_tag}_{thres_tag}{train_tag}_{regress_tag}``."""
-        return (f"{self.odir_tag}.{self.feat_tag}_{self.thres_tag}{self.train_tag}"
-                f"_{self.regress_tag}")
+        return (
+            f"{self.odir_tag}.{self.feat_tag}_{self.thres_tag}{self.train_tag}_{self.regress_tag}"
+        )
 
     def exp_dir(self, out_dir: str | Path) -> Path:
         """``<out_dir>/<odir_tag>/<exp_tag>/<regress_tag>``."""
@@ -72,7 +73,9 @@ def make_tags(args: Namespace) -> ExperimentTags:
         ValueError: for a malformed ``--lr_decay``.
     """
     data_tag = "Mega." + (
-        str(args.match_npy).replace("megadepth_pairs.", "").replace("_imrat1.5", "")
+        str(args.match_npy)
+        .replace("megadepth_pairs.", "")
+        .replace("_imrat1.5", "")
         .replace(".npy", "")
     )
     odir_tag = f"{args.prefix}.{data_tag}" if args.prefix else data_tag

@@ -215,8 +215,7 @@ def batch_loss(
 
     ref = mid_probs[0] if len(mid_probs) else Fs
     stacked = {
-        k: torch.stack(v) if v else ref.new_zeros((0,), dtype=ref.dtype)
-        for k, v in terms.items()
+        k: torch.stack(v) if v else ref.new_zeros((0,), dtype=ref.dtype) for k, v in terms.items()
     }
     cls = stacked["cls_mid"] + stacked["cls_fine"]
     epi = w_mid * stacked["epi_mid"] + w_fine * stacked["epi_fine"]

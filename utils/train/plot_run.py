@@ -111,8 +111,9 @@ def _value(rec: dict[str, Any], keys: tuple[str, ...]) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def series(records: Sequence[dict[str, Any]], kind: str, keys: tuple[str, ...],
-           scale: float = 1.0) -> tuple[list[float], list[float]]:
+def series(
+    records: Sequence[dict[str, Any]], kind: str, keys: tuple[str, ...], scale: float = 1.0
+) -> tuple[list[float], list[float]]:
     """(x, y) of one plotted line: x is the record's fractional epoch (``train``) or the epoch
     count after the validated epoch (``val``); points without a finite value are left out."""
     xs, ys = [], []
@@ -139,8 +140,9 @@ def find_runs(exp_dirs: Sequence[str | Path]) -> list[Run]:
         p = Path(d)
         if not p.is_dir():
             raise UsageError(f"experiment folder {p} does not exist")
-        files = [p / METRICS_FILE] if (p / METRICS_FILE).is_file() else sorted(
-            p.rglob(METRICS_FILE))
+        files = (
+            [p / METRICS_FILE] if (p / METRICS_FILE).is_file() else sorted(p.rglob(METRICS_FILE))
+        )
         if not files:
             raise UsageError(f"no {METRICS_FILE} in {p} or below it")
         for f in files:
@@ -163,8 +165,9 @@ def plot_runs(runs: Sequence[Run], dpi: float = 100):
 
     ncols = 3
     nrows = math.ceil(len(PANELS) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), dpi=dpi,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), dpi=dpi, squeeze=False
+    )
     ax_of = {title: axes.flat[k] for k, title in enumerate(PANELS)}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, run in enumerate(runs):
@@ -177,8 +180,15 @@ def plot_runs(runs: Sequence[Run], dpi: float = 100):
                 continue
             name = label if len(runs) == 1 else f"{run.name}: {label}"
             color = colors[(k if len(runs) == 1 else i) % len(colors)]
-            ax_of[title].plot(xs, ys, color=color, linestyle=LINESTYLES[k % len(LINESTYLES)],
-                              marker="o" if kind == "val" else None, markersize=3, label=name)
+            ax_of[title].plot(
+                xs,
+                ys,
+                color=color,
+                linestyle=LINESTYLES[k % len(LINESTYLES)],
+                marker="o" if kind == "val" else None,
+                markersize=3,
+                label=name,
+            )
     for title, ax in ax_of.items():
         ax.set_title(title)
         ax.set_xlabel("epoch")
@@ -191,7 +201,7 @@ def plot_runs(runs: Sequence[Run], dpi: float = 100):
             ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
-    for ax in list(axes.flat)[len(PANELS):]:
+    for ax in list(axes.flat)[len(PANELS) :]:
         ax.axis("off")
     if len(runs) == 1:
         fig.suptitle(runs[0].name, fontsize=9)
@@ -202,10 +212,14 @@ def plot_runs(runs: Sequence[Run], dpi: float = 100):
 def build_parser():
     """The command's flags."""
     p = make_parser(MODULE, "Plot training runs from their metrics.jsonl (no server needed).")
-    p.add_argument("exp_dirs", nargs="+", metavar="EXP_DIR",
-                   help="experiment folder(s), or folders above them")
-    p.add_argument("--out", default=None,
-                   help="figure file (default: EXP_DIR/run.png for one folder, else runs.png)")
+    p.add_argument(
+        "exp_dirs", nargs="+", metavar="EXP_DIR", help="experiment folder(s), or folders above them"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="figure file (default: EXP_DIR/run.png for one folder, else runs.png)",
+    )
     p.add_argument("--dpi", type=float, default=100, help="figure resolution")
     return p
 

@@ -94,9 +94,15 @@ def select_device(args: Namespace) -> torch.device:
 def regressor_config(args: Namespace) -> Namespace:
     """The ``regressor_config`` Namespace of the model and the checkpoints."""
     return Namespace(
-        conv_dims=list(args.conv_dims), conv_kers=list(args.conv_kers),
-        conv_strs=list(args.conv_strs), fc_dims=list(args.fc_dims), feat_comb=args.feat_comb,
-        psize=list(args.psize), pshift=args.pshift, panc=args.panc, shared=args.shared,
+        conv_dims=list(args.conv_dims),
+        conv_kers=list(args.conv_kers),
+        conv_strs=list(args.conv_strs),
+        fc_dims=list(args.fc_dims),
+        feat_comb=args.feat_comb,
+        psize=list(args.psize),
+        pshift=args.pshift,
+        panc=args.panc,
+        shared=args.shared,
         feat_dim=None,
     )
 
@@ -135,8 +141,11 @@ def check_architecture(ckpt: dict, args: Namespace, flag: str, path: str | Path)
     """
     want = regressor_config(args)
     diffs = []
-    for key, mine in (("backbone", args.backbone), ("feat_idx", list(args.feat_idx)),
-                      ("change_stride", bool(args.change_stride))):
+    for key, mine in (
+        ("backbone", args.backbone),
+        ("feat_idx", list(args.feat_idx)),
+        ("change_stride", bool(args.change_stride)),
+    ):
         theirs = ckpt.get(key)
         if theirs is not None and (list(theirs) if key == "feat_idx" else theirs) != mine:
             diffs.append(f"{key} {theirs} vs {mine}")
@@ -150,8 +159,9 @@ def check_architecture(ckpt: dict, args: Namespace, flag: str, path: str | Path)
             if theirs is not None and theirs != mine:
                 diffs.append(f"{key} {theirs} vs {mine}")
     if diffs:
-        raise UsageError(f"{flag} {path} is another architecture (checkpoint vs flags): "
-                         + "; ".join(diffs[:4]))
+        raise UsageError(
+            f"{flag} {path} is another architecture (checkpoint vs flags): " + "; ".join(diffs[:4])
+        )
 
 
 def resolve_start(args: Namespace, exp_dir: Path) -> StartState:
@@ -165,8 +175,9 @@ def resolve_start(args: Namespace, exp_dir: Path) -> StartState:
     st = StartState()
     weights: dict[str, torch.Tensor] = {}
     if args.pretrain:
-        weights.update(_state_dict_of(_load("--pretrain", args.pretrain), "--pretrain",
-                                      args.pretrain))
+        weights.update(
+            _state_dict_of(_load("--pretrain", args.pretrain), "--pretrain", args.pretrain)
+        )
         st.sources.append(f"pretrain {args.pretrain}")
     if args.ckpt:
         ckpt = _load("--ckpt", args.ckpt)
@@ -193,8 +204,9 @@ def resolve_start(args: Namespace, exp_dir: Path) -> StartState:
     return st
 
 
-def prepare_backbone(args: Namespace, start: StartState,
-                     lprint: Callable[[str], Any] = print) -> str:
+def prepare_backbone(
+    args: Namespace, start: StartState, lprint: Callable[[str], Any] = print
+) -> str:
     """Make sure a run without start weights gets the ImageNet backbone (training.md §2).
 
     Without ``--pretrain`` / ``--ckpt`` / ``--resume`` the ImageNet ResNet-34 weights are taken
@@ -218,8 +230,9 @@ def prepare_backbone(args: Namespace, start: StartState,
     return f"ImageNet backbone ({path})"
 
 
-def build_model(args: Namespace, device: torch.device, start: StartState,
-                lprint: Callable[[str], Any] = print) -> Patch2Pix:
+def build_model(
+    args: Namespace, device: torch.device, start: StartState, lprint: Callable[[str], Any] = print
+) -> Patch2Pix:
     """Patch2Pix in training configuration with optimiser and scheduler (training.md §2).
 
     Raises:
@@ -227,16 +240,27 @@ def build_model(args: Namespace, device: torch.device, start: StartState,
             state that does not fit.
     """
     config = Namespace(
-        device=device, training=True, backbone=args.backbone, change_stride=args.change_stride,
-        feat_idx=list(args.feat_idx), regressor_config=regressor_config(args),
-        regr_batch=args.regr_batch, weights_dict=start.weights, freeze_feat=args.freeze_feat,
+        device=device,
+        training=True,
+        backbone=args.backbone,
+        change_stride=args.change_stride,
+        feat_idx=list(args.feat_idx),
+        regressor_config=regressor_config(args),
+        regr_batch=args.regr_batch,
+        weights_dict=start.weights,
+        freeze_feat=args.freeze_feat,
         grad_ckpt=bool(getattr(args, "grad_ckpt", False)),
         imagenet_init=False if getattr(args, "random_backbone", False) else "download",
         lprint=lprint,
         start_epoch=start.start_epoch,
-        optim_config=Namespace(opt="adam", lr_init=args.lr_init, weight_decay=args.weight_decay,
-                               lr_decay=args.lr_decay, optimizer_dict=start.optimizer_dict,
-                               lr_scheduler_dict=start.lr_scheduler_dict),
+        optim_config=Namespace(
+            opt="adam",
+            lr_init=args.lr_init,
+            weight_decay=args.weight_decay,
+            lr_decay=args.lr_decay,
+            optimizer_dict=start.optimizer_dict,
+            lr_scheduler_dict=start.lr_scheduler_dict,
+        ),
     )
     flag = "--resume" if args.resume else ("--ckpt" if args.ckpt else "--pretrain")
     try:
@@ -299,9 +323,11 @@ def build_dataset(args: Namespace) -> Dataset:
 
     pair_file = Path(args.pair_root) / args.match_npy
     if not pair_file.is_file():
-        raise UsageError(f"pair file not found: {pair_file} (--pair_root / --match_npy; "
-                         "generate it with python -m data_pairs.prep_megadepth_training_pairs "
-                         "or data_pairs.prep_colmap_training_pairs)")
+        raise UsageError(
+            f"pair file not found: {pair_file} (--pair_root / --match_npy; "
+            "generate it with python -m data_pairs.prep_megadepth_training_pairs "
+            "or data_pairs.prep_colmap_training_pairs)"
+        )
     w, h = args.train_size
     try:
         ds = ImMatchDatasetMega(args.data_root, pair_file, wt=w, ht=h, item_type="pair")
@@ -313,8 +339,13 @@ def build_dataset(args: Namespace) -> Dataset:
     return _ItemErrors(ds)
 
 
-def make_loader(ds: Dataset, args: Namespace, epoch: int, device: torch.device,
-                dist_info: DistInfo | None = None) -> DataLoader:
+def make_loader(
+    ds: Dataset,
+    args: Namespace,
+    epoch: int,
+    device: torch.device,
+    dist_info: DistInfo | None = None,
+) -> DataLoader:
     """Shuffled loader whose order depends only on (seed, epoch), so resumes are exact.
 
     Under torchrun (`dist_info` with several processes) each process loads its share of
@@ -322,13 +353,19 @@ def make_loader(ds: Dataset, args: Namespace, epoch: int, device: torch.device,
     """
     gen = torch.Generator()
     gen.manual_seed(args.seed * 1000 + epoch)
-    common = dict(num_workers=args.workers, generator=gen, worker_init_fn=_seed_worker,
-                  drop_last=False, pin_memory=device.type == "cuda")
+    common = dict(
+        num_workers=args.workers,
+        generator=gen,
+        worker_init_fn=_seed_worker,
+        drop_last=False,
+        pin_memory=device.type == "cuda",
+    )
     if dist_info is not None and dist_info.enabled:
         sampler = make_sampler(ds, dist_info, args.seed)
         sampler.set_epoch(epoch)
-        return DataLoader(ds, batch_size=local_batch(args.batch, dist_info), sampler=sampler,
-                          **common)
+        return DataLoader(
+            ds, batch_size=local_batch(args.batch, dist_info), sampler=sampler, **common
+        )
     return DataLoader(ds, batch_size=args.batch, shuffle=True, **common)
 
 
@@ -363,7 +400,8 @@ def train_step(
     amp = amp or MixedPrecision("off", dev)
     with amp.autocast():
         coarse, mid, mid_p, fine, fine_p = (forward or net.forward_train)(
-            im_src, im_pos, ksize=ksize, ptmax=ptmax)
+            im_src, im_pos, ksize=ksize, ptmax=ptmax
+        )
     out = batch_loss(coarse, mid, mid_p, fine, fine_p, Fs, loss_cfg)
     net.optimizer.zero_grad(set_to_none=True)
     # a zero loss (still connected) when every pair was skipped
@@ -441,15 +479,19 @@ class Trainer:
             if self.dist.is_main:
                 save_config(args, self.exp_dir)
             if self.dist.enabled:
-                self.log(f"torchrun: {self.dist.world_size} processes, "
-                         f"{local_batch(args.batch, self.dist)} pairs each per step "
-                         f"(--batch {args.batch} global); collectives wait at most "
-                         f"{timeout:g} s; SyncBatchNorm in the backbone: "
-                         f"{bool(getattr(args, 'sync_bn', False))}")
-            self.log(f"Experiment dir: {self.exp_dir}\nVisdom env: {self.tags.visdom_env}\n"
-                     f"Device: {self.device}; data: {len(self.dataset)} pairs, "
-                     f"{args.train_size[0]}x{args.train_size[1]}; start weights: "
-                     f"{start_desc}")
+                self.log(
+                    f"torchrun: {self.dist.world_size} processes, "
+                    f"{local_batch(args.batch, self.dist)} pairs each per step "
+                    f"(--batch {args.batch} global); collectives wait at most "
+                    f"{timeout:g} s; SyncBatchNorm in the backbone: "
+                    f"{bool(getattr(args, 'sync_bn', False))}"
+                )
+            self.log(
+                f"Experiment dir: {self.exp_dir}\nVisdom env: {self.tags.visdom_env}\n"
+                f"Device: {self.device}; data: {len(self.dataset)} pairs, "
+                f"{args.train_size[0]}x{args.train_size[1]}; start weights: "
+                f"{start_desc}"
+            )
             self.start_epoch = start.start_epoch
             seed_all(args.seed + self.start_epoch)
             self.best = BestTracker(list(start.best_vals))
@@ -458,11 +500,18 @@ class Trainer:
             self.log(f"Trainable parameters: {n_train}")
             if getattr(args, "sync_bn", False) and not self.dist.enabled:
                 self.log("--sync_bn: one process, plain BatchNorm (nothing to synchronise)")
-            self.forward = (wrap_model(self.net, self.dist, self.device,
-                                       bool(getattr(args, "sync_bn", False)))
-                            if self.dist.enabled else None)
-            self.vis = (VisdomPlotter(args.visdom_host, args.visdom_port, self.tags.visdom_env,
-                                      lprint=self.log) if self.dist.is_main else Silent())
+            self.forward = (
+                wrap_model(self.net, self.dist, self.device, bool(getattr(args, "sync_bn", False)))
+                if self.dist.enabled
+                else None
+            )
+            self.vis = (
+                VisdomPlotter(
+                    args.visdom_host, args.visdom_port, self.tags.visdom_env, lprint=self.log
+                )
+                if self.dist.is_main
+                else Silent()
+            )
             self.val_root: Path | None = None
             if args.no_val:
                 self.log("Validation disabled (--no_val).")
@@ -483,8 +532,9 @@ class Trainer:
         """Train from the start epoch up to ``--epochs`` (exclusive)."""
         args = self.args
         if self.start_epoch >= args.epochs:
-            self.log(f"Nothing to do: last epoch {self.start_epoch - 1} >= --epochs "
-                     f"{args.epochs} - 1")
+            self.log(
+                f"Nothing to do: last epoch {self.start_epoch - 1} >= --epochs {args.epochs} - 1"
+            )
             destroy_process_group()
             return
         try:
@@ -494,8 +544,7 @@ class Trainer:
                 barrier()  # the others wait while rank 0 saves and validates
         except (RuntimeError, OSError) as e:
             if self.dist.enabled and is_collective_failure(e):
-                raise collective_error(e, self.dist, getattr(args, "dist_timeout", 1800)) \
-                    from None
+                raise collective_error(e, self.dist, getattr(args, "dist_timeout", 1800)) from None
             raise
         finally:
             self.log.close()
@@ -519,8 +568,13 @@ class Trainer:
         skipped = 0
         t_epoch = t_plot = time.time()
         self.log(f"\n>>>>>> Epoch {epoch} ({n_iters} steps, lr {self._lr():.3g})")
-        bar = tqdm(total=n_iters, desc=f"epoch {epoch}", disable=args.no_progress,
-                   dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=n_iters,
+            desc=f"epoch {epoch}",
+            disable=args.no_progress,
+            dynamic_ncols=True,
+            leave=False,
+        )
         it = iter(loader)
         try:
             for i in range(n_iters):
@@ -528,8 +582,15 @@ class Trainer:
                     batch = next(it)
                 except DataItemError as e:
                     raise UsageError(data_item_message(e)) from None
-                out, metrics = train_step(self.net, batch, self.loss_cfg, args.ksize, args.ptmax,
-                                          amp=self.amp, forward=self.forward)
+                out, metrics = train_step(
+                    self.net,
+                    batch,
+                    self.loss_cfg,
+                    args.ksize,
+                    args.ptmax,
+                    amp=self.amp,
+                    forward=self.forward,
+                )
                 skipped += len(out.skipped)
                 metrics["mem"] = memory_metrics(self.device)
                 since_plot.update(metrics)
@@ -541,10 +602,20 @@ class Trainer:
                     x = epoch + (i + 1) / n_iters
                     means = since_plot.means()
                     dt = (time.time() - t_plot) / max(1, (i % interval) + 1)
-                    self.log(f"[ep {epoch} it {i + 1}/{n_iters}] {format_means(means, LOG_PLOTS)}"
-                             f" | lr={self._lr():.3g} | {dt:.2f}s/it")
-                    self.log.metrics({"kind": "train", "epoch": epoch, "iter": i + 1, "x": x,
-                                      "lr": self._lr(), **means})
+                    self.log(
+                        f"[ep {epoch} it {i + 1}/{n_iters}] {format_means(means, LOG_PLOTS)}"
+                        f" | lr={self._lr():.3g} | {dt:.2f}s/it"
+                    )
+                    self.log.metrics(
+                        {
+                            "kind": "train",
+                            "epoch": epoch,
+                            "iter": i + 1,
+                            "x": x,
+                            "lr": self._lr(),
+                            **means,
+                        }
+                    )
                     self.vis.plot("train", x, means)
                     since_plot.reset()
                     t_plot = time.time()
@@ -553,16 +624,27 @@ class Trainer:
             del it
         means = whole_epoch.means()
         dt = time.time() - t_epoch
-        self.log(f">>Epoch {epoch} done in {dt:.1f}s ({skipped} skipped pairs): "
-                 f"{format_means(means, LOG_PLOTS)} | lr={self._lr():.3g}")
-        self.log.metrics({"kind": "epoch", "epoch": epoch, "seconds": dt, "skipped": skipped,
-                          "lr": self._lr(), **means})
+        self.log(
+            f">>Epoch {epoch} done in {dt:.1f}s ({skipped} skipped pairs): "
+            f"{format_means(means, LOG_PLOTS)} | lr={self._lr():.3g}"
+        )
+        self.log.metrics(
+            {
+                "kind": "epoch",
+                "epoch": epoch,
+                "seconds": dt,
+                "skipped": skipped,
+                "lr": self._lr(),
+                **means,
+            }
+        )
 
     def _save(self, name: str, epoch: int) -> None:
         if not self.dist.is_main:
             return
-        save_checkpoint_atomic(checkpoint_dict(self.net, self.args, epoch, self.best.vals),
-                               self.exp_dir / name)
+        save_checkpoint_atomic(
+            checkpoint_dict(self.net, self.args, epoch, self.best.vals), self.exp_dir / name
+        )
 
     def end_epoch(self, epoch: int) -> None:
         """Scheduler step, checkpoints, validation and the best checkpoint."""
@@ -576,21 +658,37 @@ class Trainer:
             return
         try:
             res = eval_immatch_val_sets(
-                self.net, self.val_root, ksize=args.ksize, eval_type="fine", io_thres=0.5,
-                ncn_thres=0.0, imsize=args.val_imsize, rthres=0.5,
-                sample_max=args.val_sample_max, min_overlap=0.3, lprint_=self.log,
+                self.net,
+                self.val_root,
+                ksize=args.ksize,
+                eval_type="fine",
+                io_thres=0.5,
+                ncn_thres=0.0,
+                imsize=args.val_imsize,
+                rthres=0.5,
+                sample_max=args.val_sample_max,
+                min_overlap=0.3,
+                lprint_=self.log,
             )
         except Exception as e:  # noqa: BLE001 - a failed validation must not stop training
             reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
             self.log(f"Validation failed at epoch {epoch}: {type(e).__name__}: {reason}")
-            self.log.metrics({"kind": "val_error", "epoch": epoch,
-                              "error": f"{type(e).__name__}: {reason}"})
+            self.log.metrics(
+                {"kind": "val_error", "epoch": epoch, "error": f"{type(e).__name__}: {reason}"}
+            )
             return
         finally:
             self.net.train()
         improved = self.best.update(res)
-        self.log.metrics({"kind": "val", "epoch": epoch, "improved": improved,
-                          "best_vals": self.best.vals, **res.as_dict()})
+        self.log.metrics(
+            {
+                "kind": "val",
+                "epoch": epoch,
+                "improved": improved,
+                "best_vals": self.best.vals,
+                **res.as_dict(),
+            }
+        )
         self.vis.plot("test", epoch + 1, validation_means(res.as_dict()))
         if improved:
             self._save(BEST_CKPT, epoch)
