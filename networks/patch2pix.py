@@ -203,19 +203,32 @@ class Patch2Pix(nn.Module):
                 f1, f2 = feats1[-1], feats2[-1]
             else:
                 f1, f2 = self.extract(im1), self.extract(im2)
-            f1, f2 = feature_l2norm(f1), feature_l2norm(f2)
-            delta4d = None
-            if ksize > 1:
-                corr4d, *delta = self.combine.pooled(f1, f2, ksize)
-                delta4d = tuple(delta)
-            else:
-                corr4d = self.combine(f1, f2)
-            corr4d = mutual_matching(corr4d)
-            corr4d = self.ncn(corr4d)
-            corr4d = mutual_matching(corr4d)
+            corr4d, delta4d = self.corr_from_feats(f1, f2, ksize)
             if return_feats:
                 return corr4d, delta4d, feats1, feats2
             return corr4d, delta4d
+
+    def corr_from_feats(
+        self, f1: Tensor, f2: Tensor, ksize: int = 1
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        """The coarse stage after the backbone: model.md §2 steps 1–6.
+
+        Args:
+            f1: (B, C, h1, w1), f2: (B, C, h2, w2) layer3 features (not normalised).
+        Returns:
+            corr4d (B, 1, h1/k, w1/k, h2/k, w2/k) after mutual matching, NCN and mutual
+            matching again; delta4d (4 int64 offset volumes) or None when ksize == 1.
+        """
+        f1, f2 = feature_l2norm(f1), feature_l2norm(f2)
+        delta4d = None
+        if ksize > 1:
+            corr4d, *delta = self.combine.pooled(f1, f2, ksize)
+            delta4d = tuple(delta)
+        else:
+            corr4d = self.combine(f1, f2)
+        corr4d = mutual_matching(corr4d)
+        corr4d = self.ncn(corr4d)
+        return mutual_matching(corr4d), delta4d
 
     @staticmethod
     def cal_coarse_matches(

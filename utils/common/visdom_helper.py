@@ -94,6 +94,10 @@ class VisdomPlotter:
             message, and training continues).
     """
 
+    # the windows and legends this plotter draws (a subclass may draw other ones)
+    plots: Mapping[str, tuple[str, ...]] = PLOTS
+    val_plots: Mapping[str, tuple[str, ...]] = VAL_PLOTS
+
     def __init__(
         self,
         host: str | None,
@@ -150,7 +154,7 @@ class VisdomPlotter:
         if prefix not in PREFIXES:
             raise ValueError(f"unknown plot prefix {prefix!r}, expected one of {PREFIXES}")
         updated = []
-        plots = {**PLOTS, **VAL_PLOTS} if prefix == "test" else PLOTS
+        plots = {**self.plots, **self.val_plots} if prefix == "test" else self.plots
         try:
             for plot, legends in plots.items():
                 vals = means.get(plot, {})

@@ -54,8 +54,22 @@ SERIES: tuple[tuple[str, str, str, tuple[str, ...], float], ...] = (
     ("validation rates (%)", "selection", "val", ("rate",), 100.0),
 )
 PANELS: tuple[str, ...] = tuple(dict.fromkeys(s[0] for s in SERIES))
+# runs of python -m train_ncnet (records with "stage": "ncnet"): the weak loss and scores
+# per step and on the held-out pairs (x = 0: before training), coarse precision
+NCNET_SERIES: tuple[tuple[str, str, str, tuple[str, ...], float], ...] = (
+    ("weak loss", "train", "train", ("loss", "weak"), 1.0),
+    ("weak loss", "held-out", "val", ("loss", "weak"), 1.0),
+    ("weak score", "pos", "train", ("score", "pos"), 1.0),
+    ("weak score", "neg", "train", ("score", "neg"), 1.0),
+    ("weak score", "held-out pos", "val", ("score", "pos"), 1.0),
+    ("weak score", "held-out neg", "val", ("score", "neg"), 1.0),
+    ("coarse precision (%)", "held-out", "val", ("coarse_prec",), 100.0),
+    ("coarse precision (%)", "training batches", "train", ("coarse_prec",), 100.0),
+    ("held-out coarse matches per pair", "mutual", "val", ("matches",), 1.0),
+)
+NCNET_PANELS: tuple[str, ...] = tuple(dict.fromkeys(s[0] for s in NCNET_SERIES))
 LOG_PANELS = {"loss", "match distance (px²)", "learning rate"}
-PERCENT_PANELS = {"validation rates (%)"}
+PERCENT_PANELS = {"validation rates (%)", "coarse precision (%)"}
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)))
 
 
@@ -153,8 +167,20 @@ def find_runs(exp_dirs: Sequence[str | Path]) -> list[Run]:
     return runs
 
 
+def is_ncnet_run(run: Run) -> bool:
+    """Whether `run` was written by ``python -m train_ncnet``."""
+    return any(rec.get("stage") == "ncnet" for rec in run.records)
+
+
+def series_for(runs: Sequence[Run]) -> tuple[tuple[str, str, str, tuple[str, ...], float], ...]:
+    """:data:`SERIES` for Patch2Pix runs, :data:`NCNET_SERIES` for NCNet runs, both if mixed."""
+    kinds = {is_ncnet_run(r) for r in runs}
+    return (SERIES if False in kinds else ()) + (NCNET_SERIES if True in kinds else ())
+
+
 def plot_runs(runs: Sequence[Run], dpi: float = 100):
-    """The figure of :data:`PANELS` for `runs` (matplotlib Agg, not shown).
+    """The figure of :data:`PANELS` (Patch2Pix runs) and / or :data:`NCNET_PANELS` (NCNet
+    runs) for `runs` (matplotlib Agg, not shown).
 
     Every line's label is ``<series>`` for one run, ``<run>: <series>`` for several.
     """
@@ -163,16 +189,18 @@ def plot_runs(runs: Sequence[Run], dpi: float = 100):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    all_series = series_for(runs) or SERIES
+    panels = tuple(dict.fromkeys(s[0] for s in all_series))
     ncols = 3
-    nrows = math.ceil(len(PANELS) / ncols)
+    nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), dpi=dpi, squeeze=False
     )
-    ax_of = {title: axes.flat[k] for k, title in enumerate(PANELS)}
+    ax_of = {title: axes.flat[k] for k, title in enumerate(panels)}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, run in enumerate(runs):
         style_k: dict[str, int] = {}
-        for title, label, kind, keys, scale in SERIES:
+        for title, label, kind, keys, scale in all_series:
             xs, ys = series(run.records, kind, keys, scale)
             k = style_k.get(title, 0)
             style_k[title] = k + 1
@@ -201,7 +229,7 @@ def plot_runs(runs: Sequence[Run], dpi: float = 100):
             ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
-    for ax in list(axes.flat)[len(PANELS) :]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     if len(runs) == 1:
         fig.suptitle(runs[0].name, fontsize=9)

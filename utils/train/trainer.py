@@ -282,7 +282,7 @@ def build_model(
 
 
 # ----------------------------------------------------------------------------- data
-class _ItemErrors(Dataset):
+class ItemErrors(Dataset):
     """Wraps a dataset so that a bad item raises DataItemError with a one-line reason."""
 
     def __init__(self, ds: Dataset) -> None:
@@ -336,7 +336,7 @@ def build_dataset(args: Namespace) -> Dataset:
         if isinstance(e, FileNotFoundError) and not Path(args.data_root).is_dir():
             raise UsageError(f"--data_root {args.data_root}: folder not found ({e})") from None
         raise UsageError(str(e)) from None
-    return _ItemErrors(ds)
+    return ItemErrors(ds)
 
 
 def make_loader(
