@@ -18,6 +18,7 @@ The loaders here parse the ``.npy`` header with ``numpy.lib.format`` and unpickl
   from a list of exactly ``prod(shape)`` items, any other array from exactly
   ``prod(shape) × itemsize`` bytes; never object data from raw bytes) and on a Namespace
   instance (a dict of str keys; the class itself cannot be modified);
+- ``bytes`` only as ``bytes()`` (protocol 2's empty bytes);
 - NEWOBJ / INST / OBJ make only ``argparse.Namespace()``; persistent ids and out-of-band
   buffers are refused;
 - every dtype reaching an array or a scalar is checked again to be canonical, so no
@@ -209,11 +210,20 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
     return out
 
 
+def _empty_bytes(*args: Any) -> bytes:
+    """Stand-in for ``bytes``: protocols 0-2 spell ``b''`` as ``bytes()``; nothing else."""
+    if args:
+        raise Refused("bytes() with arguments")
+    return b""
+
+
 #: (module, name) → stand-in: every global a pickle in these formats may refer to.
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     **_numpy_globals(),
     ("argparse", "Namespace"): argparse.Namespace,
     ("_codecs", "encode"): _latin1_bytes,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 
@@ -526,8 +536,8 @@ def safe_load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def safe_load_pickle_or_npz(path: str | os.PathLike) -> Any:
     """An ``.npz`` zip archive ({name: array}) or, for a file that is a plain pickle (as
-    LoFTR's MegaDepth-1500 scene-info files are, data-formats.md §7), the unpickled object;
-    both through the restricted unpickler.
+    LoFTR's MegaDepth-1500 scene-info files are, data-formats.md §7), the unpickled object
+    (a ``.npy`` file: as :func:`safe_load_npy`); all through the restricted unpickler.
 
     Raises:
         UnsafePickleError / NpyFileError naming the file.
@@ -537,6 +547,4 @@ def safe_load_pickle_or_npz(path: str | os.PathLike) -> Any:
         head = fh.read(4)
     if head.startswith(b"PK\x03\x04"):
         return safe_load_npz(p)
-    if head[:1] == b"\x80":
-        return safe_load_npy(p)
-    raise NpyFileError(f"cannot read {p}: neither an .npz archive nor a pickle")
+    return safe_load_npy(p)  # a bare pickle (or a .npy file)
