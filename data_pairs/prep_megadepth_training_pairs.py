@@ -47,7 +47,7 @@ from data_pairs.pair_selection import (
     make_pair,
     pair_sampson_error,
 )
-from utils.common.cli import UsageError, make_parser, run_command
+from utils.common.cli import UsageError, make_parser, number, run_command
 from utils.common.safe_pickle import NpyFileError, safe_load_npy, safe_load_npz
 from utils.common.setup_helper import save_npy_atomic
 
@@ -210,7 +210,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="MegaDepth_undistort folder holding scene_info/",
     )
     p.add_argument("--save_dir", default="data_pairs", help="where to write the pair file")
-    p.add_argument("--min_overlap_ratio", type=float, default=0.35)
+    p.add_argument("--min_overlap_ratio", type=number(float, 0, 1), default=0.35)
     p.add_argument("--im_target_ratio", type=float, default=1.5)
     p.add_argument("--max_scene_pairs", type=int, default=500)
     p.add_argument("--exclude_tag", default="excl_test", choices=sorted(EXCLUDED_SCENES))
@@ -220,7 +220,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="largest mean Sampson distance (px²) of a kept pair",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the pair shuffling")
+    p.add_argument(
+        "--seed", type=number(int, 0, 2**32 - 1), default=0, help="seed of the pair shuffling"
+    )
     args = p.parse_args(argv)
     if args.max_scene_pairs < 1:
         p.error(f"--max_scene_pairs must be >= 1, got {args.max_scene_pairs}")

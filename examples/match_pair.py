@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.common.cli import UsageError, make_parser, run_command
+from utils.common.cli import UsageError, make_parser, number, run_command
 
 PROG = "examples.match_pair"
 REPO = Path(__file__).resolve().parents[1]
@@ -273,9 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--out", default="matches.png", help="figure path; .npz/.csv beside it")
     ap.add_argument("--imsize", type=int, default=1024, help="network longer side (<=0: native)")
-    ap.add_argument("--io_thres", type=float, default=0.5, help="match score threshold")
-    ap.add_argument("--ksize", type=int, default=2, help="relocalisation kernel size")
-    ap.add_argument("--ncn_thres", type=float, default=0.0, help="coarse score threshold")
+    ap.add_argument(
+        "--io_thres", type=number(float, 0, 1), default=0.5, help="match score threshold"
+    )
+    ap.add_argument(
+        "--ksize", type=number(int, 1, 16), default=2, help="relocalisation kernel size"
+    )
+    ap.add_argument(
+        "--ncn_thres", type=number(float, 0, 1), default=0.0, help="coarse score threshold"
+    )
     ap.add_argument(
         "--eval_type",
         choices=["fine", "mid", "coarse"],
@@ -283,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: 'coarse' with --method nc (no regressors), else 'fine'",
     )
     ap.add_argument("--H", default=None, help="ground-truth homography 1->2 (.txt / .npy)")
-    ap.add_argument("--Npts", type=int, default=None, help="draw at most this many matches")
+    ap.add_argument(
+        "--Npts", type=number(int, 1), default=None, help="draw at most this many matches"
+    )
     ap.add_argument("--points", action="store_true", help="draw points instead of lines")
     ap.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda if any)")
     return ap

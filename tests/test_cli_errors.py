@@ -75,6 +75,35 @@ def files(tmp_path_factory) -> dict[str, Path]:
     )
     f["ncn"] = root / "ncn.pth"
     torch.save(rule_state_dict(net), f["ncn"])
+    nan_sd = rule_state_dict(net)
+    next(v for v in nan_sd.values() if v.is_floating_point()).view(-1)[0] = float("nan")
+    f["ckpt_nan"] = root / "ckpt_nan.pth"
+    torch.save(nan_sd, f["ckpt_nan"])
+    for name, change in (("ckpt_psize0", {"psize": [0, 16]}), ("ckpt_featidx", {})):
+        rc = Namespace(
+            conv_dims=[8, 8],
+            conv_kers=[3, 3],
+            conv_strs=[2, 2],
+            fc_dims=[8],
+            feat_comb="pre",
+            psize=[16, 16],
+            pshift=8,
+            panc=1,
+            shared=False,
+            feat_dim=None,
+        )
+        vars(rc).update(change)
+        f[name] = root / f"{name}.pth"
+        torch.save(
+            {
+                "backbone": "ResNet34",
+                "feat_idx": [0, 1, 9] if name == "ckpt_featidx" else [0, 1, 2, 3],
+                "change_stride": True,
+                "regressor_config": rc,
+                "state_dict": rule_state_dict(net),
+            },
+            f[name],
+        )
     # scene_info folders for the pair command
     for name in ("crafted", "text_npz", "no_keys"):
         (root / name / "scene_info").mkdir(parents=True)
@@ -237,7 +266,26 @@ MATCH_PAIR: list[Row] = [
         ["--out", "a_file"],
     ),
     ("bad_ksize", lambda f: _mp(f, "--ksize", "0"), ["--ksize"]),
+    # issue 16.3: every numeric flag is checked for range and finiteness at parse time
+    ("ksize_64", lambda f: _mp(f, "--ksize", "64"), ["--ksize", "64", "<= 16"]),
+    ("io_thres_nan", lambda f: _mp(f, "--io_thres", "nan"), ["--io_thres", "finite"]),
+    ("io_thres_2", lambda f: _mp(f, "--io_thres", "2"), ["--io_thres", "<= 1"]),
+    ("ncn_thres_nan", lambda f: _mp(f, "--ncn_thres", "nan"), ["--ncn_thres", "finite"]),
+    ("npts_negative", lambda f: _mp(f, "--Npts", "-3"), ["--Npts", ">= 1"]),
+    ("npts_text", lambda f: _mp(f, "--Npts", "many"), ["--Npts", "many"]),
+    # issue 16.1 / 16.3: checkpoints outside what the architecture allows
+    ("ckpt_psize_0", lambda f: _mp_p2p(f, f["ckpt_psize0"]), ["ckpt_psize0.pth", "psize"]),
+    (
+        "ckpt_bad_feat_idx",
+        lambda f: _mp_p2p(f, f["ckpt_featidx"]),
+        ["ckpt_featidx.pth", "feat_idx"],
+    ),
+    ("ckpt_nan_weights", lambda f: _mp(f, ckpt=f["ckpt_nan"]), ["ckpt_nan.pth", "NaN"]),
 ]
+
+
+def _mp_p2p(f: dict[str, Path], ckpt: Path) -> list[str]:
+    return [str(f["png"]), str(f["png"]), "--ckpt", str(ckpt), "--device", "cpu", "--imsize", "64"]
 
 
 @pytest.mark.parametrize("row", MATCH_PAIR, ids=[r[0] for r in MATCH_PAIR])
@@ -255,6 +303,16 @@ EVAL_HPATCHES: list[Row] = [
         ["nothing.png"],
     ),
     ("no_ckpt", lambda f: ["--root", str(f["empty_dir"])], ["--ckpt"]),
+    (
+        "ransac_thres_nan",
+        lambda f: ["--matcher", "oracle", "--root", str(f["empty_dir"]), "--ransac_thres", "nan"],
+        ["--ransac_thres", "finite"],
+    ),
+    (
+        "ransac_thres_negative",
+        lambda f: ["--matcher", "oracle", "--root", str(f["empty_dir"]), "--ransac_thres", "-1"],
+        ["--ransac_thres", "> 0"],
+    ),
     (
         "jpeg_as_ckpt",
         lambda f: ["--root", str(f["empty_dir"]), "--ckpt", str(f["photo"])],
@@ -407,6 +465,12 @@ PREP_PAIRS: list[Row] = [
     ),
     ("no_scene_info", lambda f: ["--base_dir", str(f["empty_dir"])], ["scene_info"]),
     (
+        "min_overlap_nan",
+        lambda f: ["--base_dir", str(f["empty_dir"]), "--min_overlap_ratio", "nan"],
+        ["--min_overlap_ratio", "finite"],
+    ),
+    ("seed_negative", lambda f: ["--base_dir", str(f["empty_dir"]), "--seed", "-1"], ["--seed"]),
+    (
         "crafted_scene_info",
         lambda f: ["--base_dir", str(f["root"] / "crafted")],
         ["refusing", "0000.0.npz"],
@@ -556,6 +620,12 @@ TRAIN: list[tuple[str, Callable[[dict[str, Path], Path], list[str]], list[str]]]
         ],
         ["--data_root", "nothing.png"],
     ),
+    ("lr_inf", lambda f, d: _train(f, d, "-lr", "inf"), ["--lr_init", "finite"]),
+    ("lr_nan", lambda f, d: _train(f, d, "-lr", "nan"), ["--lr_init", "finite"]),
+    ("lr_negative", lambda f, d: _train(f, d, "-lr", "-1"), ["--lr_init", "> 0"]),
+    ("wcls_nan", lambda f, d: _train(f, d, "-wcls", "nan"), ["--weight_cls", "finite"]),
+    ("seed_negative", lambda f, d: _train(f, d, "--seed", "-1"), ["--seed", ">= 0"]),
+    ("ksize_0", lambda f, d: _train(f, d, "--ksize", "0"), ["--ksize", ">= 1"]),
     (
         "crafted_pair_file",
         lambda f, d: _train(f, d, pair_root=f["evil_pairs"].parent, match_npy="evil.npy"),

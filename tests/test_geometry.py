@@ -155,6 +155,47 @@ def test_matches2relapose_cv_recovers_known_pose():
     assert np.linalg.norm(t) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("protocol", ["patch2pix", "loftr"])
+def test_one_pose_solver_recovers_known_pose(protocol):
+    """essential_relapose is the one home of the RANSAC + best-recoverPose loop: the
+    validation (matches2relapose_cv) and MegaDepth-1500 (estimate_pose) both call it."""
+    from unittest import mock
+
+    from utils.eval import geometry as eg
+    from utils.eval import megadepth1500 as md
+
+    X1, X2 = scene_points(200, seed=5)
+    p1, p2 = project(K1, X1), project(K2, X2)
+    ret = eg.essential_relapose(
+        normalize_points(p1, K1),
+        normalize_points(p2, K2),
+        np.eye(3),
+        1e-3,
+        0.99999,
+        protocol=protocol,
+        seed=0,
+    )
+    assert ret is not None
+    R, t, inl = ret
+    assert cal_rot_angle_error(R, R12) < 0.1 and cal_vec_angle_error(t, t12) < 0.1
+    assert np.dot(t, t12) > 0 and inl.mean() > 0.95
+    calls = []
+    real = eg.essential_relapose
+
+    def spy(*a, **k):
+        calls.append(k.get("protocol"))
+        return real(*a, **k)
+
+    with (
+        mock.patch.object(eg, "essential_relapose", spy),
+        mock.patch.object(md, "essential_relapose", spy),
+    ):
+        assert eg.matches2relapose_cv(p1, p2, K1, K2) is not None
+        got = md.estimate_pose(p1, p2, K1, K2)
+    assert calls == ["patch2pix", "loftr"]
+    assert cal_rot_angle_error(got[0], R12) < 0.1 and cal_vec_angle_error(got[1], t12) < 0.1
+
+
 def test_matches2relapose_cv_rejects_outliers():
     cv2.setRNGSeed(0)
     X1, X2 = scene_points(200, seed=4)

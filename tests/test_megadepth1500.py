@@ -15,7 +15,7 @@ from data_pairs.synthetic.megadepth1500 import (
     SCENE_INFO_DIR,
     write_megadepth1500,
 )
-from utils.common.safe_pickle import safe_load_npz
+from utils.common.safe_pickle import safe_load_pickle_or_npz
 from utils.eval import eval_megadepth1500
 from utils.eval.megadepth1500 import (
     estimate_pose,
@@ -47,23 +47,31 @@ def test_layout_is_the_benchmarks(md_root: Path) -> None:
     names = (info / LIST_FILE).read_text().split()
     assert names == ["0015_0.1_0.3", "0015_0.3_0.5", "0022_0.1_0.3", "0022_0.3_0.5", "0022_0.5_0.7"]
     for name, (_, lo, hi) in zip(names, SCENE_FILES):
-        d = safe_load_npz(info / f"{name}.npz")
+        path = info / f"{name}.npz"
+        assert path.read_bytes()[:2] == b"\x80\x04"  # LoFTR's form: a protocol-4 pickle
+        d = safe_load_pickle_or_npz(path)
         assert set(d) == {"image_paths", "depth_paths", "intrinsics", "poses", "pair_infos"}
+        # what LoFTR's loader does with it: np.load returns the dict
+        plain = np.load(path, allow_pickle=True)
+        assert isinstance(plain, dict) and len(plain["pair_infos"]) == len(d["pair_infos"])
+        assert isinstance(d["pair_infos"], list)
         scene = name[:4]
-        for (i, j), overlap, central in d["pair_infos"]:
+        for ij, overlap, central in d["pair_infos"]:
+            assert ij.shape == (2,) and type(overlap) is np.float64 and central.shape == (4,)
+            i, j = (int(v) for v in ij)
             assert lo <= overlap < hi
             for k in (i, j):
                 assert d["image_paths"][k] == f"Undistorted_SfM/{scene}/images/{k:04d}.jpg"
                 assert (md_root / d["image_paths"][k]).is_file()
                 assert (md_root / d["depth_paths"][k]).is_file()
                 assert d["poses"][k].shape == (4, 4) and d["intrinsics"][k].shape == (3, 3)
-            # the central matches are true correspondences: x1 = K1 (R X0 + t) exactly
+            # the central match is a true correspondence: x1 = K1 (R X0 + t) exactly
             T = d["poses"][j] @ np.linalg.inv(d["poses"][i])
             K0, K1 = d["intrinsics"][i], d["intrinsics"][j]
             E = pose2essential(T[:3, :3], T[:3, 3])
-            x0 = np.linalg.solve(K0, np.c_[central[:, :2], np.ones(len(central))].T)
-            x1 = np.linalg.solve(K1, np.c_[central[:, 2:], np.ones(len(central))].T)
-            assert np.abs(np.sum(x1 * (E @ x0), axis=0)).max() < 1e-3
+            x0 = np.linalg.solve(K0, np.r_[central[:2], 1.0])
+            x1 = np.linalg.solve(K1, np.r_[central[2:], 1.0])
+            assert abs(x1 @ E @ x0) < 1e-3
         assert d["image_paths"][-1] is None  # an empty slot, as real files have
 
 
@@ -262,3 +270,189 @@ def test_malformed_pair_rows_name_file_and_row(tmp_path: Path, bad_row, words, c
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert f"{info / 's.npz'}" in err and all(w in err for w in words), err
+
+
+def _zip_copy(md_root: Path, dst: Path) -> Path:
+    """The synthetic set's scene-info files rewritten as zip archives (np.savez)."""
+    from data_pairs.synthetic.files import object_array
+
+    info = md_root / SCENE_INFO_DIR
+    dst.mkdir()
+    (dst / LIST_FILE).write_text((info / LIST_FILE).read_text())
+    for name in (info / LIST_FILE).read_text().split():
+        d = safe_load_pickle_or_npz(info / f"{name}.npz")
+        rows = [(tuple(int(v) for v in ij), ov, c) for ij, ov, c in d["pair_infos"]]
+        np.savez(dst / f"{name}.npz", **{**d, "pair_infos": object_array(rows)})
+    return dst
+
+
+def test_zip_form_reads_the_same_pairs(md_root: Path, tmp_path: Path) -> None:
+    zipped = _zip_copy(md_root, tmp_path / "zip_info")
+    assert (zipped / "0015_0.1_0.3.npz").read_bytes()[:2] == b"PK"
+    a, b = load_pairs(md_root / SCENE_INFO_DIR, md_root), load_pairs(zipped, md_root)
+    assert [p.name for p in a] == [p.name for p in b] and len(a) > 0
+    for p, q in zip(a, b):
+        assert p.image0 == q.image0 and p.depth1 == q.depth1
+        assert np.array_equal(p.T_0to1, q.T_0to1) and np.array_equal(p.K0, q.K0)
+
+
+def _loftr_file(path: Path, image_paths: list, n_pairs: int) -> None:
+    """A scene-info file in LoFTR's exact form (data-formats.md §7)."""
+    import pickle
+
+    from data_pairs.synthetic.files import object_array
+
+    n = len(image_paths)
+    K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
+    T = np.eye(4)
+    T[0, 3] = 1.0
+    info = {
+        "image_paths": object_array(image_paths),
+        "depth_paths": object_array([None] * n),
+        "intrinsics": object_array([K] * n),
+        "poses": object_array([np.eye(4), T] * (n // 2)),
+        "pair_infos": [(np.array([0, 1]), np.float64(0.2), np.arange(4, dtype=np.float64))]
+        * n_pairs,
+    }
+    path.write_bytes(pickle.dumps(info, protocol=4))
+
+
+def test_loftr_form_gives_1500_pairs(tmp_path: Path) -> None:
+    names = ["0022_0.1_0.3", "0015_0.1_0.3", "0015_0.3_0.5", "0022_0.3_0.5", "0022_0.5_0.7"]
+    (tmp_path / LIST_FILE).write_text("\n".join(names) + "\n")
+    for name in names:
+        _loftr_file(
+            tmp_path / f"{name}.npz", ["Undistorted_SfM/a.jpg", "Undistorted_SfM/b.jpg"], 300
+        )
+    pairs = load_pairs(tmp_path, tmp_path / "root")
+    assert len(pairs) == 1500
+    assert pairs[0].image0 == str(tmp_path / "root" / "Undistorted_SfM/a.jpg")
+    assert pairs[0].T_0to1[0, 3] == 1.0 and pairs[0].depth0 is None
+
+
+@pytest.mark.parametrize("bad", ["/etc/passwd", "../../secret.jpg", "Undistorted_SfM/../../x.jpg"])
+def test_paths_leaving_the_data_root_are_refused(tmp_path: Path, bad: str, capsys) -> None:
+    (tmp_path / LIST_FILE).write_text("s\n")
+    _loftr_file(tmp_path / "s.npz", ["Undistorted_SfM/a.jpg", bad], 1)
+    rc = eval_megadepth1500.main(
+        [
+            "--data_root",
+            str(tmp_path),
+            "--scene_info",
+            str(tmp_path),
+            "--matcher",
+            "oracle",
+            "--no_progress",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert str(tmp_path / "s.npz") in err and "outside the data root" in err and bad in err
+
+
+def test_oracle_without_depth_maps_is_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / LIST_FILE).write_text("s\n")
+    _loftr_file(tmp_path / "s.npz", ["Undistorted_SfM/a.jpg", "Undistorted_SfM/b.jpg"], 1)
+    import pickle
+
+    d = pickle.loads((tmp_path / "s.npz").read_bytes())
+    d["depth_paths"][:] = ["d/a.h5", "d/b.h5"]
+    (tmp_path / "s.npz").write_bytes(pickle.dumps(d, protocol=4))
+    rc = eval_megadepth1500.main(
+        [
+            "--data_root",
+            str(tmp_path),
+            "--scene_info",
+            str(tmp_path),
+            "--matcher",
+            "oracle",
+            "--no_progress",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert str(tmp_path / "d" / "a.h5") in err and "not found" in err
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.h5").write_bytes(b"not hdf5")
+    rc = eval_megadepth1500.main(
+        [
+            "--data_root",
+            str(tmp_path),
+            "--scene_info",
+            str(tmp_path),
+            "--matcher",
+            "oracle",
+            "--no_progress",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "cannot read depth map" in err, err
+
+
+def _loftr_estimate_pose(kpts0, kpts1, K0, K1, thresh=0.5, conf=0.99999):
+    """LoFTR's src/utils/metrics.py estimate_pose, verbatim in substance."""
+    import cv2
+
+    if len(kpts0) < 5:
+        return None
+    kpts0 = (kpts0 - K0[[0, 1], [2, 2]][None]) / K0[[0, 1], [0, 1]][None]
+    kpts1 = (kpts1 - K1[[0, 1], [2, 2]][None]) / K1[[0, 1], [0, 1]][None]
+    ransac_thr = thresh / np.mean([K0[0, 0], K1[1, 1], K0[0, 0], K1[1, 1]])
+    E, mask = cv2.findEssentialMat(
+        kpts0, kpts1, np.eye(3), threshold=ransac_thr, prob=conf, method=cv2.RANSAC
+    )
+    if E is None:
+        return None
+    best_num_inliers = 0
+    ret = None
+    for _E in np.split(E, len(E) / 3):
+        n, R, t, _ = cv2.recoverPose(_E, kpts0, kpts1, np.eye(3), 1e9, mask=mask)
+        if n > best_num_inliers:
+            ret = (R, t[:, 0], mask.ravel() > 0)
+            best_num_inliers = n
+    return ret
+
+
+def test_five_matches_score_solutions_as_loftr_does() -> None:
+    """With 5 matches OpenCV returns several essential matrices; every later solution is
+    scored with the mask the previous recoverPose overwrote, as in LoFTR."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    K = np.array([[400.0, 0, 160], [0, 400.0, 120], [0, 0, 1]])
+    multi = differ = 0
+    for _ in range(40):
+        X = rng.uniform([-1, -1, 4], [1, 1, 8], (5, 3))
+        a = rng.normal(size=3) * 0.2
+        R, _ = cv2.Rodrigues(a)
+        t = rng.normal(size=3)
+        x0 = X @ K.T
+        x1 = (X @ R.T + t) @ K.T
+        k0, k1 = x0[:, :2] / x0[:, 2:], x1[:, :2] / x1[:, 2:]
+        k1 = k1 + rng.normal(scale=0.3, size=k1.shape)
+        cv2.setRNGSeed(0)
+        ref = _loftr_estimate_pose(k0, k1, K, K)
+        got = estimate_pose(k0, k1, K, K, seed=0)
+        assert (ref is None) == (got is None)
+        if ref is not None:
+            assert np.allclose(ref[0], got[0], atol=1e-6) and np.allclose(ref[1], got[1], atol=1e-6)
+            assert np.array_equal(ref[2], got[2])
+        cv2.setRNGSeed(0)
+        n0 = (k0 - K[:2, 2]) / 400.0
+        n1 = (k1 - K[:2, 2]) / 400.0
+        E, mask = cv2.findEssentialMat(n0, n1, np.eye(3), threshold=0.5 / 400, prob=0.99999)
+        if E is not None and E.shape[0] > 3:
+            multi += 1
+            # the project's former loop (a fresh copy of the mask per solution)
+            best, best_n = None, 0
+            for k in range(E.shape[0] // 3):
+                n, Rk, _, _ = cv2.recoverPose(
+                    E[3 * k : 3 * k + 3], n0, n1, np.eye(3), 1e9, mask=mask.copy()
+                )
+                if n > best_n:
+                    best_n, best = n, Rk
+            differ += (
+                ref is not None and best is not None and not np.allclose(best, ref[0], atol=1e-6)
+            )
+    print(multi, differ)
+    assert multi > 0 and differ > 0  # the case the issue is about occurs, and matters

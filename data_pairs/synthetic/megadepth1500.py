@@ -13,11 +13,14 @@ synthetic scenes (known K, poses and depth, rendered images), so that
       Undistorted_SfM/<scene>/images/<i>.jpg
       phoenix/S6/zl548/MegaDepth_v1/<scene>/dense0/depths/<i>.h5     (dataset 'depth')
 
-Each npz holds ``image_paths`` and ``depth_paths`` (relative to ``<out>``; None for a slot
-without an image, as the real files have), ``intrinsics`` (per image 3×3), ``poses`` (per
-image 4×4 world-to-camera) and ``pair_infos``: an object array of
-``((i, j), overlap_score, central_matches)``, central_matches being the (K, 4) pixel pairs
-(x0, y0, x1, y1) of the 3D points both images observe. A pair goes to the file of its scene
+Each ``.npz`` is written as LoFTR ships its files (data-formats.md §7): not a zip archive
+but a plain pickle (protocol 4) of a dict with ``image_paths`` and ``depth_paths`` (object
+arrays of paths relative to ``<out>``; None for a slot without an image, as the real files
+have), ``intrinsics`` (object array of 3×3 float64), ``poses`` (object array of 4×4
+world-to-camera float64) and ``pair_infos``: a list of tuples ``(array([i, j]),
+overlap_score float64, central_matches float64 array (4,))``, central_matches being the pixel
+pair (x0, y0, x1, y1) of the shared 3D point whose image-0 position is nearest to the mean
+of the shared points'. A pair goes to the file of its scene
 whose overlap range ``[lo, hi)`` holds its score ``min(shared / seen by i, shared / seen by
 j)``, at most `pairs_per_file` per file (the first ones in (i, j) order); a file whose range
 holds no pair has an empty ``pair_infos``.
@@ -30,6 +33,7 @@ never equal to a training or validation scene of ``make_synthetic``.
 
 from __future__ import annotations
 
+import pickle
 import shutil
 import sys
 import time
@@ -38,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pairs.synthetic.files import object_array, save_depth, save_jpeg, save_npz
+from data_pairs.synthetic.files import object_array, save_depth, save_jpeg
 from data_pairs.synthetic.megadepth_writer import DEPTH_SUBDIR, SFM_PREFIX
 from data_pairs.synthetic.synthesize import SceneSpec, scene_spec, synthesize_scene
 from utils.common.cli import UsageError, make_parser, run_command
@@ -69,7 +73,8 @@ def _pairs_by_overlap(obs_idx: list[np.ndarray], obs_xy: list[np.ndarray]) -> li
     """Every pair (i < j) of a scene with its overlap score and shared observations.
 
     Returns:
-        [((i, j), score, (K, 4) float64 x0, y0, x1, y1)] for the pairs sharing a point.
+        [(array([i, j]), score float64, (4,) float64 x0, y0, x1, y1 of the central shared
+        point)] for the pairs sharing a point.
     """
     out = []
     for i in range(len(obs_idx)):
@@ -78,9 +83,18 @@ def _pairs_by_overlap(obs_idx: list[np.ndarray], obs_xy: list[np.ndarray]) -> li
             if not len(shared):
                 continue
             score = min(len(shared) / len(obs_idx[i]), len(shared) / len(obs_idx[j]))
-            central = np.concatenate([obs_xy[i][ai], obs_xy[j][bj]], axis=1).astype(np.float64)
-            out.append(((i, j), float(score), central))
+            shared_xy = np.concatenate([obs_xy[i][ai], obs_xy[j][bj]], axis=1)
+            k = np.argmin(np.linalg.norm(shared_xy[:, :2] - shared_xy[:, :2].mean(0), axis=1))
+            central = shared_xy[k].astype(np.float64)
+            out.append((np.array([i, j]), np.float64(score), central))
     return out
+
+
+def save_scene_info(path: Path, info: dict) -> None:
+    """LoFTR's form of a scene-info file: a plain pickle (protocol 4) of the dict, written
+    atomically (``np.load(path, allow_pickle=True)`` returns the dict, as for LoFTR's)."""
+    data = pickle.dumps(info, protocol=4)
+    write_atomic(path, lambda f: f.write(data))
 
 
 def write_megadepth1500(
@@ -133,13 +147,15 @@ def write_megadepth1500(
                 continue
             name = file_name(s, lo, hi)
             chosen = [p for p in pairs if lo <= p[1] < hi][:pairs_per_file]
-            save_npz(
+            save_scene_info(
                 info_dir / f"{name}.npz",
-                image_paths=object_array(image_paths),
-                depth_paths=object_array(depth_paths),
-                intrinsics=object_array(intrinsics),
-                poses=object_array(poses),
-                pair_infos=object_array(chosen),
+                {
+                    "image_paths": object_array(image_paths),
+                    "depth_paths": object_array(depth_paths),
+                    "intrinsics": object_array(intrinsics),
+                    "poses": object_array(poses),
+                    "pair_infos": chosen,
+                },
             )
             counts[name] = len(chosen)
         log(

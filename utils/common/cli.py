@@ -9,8 +9,10 @@ errors, which subclass it or are listed in ``extra``) into the same one-line mes
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 class UsageError(Exception):
@@ -58,3 +60,32 @@ def run_command(
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return int(rc) if isinstance(rc, int) else 0
+
+
+def number(
+    kind: type = float,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+) -> Callable[[str], Any]:
+    """An argparse ``type=``: a finite `kind` (int or float) in ``[lo, hi]`` (``(lo, hi]`` with
+    `lo_open`); NaN, inf and values out of range are a one-line usage error naming the flag
+    (argparse adds the flag's name to the message)."""
+
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not a{'n' if kind is int else ''} {kind.__name__}: {text!r}"
+            ) from None
+        if isinstance(v, float) and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if lo_open else '>='} {lo:g}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{text} must be <= {hi:g}")
+        return v
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse

@@ -8,6 +8,7 @@ import pickle
 import random
 import secrets
 import zipfile
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,10 +17,19 @@ import numpy as np
 import torch
 
 from utils.common.cli import UsageError
+from utils.common.safe_pickle import (
+    ALLOWED_GLOBALS,
+    MAX_LOAD_BYTES,
+    NpyFileError,
+    Refused,
+    RestrictedUnpickler,
+    UnsafePickleError,
+    run_unpickler,
+)
 
-# Exactly the non-tensor types that the original's checkpoints contain: the regressor
-# configuration (argparse.Namespace) and numpy scalars in `best_vals` (numpy 1.x and 2.x
-# spell the scalar constructor differently).
+# What torch.load(weights_only=True) resolves on top of torch's own tensor machinery. torch's
+# default list is wider (set, Counter, torch.Size, ...): the dry run below (_CheckpointScan)
+# is what enforces the exact list, before torch.load runs.
 _NUMPY_SCALAR = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
 CHECKPOINT_ALLOWED_GLOBALS: list[Any] = [
     argparse.Namespace,
@@ -28,6 +38,202 @@ CHECKPOINT_ALLOWED_GLOBALS: list[Any] = [
     (_NUMPY_SCALAR, "numpy._core.multiarray.scalar"),
     *(getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType", "BoolDType")),
 ]
+_STORAGE_ITEMSIZE = {
+    "DoubleStorage": 8,
+    "FloatStorage": 4,
+    "HalfStorage": 2,
+    "BFloat16Storage": 2,
+    "LongStorage": 8,
+    "IntStorage": 4,
+    "ShortStorage": 2,
+    "CharStorage": 1,
+    "ByteStorage": 1,
+    "BoolStorage": 1,
+}
+
+
+class _StorageType:
+    """What ``torch.<X>Storage`` resolves to in the dry run: its element size."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.itemsize = name, _STORAGE_ITEMSIZE[name]
+
+
+class _StorageSpec:
+    """A storage of the checkpoint (dry run): element type and count, checked against the
+    bytes the file holds for it."""
+
+    def __init__(self, kind: _StorageType, numel: int) -> None:
+        self.kind, self.numel = kind, numel
+
+
+class _TensorSpec:
+    """A tensor of the checkpoint (dry run): its shape only."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+
+def _ints(x: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(x, tuple) or len(x) > 16 or not all(type(v) is int and v >= 0 for v in x):
+        raise Refused(f"a tensor {what} {x!r}")
+    return x
+
+
+def _rebuild_tensor_check(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any = False,
+    hooks: Any = None,
+    metadata: Any = None,
+) -> _TensorSpec:
+    """``torch._utils._rebuild_tensor_v2`` in the dry run: the view must lie inside its
+    storage (no tensor larger than the bytes behind it)."""
+    if not isinstance(storage, _StorageSpec) or type(offset) is not int or offset < 0:
+        raise Refused("a tensor without a storage of the file")
+    size, stride = _ints(size, "size"), _ints(stride, "stride")
+    if len(size) != len(stride) or not isinstance(requires_grad, bool):
+        raise Refused("a tensor whose size and stride disagree")
+    if hooks is not None and (not isinstance(hooks, OrderedDict) or hooks):
+        raise Refused("a tensor with backward hooks")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise Refused("a tensor with metadata")
+    if all(size):
+        extent = offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1
+        if extent > storage.numel:
+            raise Refused(f"a tensor of size {size} beyond its storage of {storage.numel}")
+    return _TensorSpec(size)
+
+
+def _counter(mapping: Any = None) -> Counter:
+    """``collections.Counter`` as MultiStepLR's ``milestones`` (int → int) only."""
+    if not isinstance(mapping, dict) or not all(
+        type(k) is int and type(v) is int for k, v in mapping.items()
+    ):
+        raise Refused("a Counter other than MultiStepLR's milestones (int → int)")
+    return Counter(mapping)
+
+
+class _CheckpointScan(RestrictedUnpickler):
+    """Dry run of a checkpoint's pickle: exactly the globals of data-formats.md §5 (dicts,
+    lists, tuples, numbers, str, None, OrderedDict, argparse.Namespace, numpy scalars and
+    dtypes, MultiStepLR's Counter, tensors of the storage types above), every dtype state
+    as numpy writes it, every tensor inside the bytes of its storage."""
+
+    allowed = {
+        ("argparse", "Namespace"): argparse.Namespace,
+        ("_codecs", "encode"): ALLOWED_GLOBALS[("_codecs", "encode")],
+        ("numpy", "dtype"): ALLOWED_GLOBALS[("numpy", "dtype")],
+        ("numpy.core.multiarray", "scalar"): ALLOWED_GLOBALS[("numpy._core.multiarray", "scalar")],
+        ("numpy._core.multiarray", "scalar"): ALLOWED_GLOBALS[("numpy._core.multiarray", "scalar")],
+        ("collections", "OrderedDict"): OrderedDict,
+        ("collections", "Counter"): _counter,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_check,
+        **{("torch", n): _StorageType(n) for n in _STORAGE_ITEMSIZE},
+    }
+    dispatch = dict(RestrictedUnpickler.dispatch)
+
+    def __init__(
+        self, data: bytes, source: str, sizes: Callable[[str], int | None], offset: int = 0
+    ) -> None:
+        super().__init__(data, source, offset)
+        self.sizes = sizes  # storage key → bytes the file holds for it (None: absent)
+        self.storages: dict[str, _StorageSpec] = {}
+
+    def build(self, inst: Any, state: Any) -> None:
+        if type(inst) is OrderedDict:  # Module.state_dict()'s _metadata attribute
+            if not isinstance(state, dict) or not all(type(k) is str for k in state):
+                raise Refused("an OrderedDict state that is not a dict of str keys")
+            vars(inst).update(state)
+        else:
+            super().build(inst, state)
+
+    def persistent_load(self, pid: Any) -> _StorageSpec:
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
+            raise Refused(f"a persistent id {pid!r:.80}")
+        kind, key, _location, numel = pid[1:5]
+        if not isinstance(kind, _StorageType) or not isinstance(key, str):
+            raise Refused(f"a storage of type {kind!r:.60}")
+        if type(numel) is not int or numel < 0:
+            raise Refused(f"a storage of {numel!r:.40} elements")
+        if key in self.storages:
+            return self.storages[key]
+        have = self.sizes(key)
+        if have is None or have != numel * kind.itemsize:
+            raise Refused(
+                f"a storage {key} of {numel} × {kind.itemsize} bytes that the file does not "
+                f"hold ({have} bytes)"
+            )
+        self.storages[key] = _StorageSpec(kind, numel)
+        return self.storages[key]
+
+
+def _scan_zip_checkpoint(path: Path) -> None:
+    """Dry-run the ``data.pkl`` of a zip checkpoint (sizes from the archive's records)."""
+    with zipfile.ZipFile(path) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        pkl = next(n for n in infos if n == "data.pkl" or n.endswith("/data.pkl"))
+        prefix = pkl[: -len("data.pkl")]
+        info = infos[pkl]
+        if info.file_size > MAX_LOAD_BYTES:
+            raise CheckpointError(f"refusing to load {path}: its data.pkl is {info.file_size} B")
+        with zf.open(info) as fh:
+            data = fh.read(info.file_size + 1)
+
+        def sizes(key: str) -> int | None:
+            rec = infos.get(f"{prefix}data/{key}")
+            return None if rec is None else rec.file_size
+
+        total = sum(i.file_size for i in infos.values())
+        if total > MAX_LOAD_BYTES:
+            raise CheckpointError(f"refusing to load {path}: its records hold {total} bytes")
+        run_unpickler(_CheckpointScan(data, str(path), sizes))
+
+
+def _scan_legacy_checkpoint(path: Path) -> None:
+    """Dry-run the pickles of a legacy (non-zip) checkpoint: magic, protocol, system info,
+    the object, the storage keys; the raw storages after them must hold exactly what the
+    object's storages claim."""
+    data = path.read_bytes()
+    declared: dict[str, int] = {}
+
+    def sizes(key: str) -> int:
+        return declared.setdefault(key, -1)  # the sizes are checked after the keys are read
+
+    pos = 0
+    for _ in range(3):
+        scan = RestrictedUnpickler(data, str(path), pos)
+        run_unpickler(scan)
+        pos = scan.stream.tell()
+    obj_scan = _LegacyScan(data, str(path), sizes, pos)
+    run_unpickler(obj_scan)
+    pos = obj_scan.stream.tell()
+    keys_scan = RestrictedUnpickler(data, str(path), pos)
+    keys = run_unpickler(keys_scan)
+    pos = keys_scan.stream.tell()
+    need = sum(8 + s.numel * s.kind.itemsize for s in obj_scan.storages.values())
+    if not isinstance(keys, list) or set(keys) != set(obj_scan.storages) or need != len(data) - pos:
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (damaged or truncated?): its storages do not "
+            "match the bytes that follow"
+        )
+
+
+class _LegacyScan(_CheckpointScan):
+    """The legacy format's object pickle: storage sizes are checked after the whole file is
+    read (the raw storages follow the pickles), so any declared size is accepted here."""
+
+    def persistent_load(self, pid: Any) -> _StorageSpec:
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
+            raise Refused(f"a persistent id {pid!r:.80}")
+        kind, key, _location, numel = pid[1:5]
+        if not isinstance(kind, _StorageType) or not isinstance(key, str):
+            raise Refused(f"a storage of type {kind!r:.60}")
+        if type(numel) is not int or numel < 0 or numel * kind.itemsize > self.max_memo:
+            raise Refused(f"a storage of {numel!r:.40} elements")
+        return self.storages.setdefault(key, _StorageSpec(kind, numel))
 
 
 class CheckpointError(UsageError, RuntimeError):
@@ -118,6 +324,26 @@ def load_checkpoint_safe(path: str | os.PathLike, map_location: Any = "cpu") -> 
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     if what is not None:
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (it is {what})")
+    try:
+        if path.stat().st_size > MAX_LOAD_BYTES:
+            raise CheckpointError(f"refusing to load {path}: larger than {MAX_LOAD_BYTES} bytes")
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        if is_zip:
+            _scan_zip_checkpoint(path)
+        else:
+            _scan_legacy_checkpoint(path)
+    except UnsafePickleError as e:
+        why = str(e).replace(f"refusing to load {path}: ", "")
+        raise CheckpointError(
+            f"refusing to load {path}: it is outside the checkpoint format ({why}). Only load "
+            "checkpoints from trusted sources."
+        ) from None
+    except (NpyFileError, zipfile.BadZipFile, OSError, StopIteration) as e:
+        why = str(e).replace(f"cannot read {path}: ", "") or type(e).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (damaged or truncated?): {why}"
+        ) from None
     try:
         with torch.serialization.safe_globals(CHECKPOINT_ALLOWED_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)

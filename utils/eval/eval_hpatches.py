@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from utils.common.cli import make_parser, run_command
+from utils.common.cli import make_parser, number, run_command
 from utils.eval.hpatches import (
     D2NET_EXCLUDED,
     HOMOGRAPHY_THRESHOLDS,
@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap = make_parser(MODULE, "HPatches sequences evaluation (MMA, homography estimation).")
     ap.add_argument("--root", default="data/hpatches-sequences-release", help="HPatches root")
     add_matcher_args(ap, io_thres=0.5, imsize=1024)
-    ap.add_argument("--ransac_thres", type=float, default=2.0, help="homography RANSAC px")
+    ap.add_argument(
+        "--ransac_thres",
+        type=number(float, 0, 1000, lo_open=True),
+        default=2.0,
+        help="homography RANSAC px",
+    )
     ap.add_argument("--solver", choices=["ransac", "usac"], default="ransac")
     ap.add_argument(
         "--exclude",

@@ -1,25 +1,30 @@
 """MegaDepth-1500 relative pose (the protocol of LoFTR, used since by LightGlue, RoMa, ...).
 
-Data (as the field distributes it): a folder of scene-info files ``0015_0.1_0.3.npz``,
-``0015_0.3_0.5.npz``, ``0022_0.1_0.3.npz``, ``0022_0.3_0.5.npz``, ``0022_0.5_0.7.npz`` listed
-in ``megadepth_test_1500.txt`` (names with or without ``.npz``); each npz, pickled, is read
-with the safe loader and holds ``image_paths`` (relative to the data root, e.g.
-``Undistorted_SfM/0015/images/x.jpg``), ``depth_paths``, ``intrinsics`` (per image 3×3),
-``poses`` (per image 4×4 world-to-camera) and ``pair_infos`` (``((i, j), overlap,
-central_matches)``). Ground truth of a pair: ``T_0to1 = poses[j] @ inv(poses[i])``.
+Data (as the field distributes it, data-formats.md §7): a folder of scene-info files
+``0015_0.1_0.3.npz``, ``0015_0.3_0.5.npz``, ``0022_0.1_0.3.npz``, ``0022_0.3_0.5.npz``,
+``0022_0.5_0.7.npz`` listed in ``megadepth_test_1500.txt`` (names with or without ``.npz``).
+LoFTR's files are plain pickles (protocol 4) of a dict despite their name; zip archives of
+the same arrays are read too, both with the safe loader. They hold ``image_paths``
+(relative to the data root, e.g. ``Undistorted_SfM/0015/images/x.jpg``; a path that is
+absolute or climbs out with ``..`` is refused), ``depth_paths``, ``intrinsics`` (per image
+3×3), ``poses`` (per image 4×4 world-to-camera) and ``pair_infos`` (a list of
+``(array([i, j]), overlap, central_matches)``). Ground truth of a pair:
+``T_0to1 = poses[j] @ inv(poses[i])``.
 
 Protocol, per pair:
 
 - matches from the matcher, in original pixels;
-- pose: points normalised with each image's K; ``cv2.findEssentialMat`` on them with the
-  identity camera, ``prob=0.99999`` and ``threshold = 0.5 / mean(fx0, fy1, fx0, fy1)``
-  (LoFTR's expression, kept as is), RANSAC or OpenCV's USAC MAGSAC++; fewer than 5 matches
-  or no essential matrix → failure; for every 3×3 solution ``cv2.recoverPose`` and keep the
-  one with the most inliers;
+- pose: points normalised with each image's K (LoFTR's expression); ``cv2.findEssentialMat``
+  on them with the identity camera, ``prob=0.99999`` and
+  ``threshold = 0.5 / mean(fx0, fy1, fx0, fy1)`` (LoFTR's expression, kept as is), RANSAC
+  or OpenCV's USAC MAGSAC++; fewer than 5 matches or no essential matrix → failure; for
+  every 3×3 solution ``cv2.recoverPose`` and keep the one with the most inliers, the mask
+  carried from one solution to the next as LoFTR's loop does
+  (``utils.eval.geometry.essential_relapose``, protocol ``'loftr'``);
 - errors: rotation angle of ``Rᵀ R_gt``; translation angle between t and t_gt taken as
   ``min(e, 180 − e)``; pose error = max of the two; a failure counts as infinite;
 - epipolar precision: the share of matches whose symmetric epipolar distance (squared,
-  normalised coordinates, true essential matrix) is below 1e-4.
+  normalised coordinates, true essential matrix) is below 5e-4 (LoFTR's ``EPI_ERR_THR``).
 
 Summary: AUC of the pose errors at 5°, 10°, 20° (``utils.geometry.error_auc``), mean matches
 per pair, mean precision, failures.
@@ -37,7 +42,8 @@ import cv2
 import numpy as np
 
 from utils.common.cli import UsageError
-from utils.common.safe_pickle import safe_load_npz
+from utils.common.safe_pickle import safe_load_pickle_or_npz
+from utils.eval.geometry import essential_relapose
 from utils.eval.runner import Matcher, as_matches, run_pairs
 from utils.geometry import (
     cal_rot_angle_error,
@@ -49,7 +55,7 @@ from utils.geometry import (
 
 LIST_FILE = "megadepth_test_1500.txt"
 AUC_THRESHOLDS: tuple[int, ...] = (5, 10, 20)
-EPI_THRESHOLD = 1e-4
+EPI_THRESHOLD = 5e-4
 RANSAC_PIXEL_THRESHOLD = 0.5
 RANSAC_CONF = 0.99999
 RANSAC_METHODS = {"opencv": cv2.RANSAC, "usac": cv2.USAC_MAGSAC}
@@ -93,11 +99,35 @@ def read_list(scene_info_dir: str | os.PathLike) -> list[str]:
     return [n[:-4] if n.endswith(".npz") else n for n in names]
 
 
+class _OutsideRoot(Exception):
+    """A path of a scene-info file that is absolute or leaves the data root."""
+
+
+def _inside(root: Path, rel: Any) -> str:
+    """``root / rel`` for a relative path that stays under `root` (no ``..``, not absolute).
+
+    Raises:
+        _OutsideRoot: naming the path; TypeError: not a str.
+    """
+    if not isinstance(rel, str):
+        raise TypeError(f"a path that is a {type(rel).__name__}, not a str")
+    parts = rel.replace("\\", "/").split("/")
+    if (
+        not rel
+        or rel.startswith(("/", "\\"))
+        or ".." in parts
+        or Path(rel).is_absolute()
+        or (len(rel) > 1 and rel[1] == ":")
+    ):
+        raise _OutsideRoot(f"{rel!r}, a path outside the data root (absolute or with '..')")
+    return str(root / rel)
+
+
 def _depth_path(root: Path, depths: np.ndarray | None, k: int) -> str | None:
     """Absolute path of depth map `k` (None when the file lists none)."""
     if depths is None or depths[k] is None:
         return None
-    return str(root / str(depths[k]))
+    return _inside(root, depths[k])
 
 
 def load_pairs(
@@ -118,14 +148,20 @@ def load_pairs(
         path = info / f"{name}.npz"
         if not path.is_file():
             raise UsageError(f"{path} (listed in {info / LIST_FILE}) not found")
-        d = safe_load_npz(path)
+        d = safe_load_pickle_or_npz(path)
+        if not isinstance(d, dict):
+            raise UsageError(f"{path}: not a scene-info dict (a {type(d).__name__})")
         missing = {"image_paths", "intrinsics", "poses", "pair_infos"} - set(d)
         if missing:
             raise UsageError(f"{path}: missing keys {sorted(missing)}")
         depths = d.get("depth_paths")
+        if not isinstance(d["pair_infos"], (list, tuple, np.ndarray)):
+            raise UsageError(f"{path}: pair_infos is not a list of pairs")
         for row, info_row in enumerate(d["pair_infos"]):
             try:
                 pair = _pair(root, name, d, depths, info_row)
+            except _OutsideRoot as e:
+                raise UsageError(f"{path}: pair_infos[{row}] refers to {e}") from None
             except (IndexError, TypeError, ValueError, np.linalg.LinAlgError) as e:
                 raise UsageError(
                     f"{path}: pair_infos[{row}] is not a valid pair ({type(e).__name__}: {e})"
@@ -157,8 +193,8 @@ def _pair(
     T1 = np.asarray(d["poses"][j], dtype=np.float64).reshape(4, 4)
     return Pair(
         name=f"{name}:{i}-{j}",
-        image0=str(root / str(d["image_paths"][i])),
-        image1=str(root / str(d["image_paths"][j])),
+        image0=_inside(root, d["image_paths"][i]),
+        image1=_inside(root, d["image_paths"][j]),
         depth0=_depth_path(root, depths, i),
         depth1=_depth_path(root, depths, j),
         K0=np.asarray(d["intrinsics"][i], dtype=np.float64).reshape(3, 3),
@@ -188,34 +224,28 @@ def estimate_pose(
         ransac: 'opencv' (cv2.RANSAC) or 'usac' (cv2.USAC_MAGSAC).
         seed: seeds OpenCV's RNG for reproducible results (None: leave it).
     Returns:
-        None on failure, else (R (3, 3), t (3,) unit, inliers (N,) bool).
+        None on failure, else (R (3, 3), t (3,) unit, inliers (N,) bool: the mask after the
+        chosen solution's recoverPose, as LoFTR returns it).
     """
     if ransac not in RANSAC_METHODS:
         raise ValueError(f"ransac must be one of {sorted(RANSAC_METHODS)}, got {ransac!r}")
     if len(kpts0) < 5:
         return None
+    # LoFTR's own expressions, to the last bit: with 5 matches a difference of 1e-17 in the
+    # normalised points can pick another of OpenCV's solutions
+    n0 = (kpts0 - K0[[0, 1], [2, 2]][None]) / K0[[0, 1], [0, 1]][None]
+    n1 = (kpts1 - K1[[0, 1], [2, 2]][None]) / K1[[0, 1], [0, 1]][None]
     thr = thresh / np.mean([K0[0, 0], K1[1, 1], K0[0, 0], K1[1, 1]])
-    n0 = np.ascontiguousarray(normalize_points(kpts0, K0))
-    n1 = np.ascontiguousarray(normalize_points(kpts1, K1))
-    if seed is not None:
-        cv2.setRNGSeed(int(seed))
-    try:
-        E, mask = cv2.findEssentialMat(
-            n0, n1, np.eye(3), threshold=thr, prob=conf, method=RANSAC_METHODS[ransac]
-        )
-    except cv2.error:
-        return None
-    if E is None or mask is None or E.shape[0] < 3:
-        return None
-    best: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-    best_n = 0
-    for k in range(E.shape[0] // 3):
-        n, R, t, _ = cv2.recoverPose(
-            np.ascontiguousarray(E[3 * k : 3 * k + 3]), n0, n1, np.eye(3), 1e9, mask=mask.copy()
-        )
-        if n > best_n:
-            best_n, best = n, (R, t[:, 0], mask.ravel() > 0)
-    return best
+    return essential_relapose(
+        n0,
+        n1,
+        np.eye(3),
+        thr,
+        conf,
+        method=RANSAC_METHODS[ransac],
+        protocol="loftr",
+        seed=seed,
+    )
 
 
 def relative_pose_error(T_0to1: np.ndarray, R: np.ndarray, t: np.ndarray) -> tuple[float, float]:
@@ -325,11 +355,24 @@ def evaluate_megadepth1500(
 
 
 def read_depth(path: str) -> np.ndarray:
-    """An (H, W) depth map from a MegaDepth HDF5 file (dataset 'depth')."""
+    """An (H, W) depth map from a MegaDepth HDF5 file (dataset 'depth').
+
+    Raises:
+        UsageError: one line naming the file when it is missing or not such a file.
+    """
     import h5py
 
-    with h5py.File(path, "r") as f:
-        return np.asarray(f["depth"], dtype=np.float64)
+    if not Path(path).is_file():
+        raise UsageError(f"depth map {path} not found (the oracle matcher reads depth maps)")
+    try:
+        with h5py.File(path, "r") as f:
+            depth = np.asarray(f["depth"], dtype=np.float64)
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise UsageError(f"cannot read depth map {path}: {why}") from None
+    if depth.ndim != 2:
+        raise UsageError(f"depth map {path}: 'depth' has shape {depth.shape}, not (H, W)")
+    return depth
 
 
 def oracle_matcher(pairs: Sequence[Pair], step: int = 8, depth_tol: float = 0.01) -> Matcher:

@@ -15,6 +15,78 @@ from utils.common.setup_helper import CheckpointError, load_checkpoint_safe
 from utils.datasets.preprocess import load_im_flexible, load_im_tensor
 
 REGRESSOR_KEYS = ("conv_dims", "conv_kers", "conv_strs", "fc_dims", "psize", "pshift", "panc")
+# What the architecture allows (model.md §4): widths, kernel sizes, strides, patch sides.
+MAX_WIDTH = 4096
+MAX_KERNEL = 15
+MAX_PSIZE = 64
+
+
+def _int_list(rc: Namespace, key: str, lo: int, hi: int, n: int | None = None) -> list[int]:
+    v = getattr(rc, key)
+    ok = isinstance(v, (list, tuple)) and (n is None or len(v) == n) and len(v) <= 32
+    if not ok or not all(type(x) is int and lo <= x <= hi for x in v):
+        raise ValueError(f"regressor_config.{key} = {v!r:.80} (ints in [{lo}, {hi}] expected)")
+    return list(v)
+
+
+def check_model_config(rc: Namespace | None, feat_idx: Any) -> None:
+    """Refuse a checkpoint's ``feat_idx`` / ``regressor_config`` outside what the
+    architecture allows, before anything is built.
+
+    Raises:
+        ValueError: naming the field.
+    """
+    if (
+        not isinstance(feat_idx, (list, tuple))
+        or not feat_idx
+        or len(set(feat_idx)) != len(feat_idx)
+    ):
+        raise ValueError(f"feat_idx = {feat_idx!r:.80} (distinct ints in [0, 4] expected)")
+    if not all(type(i) is int and 0 <= i <= 4 for i in feat_idx):
+        raise ValueError(f"feat_idx = {feat_idx!r:.80} (distinct ints in [0, 4] expected)")
+    if rc is None:
+        return
+    dims = _int_list(rc, "conv_dims", 1, MAX_WIDTH)
+    _int_list(rc, "conv_kers", 1, MAX_KERNEL, len(dims))
+    _int_list(rc, "conv_strs", 1, MAX_PSIZE, len(dims))
+    _int_list(rc, "fc_dims", 1, MAX_WIDTH)
+    _int_list(rc, "psize", 1, MAX_PSIZE, 2)
+    if type(rc.pshift) is not int or not 0 <= rc.pshift <= MAX_PSIZE:
+        raise ValueError(f"regressor_config.pshift = {rc.pshift!r:.40}")
+    if getattr(rc, "feat_comb", "pre") not in ("pre", "post"):
+        raise ValueError(f"regressor_config.feat_comb = {rc.feat_comb!r:.40}")
+    feat_dim = getattr(rc, "feat_dim", None)
+    if feat_dim is not None and (type(feat_dim) is not int or not 1 <= feat_dim <= MAX_WIDTH):
+        raise ValueError(f"regressor_config.feat_dim = {feat_dim!r:.40}")
+
+
+def check_weights_fit(config: Namespace, weights: dict[str, torch.Tensor]) -> None:
+    """The model of `config` built on the meta device (no memory): `weights` must have
+    exactly its keys and shapes, and be finite.
+
+    Raises:
+        ValueError: naming the first keys that differ, or a non-finite tensor.
+    """
+    meta = Namespace(**vars(config))
+    meta.weights_dict, meta.device, meta.imagenet_init, meta.training = None, None, False, False
+    if meta.regressor_config is not None:
+        meta.regressor_config = Namespace(**vars(meta.regressor_config))
+    with torch.device("meta"):
+        own = {k: tuple(v.shape) for k, v in Patch2Pix(meta).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    missing, extra = sorted(own.keys() - got.keys()), sorted(got.keys() - own.keys())
+    bad = [f"{k}: {got[k]} vs {own[k]}" for k in own.keys() & got.keys() if got[k] != own[k]]
+    missing = [k for k in missing if k.startswith("regress")]  # (a partial backbone is
+    # loaded non-strictly, as before; regressors without weights would be built for nothing)
+    if bad or extra or missing:
+        raise ValueError(
+            "weights do not fit the architecture the file describes ("
+            + "; ".join([*bad[:3], *(f"unexpected {k}" for k in extra[:3])][:3] or missing[:3])
+            + ")"
+        )
+    for k, v in weights.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"weights hold NaN or inf values ({k})")
 
 
 def default_device() -> torch.device:
@@ -100,6 +172,8 @@ def load_model(
     else:
         raise ValueError(f"method must be 'patch2pix' or 'nc', got {method!r}")
     try:
+        check_model_config(config.regressor_config, config.feat_idx)
+        check_weights_fit(config, config.weights_dict)
         net = Patch2Pix(config)
     except (ValueError, RuntimeError) as e:
         raise CheckpointError(f"{ckpt_path}: {e}") from None

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from utils.common.cli import UsageError
+from utils.common.cli import UsageError, number
 from utils.common.setup_helper import write_text_atomic
 from utils.geometry import as_f64
 
@@ -77,9 +77,15 @@ def add_matcher_args(
         default=imsize,
         help="longer image side the network sees (<=0: native size)",
     )
-    ap.add_argument("--io_thres", type=float, default=io_thres, help="match score threshold")
-    ap.add_argument("--ksize", type=int, default=2, help="relocalisation kernel size")
-    ap.add_argument("--ncn_thres", type=float, default=0.0, help="coarse score threshold")
+    ap.add_argument(
+        "--io_thres", type=number(float, 0, 1), default=io_thres, help="match score threshold"
+    )
+    ap.add_argument(
+        "--ksize", type=number(int, 1, 16), default=2, help="relocalisation kernel size"
+    )
+    ap.add_argument(
+        "--ncn_thres", type=number(float, 0, 1), default=0.0, help="coarse score threshold"
+    )
     ap.add_argument("--no_mutual", action="store_true", help="keep non-mutual coarse matches")
     ap.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda if any)")
 

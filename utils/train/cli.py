@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from utils.common.cli import UsageError, make_parser
+from utils.common.cli import UsageError, make_parser, number
 
 __all__ = ["UsageError", "build_parser", "check_args", "parse_args", "parse_lr_decay"]
 
@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = make_parser("train_patch2pix", "Train Patch2Pix on MegaDepth pairs (training.md).")
     g = p.add_argument_group("run")
     g.add_argument("--gpu", "-gpu", type=int, default=0, help="GPU index")
-    g.add_argument("--seed", type=int, default=1, help="seed of python, numpy and torch")
+    g.add_argument(
+        "--seed", type=number(int, 0, 2**32 - 1), default=1, help="seed of python, numpy and torch"
+    )
     g.add_argument("--epochs", type=int, default=100, help="last epoch (exclusive)")
     g.add_argument("--save_step", type=int, default=1, help="save ckpt_ep{N}.pth every N epochs")
     g.add_argument("--plot_counts", type=int, default=5, help="plots/prints per epoch")
@@ -47,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--backbone", type=str, default="ResNet34", help="backbone class")
     g.add_argument("--change_stride", action="store_true", help="stride-8 layer3")
-    g.add_argument("--ksize", type=int, default=2, help="relocalisation pooling size")
+    g.add_argument(
+        "--ksize", type=number(int, 1, 16), default=2, help="relocalisation pooling size"
+    )
     g.add_argument(
         "--freeze_feat",
         type=int,
@@ -79,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shared", action="store_true", help="one regressor for both levels")
 
     g = p.add_argument_group("loss")
-    g.add_argument("--cthres", type=float, default=0.5, help="classification metric threshold")
+    g.add_argument(
+        "--cthres", type=number(float, 0, 1), default=0.5, help="classification metric threshold"
+    )
     g.add_argument(
         "--cls_dthres",
         type=int,
@@ -94,7 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[50, 5],
         help="Sampson thresholds (px²) of the mid / fine epipolar rows",
     )
-    g.add_argument("--weight_cls", "-wcls", type=float, default=10.0, help="classification weight")
+    g.add_argument(
+        "--weight_cls",
+        "-wcls",
+        type=number(float, 0, 1e6),
+        default=10.0,
+        help="classification weight",
+    )
     g.add_argument(
         "--weight_epi",
         "-wepi",
@@ -110,7 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--resume", action="store_true", help="continue from <experiment dir>/last_ckpt.pth"
     )
-    g.add_argument("--lr_init", "-lr", type=float, default=5e-4, help="learning rate")
+    g.add_argument(
+        "--lr_init",
+        "-lr",
+        type=number(float, 0, 10, lo_open=True),
+        default=5e-4,
+        help="learning rate",
+    )
     g.add_argument(
         "--lr_decay",
         "-lrd",
@@ -119,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="'step FACTOR STEP' or 'multistep FACTOR M1 [M2 ...]' (per epoch)",
     )
-    g.add_argument("--weight_decay", "-wd", type=float, default=0, help="weight decay")
+    g.add_argument(
+        "--weight_decay", "-wd", type=number(float, 0, 1), default=0, help="weight decay"
+    )
 
     g = p.add_argument_group("new in this implementation")
     g.add_argument(
