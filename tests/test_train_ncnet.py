@@ -210,6 +210,7 @@ def ncnet_run(train_data, tmp_path_factory):
     return out / "run", common
 
 
+@pytest.mark.slow
 def test_command_writes_weights_logs_and_resumes(ncnet_run):
     exp, _ = ncnet_run
     for name in ("ncn_last.pth", "ncn_best.pth", "last_ckpt.pth", "log.txt", "config.json"):
@@ -225,6 +226,7 @@ def test_command_writes_weights_logs_and_resumes(ncnet_run):
     assert ckpt["last_epoch"] == 1
 
 
+@pytest.mark.slow
 def test_written_weights_load_as_nc_and_as_pretrain(ncnet_run, train_data, tmp_path):
     exp, _ = ncnet_run
     from utils.eval.model_helper import load_model
@@ -283,6 +285,7 @@ def test_written_weights_load_as_nc_and_as_pretrain(ncnet_run, train_data, tmp_p
     assert torch.equal(p2p["extract.layer3.5.conv2.weight"], sd["extract.layer3.5.conv2.weight"])
 
 
+@pytest.mark.slow
 def test_plot_run_draws_an_ncnet_run(ncnet_run, tmp_path):
     exp, _ = ncnet_run
     from utils.train.plot_run import NCNET_PANELS, find_runs, plot_runs
@@ -343,6 +346,7 @@ def test_csv_dataset_flip_and_grey(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_command_trains_on_ivd_csv(tmp_path):
     _write_ivd(tmp_path / "ivd")
     r = _run(

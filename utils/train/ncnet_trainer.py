@@ -229,7 +229,9 @@ def build_datasets(args: Namespace) -> tuple[Dataset, Dataset | None, str]:
     if len(train) < 2:
         raise UsageError(f"{desc}: {len(train)} training pair(s); the weak loss needs at least 2")
     if args.val_max_pairs and val is not None and len(val) > args.val_max_pairs:
-        val = torch.utils.data.Subset(val, range(args.val_max_pairs))
+        # spread over the file (pair files list one scene after the other)
+        step = len(val) / args.val_max_pairs
+        val = torch.utils.data.Subset(val, [int(k * step) for k in range(args.val_max_pairs)])
     # a missing / unreadable image is a one-line error naming it (also from loader workers)
     return ItemErrors(train), (ItemErrors(val) if val is not None else None), desc
 

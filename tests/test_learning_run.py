@@ -1,0 +1,88 @@
+"""The per-level evaluation (utils/eval/levels.py) and the learning-run command end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, write_scaled_pair
+from utils.eval.levels import LevelMatchers
+from utils.eval.matcher import Patch2PixMatcher
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return write_scaled_pair(tmp_path_factory.mktemp("levels"), (160, 128))
+
+
+@pytest.mark.parametrize("level", ["mid", "fine", "coarse"])
+def test_levels_equal_the_matcher_of_each_eval_type(tiny_net, pair, level):
+    lm = LevelMatchers(tiny_net, imsize=160, io_thres=0.3)
+    got = lm.matcher(level)(str(pair[0]), str(pair[1]))
+    if level == "coarse":
+        # the coarse level is every mutual coarse match (what the regressors refine)
+        ref = Patch2PixMatcher(tiny_net, imsize=160, io_thres=0.0, eval_type="fine")
+        out = ref(str(pair[0]), str(pair[1]))
+        want = out["coarse"]
+    else:
+        ref = Patch2PixMatcher(tiny_net, imsize=160, io_thres=0.3, eval_type=level)
+        out = ref(str(pair[0]), str(pair[1]))
+        want = np.concatenate([out["keypoints0"], out["keypoints1"]], 1)
+    assert len(got) > 0
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_levels_run_the_network_once_per_pair(tiny_net, pair, monkeypatch):
+    lm = LevelMatchers(tiny_net, imsize=160, io_thres=0.3)
+    calls = []
+    orig = tiny_net.predict_fine
+    monkeypatch.setattr(tiny_net, "predict_fine", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    levels = {lv: lm.matcher(lv)(str(pair[0]), str(pair[1])) for lv in ("coarse", "mid", "fine")}
+    full = lm.levels(pair[0], pair[1])
+    assert len(calls) == 1
+    assert len(full["fine_all"]) == len(levels["coarse"])  # one refined row per coarse match
+    with pytest.raises(ValueError, match="level must be one of"):
+        lm.matcher("pixel")
+
+
+@pytest.mark.slow
+def test_learning_run_tiny_preset_writes_table_and_figures(tmp_path):
+    out = tmp_path / "lr"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.learning_run",
+            "--preset",
+            "tiny",
+            "--start",
+            "random",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["stages"]) == ["untrained", "ncnet", "patch2pix_ep1"]
+    for stage in res["stages"].values():
+        md, hp = stage["md1500"], stage["hpatches"]
+        assert set(md) == {"coarse", "mid", "fine", "fine_all"} == set(hp)
+        assert all(0 <= md[lv]["precision"] <= 1 for lv in md)
+        assert all(0 <= v <= 1 for lv in hp for v in hp[lv]["mma"].values())
+    assert res["config"]["imagenet_start"] is False
+    table = (out / "results.md").read_text()
+    assert table.count("\n") == 2 + 3 and "AUC@10" in table
+    for fig in ("curves.png", "ncnet_run.png", "patch2pix_run.png"):
+        assert (out / fig).stat().st_size > 10_000, fig
