@@ -134,6 +134,30 @@ def files(tmp_path_factory) -> dict[str, Path]:
     np.savez(root / "crafted" / "scene_info" / "0000.0.npz", image_paths=evil)
     (root / "text_npz" / "scene_info" / "0000.0.npz").write_text("not an archive")
     np.savez(root / "no_keys" / "scene_info" / "0000.0.npz", a=np.zeros(2))
+    # D2Net scene_info files with a NaN K, and with no overlapping images (no pair at all)
+    for name in ("nan_K", "degenerate"):
+        (root / name / "scene_info").mkdir(parents=True)
+        info = {k: np.empty(2, dtype=object) for k in ("image_paths", "intrinsics", "poses")}
+        info["points3D_id_to_2D"] = np.empty(2, dtype=object)
+        for i in range(2):
+            info["image_paths"][i] = f"Undistorted_SfM/0000/images/{i}.jpg"
+            info["intrinsics"][i] = np.array([[300.0, 0, 240], [0, 300, 160], [0, 0, 1]])
+            info["poses"][i] = np.eye(4)
+            info["points3D_id_to_2D"][i] = {1: np.array([10.0, 20.0])}
+        if name == "nan_K":
+            info["intrinsics"][1] = np.full((3, 3), np.nan)
+        ov = 0.5 if name == "nan_K" else -1.0
+        info["overlap_matrix"] = np.array([[-1.0, ov], [ov, -1.0]])
+        np.savez(root / name / "scene_info" / "0000.0.npz", **info)
+    # experiment folders for plot_run: a recorded run, and one with epochs of 1e18
+    recorded = Path(__file__).resolve().parent / "data" / "quickstart_metrics.jsonl"
+    for name in ("run", "run_1e18"):
+        (root / name).mkdir()
+        (root / name / "metrics.jsonl").write_text(recorded.read_text())
+    with (root / "run_1e18" / "metrics.jsonl").open("a") as fh:
+        fh.write('{"kind": "train", "epoch": 1e18, "iter": 1e18, "x": 1e18, "lr": 0.1}\n')
+        fh.write('{"kind": "val", "epoch": 1e18, "improved": true}\n')
+        fh.write('{"kind": "train", "epoch": "two", "x": "two", "lr": 0.1}\n')
     # validation roots for the overlap command
     (root / "val_bad" / "s1" / "dense" / "sparse").mkdir(parents=True)
     (root / "val_bad" / "s1" / "dense" / "sparse" / "images.bin").write_bytes(b"\x01\x02")
@@ -653,6 +677,17 @@ PREP_PAIRS: list[Row] = [
         ["--max_scene_pairs"],
     ),
     ("unknown_tag", lambda f: ["--exclude_tag", "excl_none"], ["--exclude_tag"]),
+    # issue 16.3
+    (
+        "nan_intrinsics",
+        lambda f: ["--base_dir", str(f["root"] / "nan_K")],
+        ["0000.0.npz", "image 1", "1.jpg", "intrinsics", "finite"],
+    ),
+    (
+        "degenerate_scene_no_pairs",
+        lambda f: ["--base_dir", str(f["root"] / "degenerate")],
+        ["--base_dir", "no pair", "nothing written"],
+    ),
 ]
 
 
@@ -824,6 +859,72 @@ def test_train_patch2pix(row, files, train_data, tmp_path, capsys):
     argv = row[1](files, train_data) + ["-o", str(out)]
     _check(train_patch2pix.main, "train_patch2pix", argv, row[2], out, capsys)
     assert not files["marker"].exists()
+
+
+# ---------------------------------------------------------------- utils.train.plot_run
+PLOT_RUN: list[Row] = [
+    ("dpi_0", lambda f: [str(f["root"] / "run"), "--dpi", "0"], ["--dpi", ">= 10"]),
+    ("dpi_100000", lambda f: [str(f["root"] / "run"), "--dpi", "100000"], ["--dpi", "<= 1000"]),
+    ("dpi_nan", lambda f: [str(f["root"] / "run"), "--dpi", "nan"], ["--dpi", "finite"]),
+    (
+        "out_folder_cannot_be_made",
+        lambda f: [str(f["root"] / "run"), "--out", "/proc/no_such_process/run.png"],
+        ["cannot write", "/proc/no_such_process/run.png"],
+    ),
+    (
+        "out_is_a_folder",
+        lambda f: [str(f["root"] / "run"), "--out", str(f["empty_dir"])],
+        ["--out", "empty_dir", "folder"],
+    ),
+    (
+        "out_bad_format",
+        lambda f: [str(f["root"] / "run"), "--out", str(f["root"] / "run.xyz")],
+        ["--out", "run.xyz", "format"],
+    ),
+]
+
+
+@pytest.mark.parametrize("row", PLOT_RUN, ids=[r[0] for r in PLOT_RUN])
+def test_plot_run(row, files, tmp_path, capsys):
+    from utils.train.plot_run import main
+
+    _check_out(main, "utils.train.plot_run", row[1](files), row[2], tmp_path, capsys, name="r.png")
+    assert not (files["root"] / "run" / "run.png").exists()
+
+
+def test_plot_run_unwritable_and_full_disk(files, tmp_path, capsys, monkeypatch):
+    """An existing read-only folder (/sys, also for root) and a full disk: one line each."""
+    from utils.train.plot_run import main
+
+    if Path("/sys").is_dir():
+        _check(
+            main,
+            "utils.train.plot_run",
+            [str(files["root"] / "run"), "--out", "/sys/r.png"],
+            ["cannot write", "/sys/r.png"],
+            None,
+            capsys,
+        )
+    _full_disk(monkeypatch)
+    out = tmp_path / "out"
+    _check(
+        main,
+        "utils.train.plot_run",
+        [str(files["root"] / "run"), "--out", str(out / "r.png")],
+        ["cannot write", "r.png", "No space left on device"],
+        out,
+        capsys,
+    )
+
+
+def test_plot_run_epoch_1e18_is_left_out_with_a_word(files, tmp_path, capsys):
+    from utils.train.plot_run import main
+
+    out = tmp_path / "r.png"
+    assert main([str(files["root"] / "run_1e18"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "3 record(s) with an epoch / x outside 0..1e+06 left out" in err, err
+    assert out.is_file() and "Traceback" not in err
 
 
 # ---------------------------------------------------------------- examples.make_example_pairs
