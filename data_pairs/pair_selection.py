@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from utils.common.cli import UsageError
 from utils.datasets.preprocess import crop_from_bottom_right
 from utils.geometry import pose2fund, qvec2rotmat, relative_pose, rotmat2qvec, sampson_distance
 
@@ -51,6 +52,32 @@ __all__ = [
 
 #: The keys of a scene table that the selection reads (``image_sizes`` is optional).
 SCENE_TABLE_KEYS = ("overlap_matrix", "image_paths", "intrinsics", "poses", "points3D_id_to_2D")
+
+
+class SceneDataError(UsageError, ValueError):
+    """A camera of a scene that no pair can be computed from (non-finite or singular K,
+    non-positive focal length, non-finite pose): one line in every command."""
+
+
+def check_camera(K: object, pose: object, what: str) -> None:
+    """Refuse intrinsics / a pose that would give NaN pairs or a singular K.
+
+    Raises:
+        SceneDataError naming `what` (the image).
+    """
+    try:
+        K = np.asarray(K, dtype=np.float64)
+        pose = np.asarray(pose, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SceneDataError(f"{what}: intrinsics / pose are not numbers") from None
+    if K.shape != (3, 3) or not np.all(np.isfinite(K)):
+        raise SceneDataError(f"{what}: the intrinsics are not a finite 3x3 matrix")
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise SceneDataError(
+            f"{what}: focal length fx={K[0, 0]:g}, fy={K[1, 1]:g} (must be positive)"
+        )
+    if pose.shape not in ((3, 4), (4, 4)) or not np.all(np.isfinite(pose)):
+        raise SceneDataError(f"{what}: the pose is not a finite 3x4 / 4x4 matrix")
 
 
 def image_size_from_K(K: np.ndarray) -> tuple[int, int]:
@@ -130,6 +157,8 @@ def scene_pairs(
         name_of: maps ``image_paths[i]`` to the name stored in the pair record.
     Returns:
         the kept pair Namespaces, in visiting order.
+    Raises:
+        SceneDataError naming the image whose intrinsics / pose cannot give a pair.
     """
     overlap = np.asarray(info["overlap_matrix"], dtype=np.float64)
     paths, Ks, poses = info["image_paths"], info["intrinsics"], info["poses"]
@@ -146,6 +175,7 @@ def scene_pairs(
             if paths[i] is None or Ks[i] is None or poses[i] is None:
                 crops[i] = None
             else:
+                check_camera(Ks[i], poses[i], f"image {i} ({paths[i]})")
                 w, h = image_size_from_K(Ks[i]) if sizes is None else sizes[i]
                 crops[i] = crop_from_bottom_right(w, h, im_target_ratio) if w >= h else None
         return crops[i]

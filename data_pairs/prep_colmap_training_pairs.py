@@ -137,6 +137,15 @@ def check_pinhole(
             f"{image_dir} --input_path {model_dir} --output_path OUT --output_type COLMAP` "
             "first and use --model OUT/sparse --images OUT/images"
         )
+    for cid in used:
+        K = Ks[cid]
+        if not (np.all(np.isfinite(K)) and K[0, 0] > 0 and K[1, 1] > 0):
+            params = " ".join(f"{v:g}" for v in cameras[cid].params)
+            raise UsageError(
+                f"--model {model_dir}: camera {cid} ({cameras[cid].model}, params {params}) "
+                f"has focal length fx={K[0, 0]:g}, fy={K[1, 1]:g}; it must be positive and "
+                "finite"
+            )
     return {cid: K for cid, K in Ks.items() if K is not None}
 
 

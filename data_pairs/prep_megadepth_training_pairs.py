@@ -178,9 +178,12 @@ def generate_pairs(
         missing = [k for k in SCENE_INFO_KEYS if k not in info]
         if missing:
             raise NpyFileError(f"{f} is not a D2Net scene_info file: no {', '.join(missing)}")
-        pairs = scene_pairs(
-            info, rng, min_overlap_ratio, im_target_ratio, budget, sampson_thres, stats
-        )
+        try:
+            pairs = scene_pairs(
+                info, rng, min_overlap_ratio, im_target_ratio, budget, sampson_thres, stats
+            )
+        except pair_selection.SceneDataError as e:
+            raise pair_selection.SceneDataError(f"{f}: {e}") from None
         add_pair_images(entry, pairs)
         log(
             f"{f.name}: {stats['valid']} valid pairs, rejected {stats['size']} by size/crop "
@@ -247,6 +250,12 @@ def _main(argv: list[str] | None = None) -> int:
         )
     except FileNotFoundError as err:
         raise UsageError(f"--base_dir {args.base_dir}: {err}") from None
+    if not pairs:
+        raise UsageError(
+            f"--base_dir {args.base_dir}: no pair of any scene passed the selection "
+            f"(overlap >= --min_overlap_ratio {args.min_overlap_ratio}, landscape images "
+            f"near --im_target_ratio {args.im_target_ratio}, Sampson distance); nothing written"
+        )
     name = pair_file_name(
         args.min_overlap_ratio, args.im_target_ratio, args.max_scene_pairs, args.exclude_tag
     )

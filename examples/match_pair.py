@@ -34,12 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from utils.common.cli import UsageError, make_parser, number, run_command
 
 PROG = "examples.match_pair"
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CKPT = REPO / "pretrained" / "patch2pix_pretrained.pth"
+MAX_FIGURE_SIDE = 2048  # longer side (px) of each image in the figure; larger ones are scaled
 
 
 @dataclass
@@ -72,14 +74,21 @@ class PairMatches:
         return reprojection_errors(self.matches, H)
 
     def save(self, stem: str | os.PathLike, H: np.ndarray | None = None) -> tuple[Path, Path]:
-        """Write ``<stem>.npz`` and ``<stem>.csv`` (with an error column when H is given),
-        each atomically (a complete file or none).
+        """Write ``<stem>.npz`` and ``<stem>.csv`` (with an error column when H is given)
+        atomically as a set (both complete files, or neither).
 
         Returns:
             The two paths.
+        Raises:
+            WriteError (an OSError) naming the file that could not be written.
         """
-        from utils.common.setup_helper import write_atomic, write_text_atomic
+        from utils.common.setup_helper import write_atomic_set
 
+        npz, csv = write_atomic_set(self.writers(stem, H))
+        return npz, csv
+
+    def writers(self, stem: str | os.PathLike, H: np.ndarray | None = None) -> dict[Path, Any]:
+        """``{<stem>.npz: write, <stem>.csv: write}`` for ``write_atomic_set``."""
         stem = Path(stem)
         extra: dict[str, Any] = {}
         cols = [self.matches, self.scores[:, None]]
@@ -102,9 +111,11 @@ class PairMatches:
         table = np.concatenate(cols, axis=1) if len(self) else np.zeros((0, 5 + (H is not None)))
         text = io.StringIO()
         np.savetxt(text, table, delimiter=",", header=header, comments="", fmt="%.4f")
-        npz = write_atomic(Path(f"{stem}.npz"), lambda f: np.savez(f, **arrays))
-        csv = write_text_atomic(Path(f"{stem}.csv"), text.getvalue())
-        return npz, csv
+        csv_bytes = text.getvalue().encode("utf-8")
+        return {
+            Path(f"{stem}.npz"): lambda f: np.savez(f, **arrays),
+            Path(f"{stem}.csv"): lambda f: f.write(csv_bytes),
+        }
 
 
 def match_pair(
@@ -222,6 +233,9 @@ def load_homography(path: str | os.PathLike) -> np.ndarray:
     H = np.asarray(H, dtype=np.float64)
     if H.shape != (3, 3):
         raise ValueError(f"{p}: expected a 3x3 homography, got shape {H.shape}")
+    from utils.eval.hpatches import check_homography
+
+    check_homography(H, str(p))
     return H
 
 
@@ -234,21 +248,38 @@ def draw(
     sav_fig: str | os.PathLike | bool = False,
     dpi: float = 100,
     title: str | None = None,
+    max_side: int | None = MAX_FIGURE_SIDE,
 ) -> Any:
     """Plot the matches on the two images (coloured by error when H is given).
+
+    Images whose longer side exceeds `max_side` are drawn downscaled to it (the matches
+    scaled with them), so that the figure stays bounded for very large images (a
+    10000x10000 photo would otherwise make a 6.9 GB canvas); None draws at full size.
 
     Returns:
         The matplotlib Figure.
     """
     from utils.common.plotting import colors_from_values, plot_matches
+    from utils.datasets.preprocess import open_image
 
     colors = None
     if H is not None and len(res):
         colors = colors_from_values(res.errors(H), 0.0, max_error, "RdYlGn", reverse=True)
+    ims: list[Any] = [res.im1, res.im2]
+    matches = np.array(res.matches, dtype=np.float64, copy=True).reshape(-1, 4)
+    if max_side is not None:
+        for k in (0, 1):
+            im = open_image(ims[k])
+            w, h = im.size
+            if max(w, h) > max_side:
+                im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+                matches[:, 2 * k] *= im.size[0] / w
+                matches[:, 2 * k + 1] *= im.size[1] / h
+            ims[k] = im
     return plot_matches(
-        res.im1,
-        res.im2,
-        res.matches,
+        ims[0],
+        ims[1],
+        matches,
         Npts=Npts,
         lines=lines,
         radius=3,
@@ -272,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="'nc': NCNet weights, coarse matches only",
     )
     ap.add_argument("--out", default="matches.png", help="figure path; .npz/.csv beside it")
-    ap.add_argument("--imsize", type=int, default=1024, help="network longer side (<=0: native)")
+    ap.add_argument(
+        "--imsize", type=number(int), default=1024, help="network longer side (<=0: native)"
+    )
     ap.add_argument(
         "--io_thres", type=number(float, 0, 1), default=0.5, help="match score threshold"
     )
@@ -341,8 +374,26 @@ def _check_inputs(ap: argparse.ArgumentParser, args: argparse.Namespace) -> np.n
         raise UsageError(f"--out {out}: cannot create its folder: {e.strerror or e}") from None
     if not os.access(out.parent, os.W_OK):
         raise UsageError(f"--out {out}: the folder {out.parent} is not writable")
-    if args.device and str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
+    stem = out.parent / out.stem
+    for p in (out, Path(f"{stem}.npz"), Path(f"{stem}.csv")):
+        if p.is_dir():
+            raise UsageError(f"--out {out}: {p} is a folder")
+    if args.device:
+        try:
+            dev = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            raise UsageError(
+                f"--device {args.device}: not a device (use cpu, cuda or cuda:N)"
+            ) from None
+        if dev.type not in ("cpu", "cuda"):
+            raise UsageError(f"--device {args.device}: only cpu and cuda devices are supported")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
+        if dev.type == "cuda" and dev.index is not None:
+            if dev.index >= torch.cuda.device_count():
+                raise UsageError(
+                    f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)"
+                )
     return H
 
 
@@ -350,10 +401,11 @@ def run(argv: Sequence[str] | None = None) -> PairMatches:
     """The command's work: match, draw and save; returns the matches.
 
     Raises:
-        UsageError (CheckpointError, NoRegressorsError included) for bad input; nothing is
-        written then. The figure, ``.npz`` and ``.csv`` are each written atomically.
+        UsageError (CheckpointError, NoRegressorsError, WriteError included) for bad input
+        or an output that cannot be written; nothing is written then. The figure, ``.npz``
+        and ``.csv`` are written atomically as one set: all three, or none of them.
     """
-    from utils.common.setup_helper import write_atomic
+    from utils.common.setup_helper import write_atomic_set
     from utils.eval.model_helper import load_model
 
     ap = build_parser()
@@ -375,8 +427,9 @@ def run(argv: Sequence[str] | None = None) -> PairMatches:
     fig = draw(res, H, args.Npts, not args.points, title=f"{len(res)} matches")
     png = io.BytesIO()
     fig.savefig(png, format=out.suffix.lstrip(".").lower(), dpi=fig.dpi)
-    npz, csv = res.save(out.parent / out.stem, H)
-    write_atomic(out, lambda f: f.write(png.getvalue()))
+    writers = res.writers(out.parent / out.stem, H)
+    writers[out] = lambda f: f.write(png.getvalue())
+    npz, csv, _ = write_atomic_set(writers)
     print(f"{len(res)} matches; figure {out}, matches {npz} and {csv} (original pixels)")
     if H is not None and len(res):
         err = res.errors(H)

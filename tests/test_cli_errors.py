@@ -8,6 +8,7 @@ exactly one line on stderr, of the form ``<module>: error: ...``, naming the fil
 
 from __future__ import annotations
 
+import os
 from argparse import Namespace
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,16 @@ from utils.eval.model_helper import load_model
 
 # A row: (id, argv built from the fixture folders, words the one line must contain).
 Row = tuple[str, Callable[[dict[str, Path]], list[str]], list[str]]
+
+
+def _png_with_size(png: bytes, w: int, h: int) -> bytes:
+    """`png` with its IHDR width / height replaced (CRC fixed): a decompression-bomb header."""
+    import struct
+    import zlib
+
+    assert png[12:16] == b"IHDR"
+    body = b"IHDR" + struct.pack(">II", w, h) + png[24:29]
+    return png[:12] + body + struct.pack(">I", zlib.crc32(body)) + png[33:]
 
 
 class _Payload:
@@ -60,6 +71,16 @@ def files(tmp_path_factory) -> dict[str, Path]:
     f["empty_dir"].mkdir()
     f["H_bad"] = root / "H_bad.txt"
     f["H_bad"].write_text("1 2\n3 4\n")
+    f["H_zero"] = root / "H_zero.txt"
+    f["H_zero"].write_text("0 0 0\n0 0 0\n0 0 0\n")
+    f["H_nan"] = root / "H_nan.txt"
+    f["H_nan"].write_text("1 0 0\n0 nan 0\n0 0 1\n")
+    # images too small for one feature cell, and a PNG whose header claims 1e10 pixels
+    for name, (h, w) in (("one", (1, 1)), ("t32", (2, 3))):
+        f[name] = root / f"{name}.png"
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(f[name])
+    f["bomb"] = root / "bomb.png"
+    f["bomb"].write_bytes(_png_with_size(f["one"].read_bytes(), 100_000, 100_000))
     # a coarse-only model's bare state_dict (NCNet weights)
     net = Patch2Pix(
         Namespace(
@@ -113,6 +134,30 @@ def files(tmp_path_factory) -> dict[str, Path]:
     np.savez(root / "crafted" / "scene_info" / "0000.0.npz", image_paths=evil)
     (root / "text_npz" / "scene_info" / "0000.0.npz").write_text("not an archive")
     np.savez(root / "no_keys" / "scene_info" / "0000.0.npz", a=np.zeros(2))
+    # D2Net scene_info files with a NaN K, and with no overlapping images (no pair at all)
+    for name in ("nan_K", "degenerate"):
+        (root / name / "scene_info").mkdir(parents=True)
+        info = {k: np.empty(2, dtype=object) for k in ("image_paths", "intrinsics", "poses")}
+        info["points3D_id_to_2D"] = np.empty(2, dtype=object)
+        for i in range(2):
+            info["image_paths"][i] = f"Undistorted_SfM/0000/images/{i}.jpg"
+            info["intrinsics"][i] = np.array([[300.0, 0, 240], [0, 300, 160], [0, 0, 1]])
+            info["poses"][i] = np.eye(4)
+            info["points3D_id_to_2D"][i] = {1: np.array([10.0, 20.0])}
+        if name == "nan_K":
+            info["intrinsics"][1] = np.full((3, 3), np.nan)
+        ov = 0.5 if name == "nan_K" else -1.0
+        info["overlap_matrix"] = np.array([[-1.0, ov], [ov, -1.0]])
+        np.savez(root / name / "scene_info" / "0000.0.npz", **info)
+    # experiment folders for plot_run: a recorded run, and one with epochs of 1e18
+    recorded = Path(__file__).resolve().parent / "data" / "quickstart_metrics.jsonl"
+    for name in ("run", "run_1e18"):
+        (root / name).mkdir()
+        (root / name / "metrics.jsonl").write_text(recorded.read_text())
+    with (root / "run_1e18" / "metrics.jsonl").open("a") as fh:
+        fh.write('{"kind": "train", "epoch": 1e18, "iter": 1e18, "x": 1e18, "lr": 0.1}\n')
+        fh.write('{"kind": "val", "epoch": 1e18, "improved": true}\n')
+        fh.write('{"kind": "train", "epoch": "two", "x": "two", "lr": 0.1}\n')
     # validation roots for the overlap command
     (root / "val_bad" / "s1" / "dense" / "sparse").mkdir(parents=True)
     (root / "val_bad" / "s1" / "dense" / "sparse" / "images.bin").write_bytes(b"\x01\x02")
@@ -123,6 +168,28 @@ def files(tmp_path_factory) -> dict[str, Path]:
         f["evil_pairs"], {"0000": {"ims": [], "pairs": [_Payload(f["marker"])]}}, allow_pickle=True
     )
     (root / "pairs" / "notes.npy").write_text("not numpy")
+    # pair files that load but whose scene entries are not what a pair file holds
+    good_pair = dict(
+        im1="a.jpg",
+        im2="b.jpg",
+        K1=np.eye(3),
+        K2=np.eye(3),
+        t=np.zeros(3),
+        q=np.array([1, 0, 0, 0]),
+    )
+    for name, scene in (
+        ("none_scene", None),
+        ("pairs_not_list", {"ims": [], "pairs": "a.jpg b.jpg"}),
+        ("pair_wrong_types", {"ims": [], "pairs": [Namespace(**{**good_pair, "im1": 3})]}),
+        ("pair_K_text", {"ims": [], "pairs": [Namespace(**{**good_pair, "K1": "eye"})]}),
+        (
+            "pair_K_nan",
+            {"ims": [], "pairs": [Namespace(**{**good_pair, "K2": np.full((3, 3), np.nan)})]},
+        ),
+        ("pair_no_attrs", {"ims": [], "pairs": [Namespace(foo=1)]}),
+        ("pair_not_namespace", {"ims": [], "pairs": [("a.jpg", "b.jpg")]}),
+    ):
+        np.save(root / "pairs" / f"{name}.npy", {"0000": scene}, allow_pickle=True)
     # HPatches roots with an unreadable and with a missing image
     from utils.eval.make_hpatches_synthetic import make_synthetic_hpatches
 
@@ -281,6 +348,26 @@ MATCH_PAIR: list[Row] = [
         ["ckpt_featidx.pth", "feat_idx"],
     ),
     ("ckpt_nan_weights", lambda f: _mp(f, ckpt=f["ckpt_nan"]), ["ckpt_nan.pth", "NaN"]),
+    # issue 16.3: images / flags / outputs that gave tracebacks
+    ("image_1x1", lambda f: _mp(f, im1="one"), ["one.png", "(1x1)", "too small"]),
+    ("image_3x2", lambda f: _mp(f, im2="t32"), ["t32.png", "(3x2)", "too small"]),
+    ("imsize_1", lambda f: _mp(f, "--imsize", "1"), ["good.png", "imsize=1", "too small"]),
+    ("imsize_nan", lambda f: _mp(f, "--imsize", "nan"), ["--imsize", "nan"]),
+    ("device_bogus", lambda f: _mp(f, "--device", "bogus"), ["--device bogus", "not a device"]),
+    ("device_meta", lambda f: _mp(f, "--device", "meta"), ["--device meta", "cpu and cuda"]),
+    (
+        "decompression_bomb",
+        lambda f: _mp(f, im1="bomb"),
+        ["im1", "bomb.png", "decompression bomb"],
+    ),
+    (
+        "out_folder_cannot_be_made",
+        lambda f: _mp(f, "--out", "/proc/no_such_process/m.png"),
+        ["--out", "/proc/no_such_process/m.png", "cannot create"],
+    ),
+    ("out_is_a_folder", lambda f: _mp(f, "--out", str(f["empty_dir"])), ["--out", "empty_dir"]),
+    ("H_all_zero", lambda f: _mp(f, "--H", str(f["H_zero"])), ["--H", "H_zero.txt", "singular"]),
+    ("H_nan", lambda f: _mp(f, "--H", str(f["H_nan"])), ["--H", "H_nan.txt", "NaN"]),
 ]
 
 
@@ -293,6 +380,100 @@ def test_match_pair(row, files, tmp_path, capsys):
     from examples.match_pair import main
 
     _check_out(main, "examples.match_pair", row[1](files), row[2], tmp_path, capsys, name="m.png")
+
+
+class _FullDisk:
+    """A file object whose writes fail as on a full disk (ENOSPC)."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+
+    def write(self, data) -> int:
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
+
+
+def _full_disk(monkeypatch, match: str = "") -> None:
+    """Make every file that write_atomic opens and whose (temporary) name contains `match`
+    behave as on a full disk."""
+
+    real = os.fdopen
+
+    def fdopen(fd, *a, **k):
+        f = real(fd, *a, **k)
+        if match in os.readlink(f"/proc/self/fd/{fd}"):
+            return _FullDisk(f)
+        return f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+@pytest.mark.parametrize("match", ["", ".m.png."], ids=["every_file", "the_png_only"])
+def test_match_pair_full_disk_leaves_nothing(match, files, tmp_path, capsys, monkeypatch):
+    """A full disk while writing any of the three outputs (also the last one, the figure):
+    one line naming the file, no .npz / .csv / .png (the outputs are one atomic set)."""
+    from examples.match_pair import main
+
+    _full_disk(monkeypatch, match)
+    out = tmp_path / "out"
+    line = _check(
+        main,
+        "examples.match_pair",
+        _mp(files, "--out", str(out / "m.png")),
+        ["cannot write", "No space left on device"],
+        out,
+        capsys,
+    )
+    assert "m.png" in line if match else "m.npz" in line
+
+
+def test_match_pair_unwritable_out(files, tmp_path, capsys):
+    """An existing folder where nothing can be written (read-only /sys, also for root)."""
+    from examples.match_pair import main
+
+    if not Path("/sys").is_dir():
+        pytest.skip("no /sys on this system")
+    probe = Path("/sys/.p2p_probe")
+    try:
+        probe.touch()
+    except OSError:
+        pass
+    else:
+        probe.unlink()
+        pytest.skip("/sys is writable here")
+    _check(main, "examples.match_pair", _mp(files, "--out", "/sys/m.png"), ["/sys"], None, capsys)
+    assert not list(Path("/sys").glob("m.*")) and not list(Path("/sys").glob(".m.*"))
+
+
+def test_match_pair_huge_image_bounded_figure(files, tmp_path, capsys):
+    """A real 10000x10000 PNG: the figure is drawn downscaled (each image at most
+    MAX_FIGURE_SIDE px), not as a 6.9 GB full-size canvas; matches stay in original px."""
+    import warnings
+
+    from examples.match_pair import MAX_FIGURE_SIDE, main
+
+    big = tmp_path / "big.png"
+    Image.new("L", (10000, 10000), 90).save(big, compress_level=1)
+    out = tmp_path / "out" / "m.png"
+    argv = _mp(files, "--out", str(out))
+    argv[0] = str(big)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        assert main(argv) == 0, capsys.readouterr().err
+    with Image.open(out) as fig:
+        assert fig.size[0] <= 2 * MAX_FIGURE_SIDE + 20 and fig.size[1] <= MAX_FIGURE_SIDE
+    got = np.load(out.with_suffix(".npz"))
+    assert tuple(got["size1"]) == (10000, 10000)
 
 
 # ---------------------------------------------------------------- utils.eval.eval_hpatches
@@ -496,6 +677,17 @@ PREP_PAIRS: list[Row] = [
         ["--max_scene_pairs"],
     ),
     ("unknown_tag", lambda f: ["--exclude_tag", "excl_none"], ["--exclude_tag"]),
+    # issue 16.3
+    (
+        "nan_intrinsics",
+        lambda f: ["--base_dir", str(f["root"] / "nan_K")],
+        ["0000.0.npz", "image 1", "1.jpg", "intrinsics", "finite"],
+    ),
+    (
+        "degenerate_scene_no_pairs",
+        lambda f: ["--base_dir", str(f["root"] / "degenerate")],
+        ["--base_dir", "no pair", "nothing written"],
+    ),
 ]
 
 
@@ -636,6 +828,26 @@ TRAIN: list[tuple[str, Callable[[dict[str, Path], Path], list[str]], list[str]]]
         lambda f, d: _train(f, d, pair_root=f["evil_pairs"].parent, match_npy="notes.npy"),
         ["notes.npy"],
     ),
+    # issue 16.3: refused at parse time / before the experiment directory is made
+    ("psize_0", lambda f, d: _train(f, d, "--psize", "0", "0"), ["--psize", "positive"]),
+    *(
+        (
+            name,
+            lambda f, d, name=name: _train(
+                f, d, pair_root=f["evil_pairs"].parent, match_npy=f"{name}.npy"
+            ),
+            [f"{name}.npy", "scene 0000", *words],
+        )
+        for name, words in (
+            ("none_scene", ["expected a dict", "NoneType"]),
+            ("pairs_not_list", ["'pairs' must be a list"]),
+            ("pair_wrong_types", ["pair 0", "'im1'"]),
+            ("pair_K_text", ["pair 0", "'K1'", "numbers"]),
+            ("pair_K_nan", ["pair 0", "'K2'", "NaN"]),
+            ("pair_no_attrs", ["pair 0", "'im1'"]),
+            ("pair_not_namespace", ["pair 0", "Namespace", "tuple"]),
+        )
+    ),
 ]
 
 
@@ -647,6 +859,72 @@ def test_train_patch2pix(row, files, train_data, tmp_path, capsys):
     argv = row[1](files, train_data) + ["-o", str(out)]
     _check(train_patch2pix.main, "train_patch2pix", argv, row[2], out, capsys)
     assert not files["marker"].exists()
+
+
+# ---------------------------------------------------------------- utils.train.plot_run
+PLOT_RUN: list[Row] = [
+    ("dpi_0", lambda f: [str(f["root"] / "run"), "--dpi", "0"], ["--dpi", ">= 10"]),
+    ("dpi_100000", lambda f: [str(f["root"] / "run"), "--dpi", "100000"], ["--dpi", "<= 1000"]),
+    ("dpi_nan", lambda f: [str(f["root"] / "run"), "--dpi", "nan"], ["--dpi", "finite"]),
+    (
+        "out_folder_cannot_be_made",
+        lambda f: [str(f["root"] / "run"), "--out", "/proc/no_such_process/run.png"],
+        ["cannot write", "/proc/no_such_process/run.png"],
+    ),
+    (
+        "out_is_a_folder",
+        lambda f: [str(f["root"] / "run"), "--out", str(f["empty_dir"])],
+        ["--out", "empty_dir", "folder"],
+    ),
+    (
+        "out_bad_format",
+        lambda f: [str(f["root"] / "run"), "--out", str(f["root"] / "run.xyz")],
+        ["--out", "run.xyz", "format"],
+    ),
+]
+
+
+@pytest.mark.parametrize("row", PLOT_RUN, ids=[r[0] for r in PLOT_RUN])
+def test_plot_run(row, files, tmp_path, capsys):
+    from utils.train.plot_run import main
+
+    _check_out(main, "utils.train.plot_run", row[1](files), row[2], tmp_path, capsys, name="r.png")
+    assert not (files["root"] / "run" / "run.png").exists()
+
+
+def test_plot_run_unwritable_and_full_disk(files, tmp_path, capsys, monkeypatch):
+    """An existing read-only folder (/sys, also for root) and a full disk: one line each."""
+    from utils.train.plot_run import main
+
+    if Path("/sys").is_dir():
+        _check(
+            main,
+            "utils.train.plot_run",
+            [str(files["root"] / "run"), "--out", "/sys/r.png"],
+            ["cannot write", "/sys/r.png"],
+            None,
+            capsys,
+        )
+    _full_disk(monkeypatch)
+    out = tmp_path / "out"
+    _check(
+        main,
+        "utils.train.plot_run",
+        [str(files["root"] / "run"), "--out", str(out / "r.png")],
+        ["cannot write", "r.png", "No space left on device"],
+        out,
+        capsys,
+    )
+
+
+def test_plot_run_epoch_1e18_is_left_out_with_a_word(files, tmp_path, capsys):
+    from utils.train.plot_run import main
+
+    out = tmp_path / "r.png"
+    assert main([str(files["root"] / "run_1e18"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "3 record(s) with an epoch / x outside 0..1e+06 left out" in err, err
+    assert out.is_file() and "Traceback" not in err
 
 
 # ---------------------------------------------------------------- examples.make_example_pairs

@@ -470,6 +470,11 @@ def _bad_cases(recs: Path, tmp: Path) -> list[tuple[list[str], list[str]]]:
     from PIL import Image as PILImage
 
     PILImage.new("RGB", (64, 40)).save(small / first.name)
+    focal0 = tmp / "focal0"
+    cams, ims, pts = read_model(c / "sparse")
+    cid0 = sorted(cams)[0]
+    cams[cid0] = Camera("PINHOLE", cams[cid0].width, cams[cid0].height, np.array([0.0, 0.0, 1, 1]))
+    write_model(focal0, cams, ims, pts)
     bad_sf = tmp / "scenes.txt"
     bad_sf.write_text("castle a b\nonly_two fields\n")
     return [
@@ -498,6 +503,10 @@ def _bad_cases(recs: Path, tmp: Path) -> list[tuple[list[str], list[str]]]:
         (good + ["--data_root", str(tmp / "nodir")], ["--data_root", "nodir"]),
         (good + ["--min_overlap", "0.999"], ["no pair", "nothing written"]),
         (good + ["--bogus"], ["--bogus"]),
+        (
+            ["--model", str(focal0), "--images", str(c / "images")],
+            ["--model", "focal0", f"camera {cid0}", "focal length fx=0"],
+        ),
     ]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from utils.train.cli import UsageError, build_parser, check_args, parse_args, parse_lr_decay
-from utils.train.experiment import ExperimentLog, make_tags, save_config
+from utils.train.experiment import ExperimentLog, make_tags, save_config, truncate_metrics
 
 PAPER_CMD = (
     "--epochs 25 --batch 4 --save_step 1 --plot_counts 20 --data_root data --change_stride "
@@ -154,3 +154,20 @@ def test_argparse_errors_are_one_line(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("train_patch2pix: error: argument --panc")
+
+
+def test_truncate_metrics_for_a_resume(tmp_path):
+    """--resume at epoch 2 re-runs epoch 2: its records (and a line cut by a kill) go."""
+    path = tmp_path / "metrics.jsonl"
+    recs = [
+        {"kind": "train", "epoch": 0, "iter": 1},
+        {"kind": "epoch", "epoch": 1},
+        {"kind": "note"},
+        {"kind": "train", "epoch": 2, "iter": 1},
+        {"kind": "val", "epoch": 3},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"kind": "tra')
+    assert truncate_metrics(path, 2) == 3
+    assert [json.loads(x) for x in path.read_text().splitlines()] == recs[:3]
+    assert truncate_metrics(path, 2) == 0
+    assert truncate_metrics(tmp_path / "none.jsonl", 0) == 0

@@ -183,3 +183,53 @@ def test_image_size_reads_the_header_and_names_bad_files(tmp_path):
     (tmp_path / "junk.jpg").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="junk.jpg"):
         image_size(tmp_path / "junk.jpg")
+
+
+def test_16bit_greyscale_is_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG (PIL mode I;16 / I) is scaled by 255/65535 (PIL's own convert clips it:
+    91 % of a photo's pixels became 255)."""
+    from utils.datasets.preprocess import open_image
+
+    rng = np.random.default_rng(0)
+    a16 = rng.integers(0, 65536, (24, 32), dtype=np.uint16)
+    path = tmp_path / "g16.png"
+    Image.fromarray(a16).save(path)
+    with Image.open(path) as im:
+        assert im.mode in ("I;16", "I")
+    rgb = np.asarray(open_image(path))
+    want = np.rint(a16 / 257.0).astype(np.uint8)
+    assert rgb.shape == (24, 32, 3) and np.array_equal(rgb[..., 0], want)
+    assert (rgb == 255).mean() < 0.01
+    grey = np.asarray(open_image(path, "L"))
+    assert np.array_equal(grey, want)
+    # 8-bit images are untouched
+    a8 = rng.integers(0, 256, (24, 32), dtype=np.uint8)
+    Image.fromarray(a8).save(tmp_path / "g8.png")
+    assert np.array_equal(np.asarray(open_image(tmp_path / "g8.png", "L")), a8)
+
+
+def test_too_small_image_is_a_usage_error(tmp_path):
+    from utils.common.cli import UsageError
+    from utils.datasets.preprocess import ImageTooSmallError
+
+    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(tmp_path / "t.png")
+    with pytest.raises(ImageTooSmallError, match=r"t.png \(3x2\) is too small") as ei:
+        load_im_flexible(tmp_path / "t.png", imsize=64)
+    assert isinstance(ei.value, UsageError) and isinstance(ei.value, ValueError)
+
+
+def test_decompression_bomb_header_is_refused(tmp_path):
+    import struct
+    import zlib
+
+    from utils.datasets.preprocess import ImageDecodeError, image_size, open_image
+
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "one.png")
+    png = (tmp_path / "one.png").read_bytes()
+    body = b"IHDR" + struct.pack(">II", 100_000, 100_000) + png[24:29]
+    (tmp_path / "bomb.png").write_bytes(
+        png[:12] + body + struct.pack(">I", zlib.crc32(body)) + png[33:]
+    )
+    for fn in (open_image, image_size):
+        with pytest.raises(ImageDecodeError, match="bomb.png.*decompression bomb"):
+            fn(tmp_path / "bomb.png")

@@ -15,11 +15,15 @@ import numpy as np
 import pytest
 import torch
 
+from utils.common.cli import UsageError
 from utils.common.setup_helper import (
+    WriteError,
+    clean_stale_temporaries,
     load_checkpoint_safe,
     save_checkpoint_atomic,
     save_npy_atomic,
     write_atomic,
+    write_atomic_set,
     write_text_atomic,
 )
 
@@ -51,6 +55,79 @@ def test_write_atomic_failure_keeps_the_old_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):  # also for an interrupt
         write_atomic(target, lambda f: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert target.read_text() == "old" and _leftovers(tmp_path) == []
+
+
+class _FullFile(io.RawIOBase):
+    """A file object that accepts `room` bytes, then fails as a full disk does."""
+
+    def __init__(self, f, room: int = 100) -> None:
+        self._f, self.room = f, room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        import errno
+
+        self.room -= len(b)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self._f.write(b)
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+
+def test_checkpoint_save_on_a_full_disk_is_one_clear_line(tmp_path):
+    """torch.save reports a failed write as RuntimeError('... unexpected pos ...'); the
+    writer names the file and the reason instead (a WriteError: an OSError and a
+    UsageError, so every command prints it as one line)."""
+    target = tmp_path / "last_ckpt.pth"
+    with pytest.raises(WriteError) as ei:
+        write_atomic(target, lambda f: torch.save({"w": torch.zeros(10000)}, _FullFile(f)))
+    msg = str(ei.value)
+    assert msg == f"cannot write {target}: No space left on device", msg
+    assert "unexpected pos" not in msg and ei.value.errno == 28
+    assert isinstance(ei.value, OSError) and isinstance(ei.value, UsageError)
+    assert not target.exists() and _leftovers(tmp_path) == []
+
+
+def test_write_atomic_set_is_all_or_nothing(tmp_path):
+    a, b, c = (tmp_path / n for n in ("m.npz", "m.csv", "m.png"))
+    c.write_bytes(b"old figure")
+
+    def fail(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(WriteError, match="m.png: No space left"):
+        write_atomic_set({a: lambda f: f.write(b"A"), b: lambda f: f.write(b"B"), c: fail})
+    assert not a.exists() and not b.exists() and c.read_bytes() == b"old figure"
+    assert _leftovers(tmp_path) == []
+    assert write_atomic_set({a: lambda f: f.write(b"A"), b: lambda f: f.write(b"B")}) == [a, b]
+    assert a.read_bytes() == b"A" and b.read_bytes() == b"B"
+
+
+def test_clean_stale_temporaries(tmp_path):
+    """The temporaries of dead processes go; those of live ones (and other files) stay."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".last_ckpt.pth.{dead_pid}.0123abcd.tmp"
+    mine = tmp_path / f".last_ckpt.pth.{os.getpid()}.0123abcd.tmp"
+    other = [tmp_path / "last_ckpt.pth", tmp_path / "notes.tmp", tmp_path / ".x.12.zz.tmp"]
+    for p in [stale, mine, *other]:
+        p.write_bytes(b"x")
+    assert clean_stale_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and mine.exists() and all(p.exists() for p in other)
+    assert clean_stale_temporaries(tmp_path / "missing") == []
 
 
 def test_write_atomic_file_mode_follows_umask(tmp_path):

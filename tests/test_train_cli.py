@@ -189,7 +189,7 @@ def test_resume_continues_with_optimiser_state(trained):
     assert (exp / "ckpt_ep3.pth").is_file()
 
 
-def test_kill_during_checkpoint_write_keeps_last_ckpt(trained, tmp_path):
+def test_kill_during_checkpoint_write_keeps_last_ckpt(trained, tmp_path, capsys):
     """The process dies (SIGKILL) in the middle of writing last_ckpt.pth."""
     args, exp, _ = trained
     last = exp / "last_ckpt.pth"
@@ -221,6 +221,52 @@ def test_kill_during_checkpoint_write_keeps_last_ckpt(trained, tmp_path):
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert sha(last) == digest
     assert load_checkpoint_safe(last)["last_epoch"] == epoch
+    stale = list(exp.glob(".last_ckpt.pth.*.tmp"))
+    assert len(stale) == 1  # what SIGKILL leaves: the temporary file
+
+    # issue 16.3: the next start removes it; the resumed run drops the killed run's records
+    # of the epoch it re-runs; a checkpoint save on a full disk is one clear line
+    import errno
+
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self._f = f
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._f.close()
+
+    def fdopen(fd, *a, **k):
+        f = real_fdopen(fd, *a, **k)
+        return Full(f) if "ckpt" in os.readlink(f"/proc/self/fd/{fd}") else f
+
+    os.fdopen = fdopen
+    try:
+        rc = train_patch2pix.main([*run_args, "--resume", "--no_val"])
+    finally:
+        os.fdopen = real_fdopen
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert rc == 2 and len(lines) == 1, err[-2000:]
+    assert lines[0] == (f"train_patch2pix: error: cannot write {last}: No space left on device"), (
+        lines
+    )
+    assert not list(exp.glob(".*.tmp")) and sha(last) == digest
+    recs = [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r.get("kind"), r.get("epoch"), r.get("iter")) for r in recs]
+    assert len(keys) == len(set(keys)), "duplicate metrics rows after --resume"
+    assert any(k[1] == epoch + 1 for k in keys)
+    assert "dropped" in (exp / "log.txt").read_text()
 
 
 def test_overfit_one_pair_lowers_epipolar_loss(data):

@@ -6,10 +6,11 @@ import argparse
 import os
 import pickle
 import random
+import re
 import secrets
 import zipfile
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -361,38 +362,160 @@ def load_checkpoint_safe(path: str | os.PathLike, map_location: Any = "cpu") -> 
         ) from None
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Write a file so that readers and crashes see either the old or the complete new one.
+class WriteError(UsageError, OSError):
+    """An output file that could not be written (full disk, no permission, ...): an OSError
+    whose message names the file; every command reports it as one line, exit code 2."""
 
-    `write` fills a new temporary file beside `path` (same directory, so same file system;
-    created with the usual permissions, 0666 minus the umask), which is then flushed and
-    fsynced, renamed over `path` (``os.replace``) and the directory entry fsynced. On any
-    failure the temporary file is removed and `path` is left as it was. The project's one
-    atomic writer: checkpoints, .npy files and JSON / text files all go through it.
 
-    Returns:
-        `path` as a Path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+# write_atomic's temporary files: ``.<name>.<pid>.<8 hex digits>.tmp`` beside the target
+_TMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """`e` itself or the OSError it was raised from / while handling (torch.save turns a
+    failed write into RuntimeError('... unexpected pos ...') whose context is the OSError)."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError):
+            return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
+def _write_error(path: Path, e: BaseException) -> WriteError | None:
+    err = _os_error(e)
+    if err is None or isinstance(err, WriteError):
+        return None
+    why = err.strerror or " ".join(str(err).split()) or type(err).__name__
+    out = WriteError(f"cannot write {path}: {why}")
+    out.errno = err.errno
+    return out
+
+
+def _write_tmp(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """`write` into a new fsynced temporary file beside `path`; removed on failure."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise _write_error(path, e) from e  # type: ignore[misc]
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        err = _write_error(path, e)
+        if err is not None:
+            raise err from e
         raise
-    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    return tmp
+
+
+def _fsync_dirs(paths: list[Path]) -> None:
+    if not hasattr(os, "O_DIRECTORY"):  # POSIX only: make the renames themselves durable
+        return
+    for folder in dict.fromkeys(p.parent for p in paths):
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    return path
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a file so that readers and crashes see either the old or the complete new one.
+
+    `write` fills a new temporary file beside `path` (same directory, so same file system;
+    created with the usual permissions, 0666 minus the umask; named
+    ``.<name>.<pid>.<random>.tmp``), which is then flushed and fsynced, renamed over `path`
+    (``os.replace``) and the directory entry fsynced. On any failure the temporary file is
+    removed and `path` is left as it was; a failure to write (full disk, permissions; also
+    when torch.save reports it as a RuntimeError) raises :class:`WriteError` naming `path`.
+    The project's one atomic writer: checkpoints, .npy files and JSON / text files all go
+    through it (a process killed mid-write leaves the temporary file:
+    :func:`clean_stale_temporaries` removes it).
+
+    Returns:
+        `path` as a Path.
+    """
+    return write_atomic_set({path: write})[0]
+
+
+def write_atomic_set(
+    writers: Mapping[str | os.PathLike, Callable[[BinaryIO], object]],
+) -> list[Path]:
+    """Write several files as one set: all of them or none.
+
+    Every file is first written to its temporary (as :func:`write_atomic`); only when all
+    are complete are they renamed into place. A failure before the renames removes every
+    temporary and leaves the targets as they were; a failure during the renames (rare:
+    the data is already on disk) removes the temporaries left and the files of the set
+    already renamed, so no partial set stays behind.
+
+    Returns:
+        the paths, in the order given.
+    Raises:
+        WriteError naming the file that could not be written.
+    """
+    items = [(Path(p), w) for p, w in writers.items()]
+    tmps: list[Path] = []
+    done: list[Path] = []
+    try:
+        for path, write in items:
+            tmps.append(_write_tmp(path, write))
+        for (path, _), tmp in zip(items, tmps, strict=True):
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise _write_error(path, e) from e  # type: ignore[misc]
+            done.append(path)
+    except BaseException:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        if len(items) > 1:
+            for path in done:
+                path.unlink(missing_ok=True)
+        raise
+    _fsync_dirs([p for p, _ in items])
+    return [p for p, _ in items]
+
+
+def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries that :func:`write_atomic` left in `folder` (not recursive)
+    when its process was killed mid-write (SIGKILL, power loss); those of a process that
+    is still running are kept.
+
+    Returns:
+        the removed paths.
+    """
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TMP_RE.match(p.name)
+        if m is None or not p.is_file():
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 def save_checkpoint_atomic(obj: Any, path: str | os.PathLike) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+from argparse import Namespace
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,6 +77,67 @@ def load_pair_file(match_file: str | os.PathLike) -> dict[str, dict[str, list[An
     return data
 
 
+def _items(value: Any, what: str) -> list[Any]:
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return list(value)
+    if not isinstance(value, (list, tuple)):
+        raise NpyFileError(f"{what} must be a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _numbers(value: Any, shape: tuple[int, ...], what: str) -> None:
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise NpyFileError(f"{what} must be numbers, got {type(value).__name__}") from None
+    if a.size != int(np.prod(shape)):
+        raise NpyFileError(f"{what} must have {int(np.prod(shape))} numbers {shape}, got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise NpyFileError(f"{what} has NaN or infinite values")
+
+
+def check_scene_entry(entry: Any, where: str) -> None:
+    """Check one scene of a training-pair file (data-formats.md §2) before any use, so that
+    a malformed file fails at start (one line naming it), not in the middle of training.
+
+    An entry is ``{'ims': [Namespace(name, crop)], 'pairs': [Namespace(im1, im2, K1, K2,
+    t, q or R, crop1, crop2, ...)]}`` (``image_dir`` optional).
+
+    Raises:
+        NpyFileError (a ValueError) starting with `where`.
+    """
+    if not isinstance(entry, dict):
+        raise NpyFileError(
+            f"{where}: expected a dict with 'ims' and 'pairs', got {type(entry).__name__}"
+        )
+    pairs = _items(entry.get("pairs", []), f"{where}: 'pairs'")
+    for i, p in enumerate(pairs):
+        at = f"{where}: pair {i}"
+        if not isinstance(p, Namespace):
+            raise NpyFileError(f"{at} must be a Namespace, got {type(p).__name__}")
+        for key in ("im1", "im2"):
+            if not isinstance(getattr(p, key, None), str):
+                raise NpyFileError(f"{at}: '{key}' must be an image name (str)")
+        for key in ("K1", "K2", "t"):
+            if not hasattr(p, key):
+                raise NpyFileError(f"{at} has no '{key}'")
+            _numbers(getattr(p, key), (3,) if key == "t" else (3, 3), f"{at}: '{key}'")
+        if getattr(p, "R", None) is not None:
+            _numbers(p.R, (3, 3), f"{at}: 'R'")
+        elif getattr(p, "q", None) is not None:
+            _numbers(p.q, (4,), f"{at}: 'q'")
+        else:
+            raise NpyFileError(f"{at} has neither 'R' nor 'q' (the relative rotation)")
+        for key in ("crop1", "crop2"):
+            if getattr(p, key, None) is not None:
+                _numbers(getattr(p, key), (2,), f"{at}: '{key}'")
+    for i, im in enumerate(_items(entry.get("ims", []), f"{where}: 'ims'")):
+        if not isinstance(im, Namespace) or not isinstance(getattr(im, "name", None), str):
+            raise NpyFileError(f"{where}: ims {i} must be a Namespace with a 'name' (str)")
+        if getattr(im, "crop", None) is not None:
+            _numbers(im.crop, (2,), f"{where}: ims {i}: 'crop'")
+
+
 class ImMatchDatasetMega(Dataset):
     """MegaDepth image pairs at training resolution with their fundamental matrix.
 
@@ -133,6 +195,8 @@ class ImMatchDatasetMega(Dataset):
             missing = [s for s in scenes if s not in data]
             if missing:
                 raise ValueError(f"scenes {missing} are not in the pair file {self.match_file}")
+        for scene in scenes:
+            check_scene_entry(data[scene], f"training-pair file {self.match_file}: scene {scene}")
         self.scenes = scenes
         self.scene_roots = {scene: self._scene_root(scene, data[scene]) for scene in scenes}
         self.pairs: list[tuple[str, Any]] = []

@@ -24,6 +24,7 @@ __all__ = [
     "IMAGENET_STD",
     "ImageDecodeError",
     "ImageNotFoundError",
+    "ImageTooSmallError",
     "open_image",
     "image_size",
     "pil_to_tensor",
@@ -50,6 +51,11 @@ class ImageDecodeError(UsageError, ValueError):
     """An image file that cannot be decoded (a ValueError; one line in every command)."""
 
 
+class ImageTooSmallError(UsageError, ValueError):
+    """An image smaller than one feature cell at the requested size (a ValueError; one line
+    in every command)."""
+
+
 @contextmanager
 def _opened(im_path: str | os.PathLike) -> Iterator[Image.Image]:
     """PIL's lazy ``Image.open`` of a file, with errors that name the path.
@@ -64,19 +70,44 @@ def _opened(im_path: str | os.PathLike) -> Iterator[Image.Image]:
     try:
         with Image.open(path) as im:
             yield im
+    except Image.DecompressionBombError as e:  # a header claiming > 2 x PIL's pixel limit
+        raise ImageDecodeError(f"refusing image file {path}: {' '.join(str(e).split())}") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ImageDecodeError(f"cannot decode image file {path}: {e}") from e
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit / 32-bit integer and float greyscale ('I;16*', 'I', 'F') scaled to 8-bit 'L'.
+
+    PIL's own conversion clips these to 0..255 (a 16-bit photo becomes almost white): the
+    values are scaled by the type's full range instead (16-bit: /257, so 65535 -> 255;
+    32-bit integers as 16-bit when they fit, which is what PIL decodes 16-bit PNGs to;
+    floats as [0, 1]).
+    """
+    if im.mode.startswith("I;16"):
+        a = np.asarray(im).astype(np.float64) / 257.0
+    elif im.mode == "I":
+        a = np.asarray(im).astype(np.float64)
+        a = a / 257.0 if a.size and a.min() >= 0 and a.max() <= 65535 else a
+    elif im.mode == "F":
+        a = np.nan_to_num(np.asarray(im).astype(np.float64), nan=0.0) * 255.0
+    else:
+        return im
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
 
 
 def open_image(im_path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
     """Open an image file and convert it to `mode`, with errors that name the path.
 
+    High-bit-depth greyscale images (16-bit PNG / TIFF) are scaled to 8 bits, not clipped.
+
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file cannot be decoded as an image.
+        ValueError: the file cannot be decoded as an image (or its header claims more than
+            twice PIL's ``Image.MAX_IMAGE_PIXELS``: a decompression bomb).
     """
     with _opened(im_path) as im:
-        return im.convert(mode)
+        return _to_8bit(im).convert(mode)
 
 
 def image_size(im_path: str | os.PathLike) -> tuple[int, int]:
@@ -193,9 +224,10 @@ def prepare_image(
     w, h = im.size
     wt, ht = cal_rescale_size(imsize, w, h, k_size=k_size, upsample=upsample)
     if wt <= 0 or ht <= 0:
-        raise ValueError(
+        raise ImageTooSmallError(
             f"image {name} ({w}x{h}) is too small for imsize={imsize}, "
-            f"k_size={k_size}, upsample={upsample}"
+            f"k_size={k_size}, upsample={upsample}: each side must reach "
+            f"{upsample * k_size} px after resizing"
         )
     if (wt, ht) != (w, h):
         im = im.resize((wt, ht), Image.Resampling.BICUBIC)

@@ -210,10 +210,27 @@ def read_homography(path: str | os.PathLike) -> np.ndarray:
         H = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except (ValueError, UnicodeDecodeError) as e:
         raise HomographyFileError(f"{path}: not a 3x3 homography text file ({e})") from None
-    if H.shape != (3, 3) or not np.all(np.isfinite(H)):
+    if H.shape != (3, 3):
         raise HomographyFileError(
             f"{path}: expected a 3x3 matrix of finite numbers, got shape {H.shape}"
         )
+    return check_homography(H, str(path))
+
+
+def check_homography(H: np.ndarray, name: str) -> np.ndarray:
+    """Refuse a 3x3 matrix that is no homography: a NaN / inf entry, or singular (e.g. all
+    zeros; ``|det|`` below 1e-12 of the entries' scale cubed).
+
+    Returns:
+        `H`.
+    Raises:
+        HomographyFileError naming `name`.
+    """
+    if not np.all(np.isfinite(H)):
+        raise HomographyFileError(f"{name}: the 3x3 homography has NaN or infinite entries")
+    scale = float(np.abs(H).max())
+    if scale == 0.0 or abs(float(np.linalg.det(H / scale))) < 1e-12:
+        raise HomographyFileError(f"{name}: the 3x3 homography is singular (all zeros?)")
     return H
 
 
@@ -376,11 +393,22 @@ def evaluate_hpatches(
 
     Returns:
         {'summary': summarize(...), 'pairs': [per-pair dicts], 'n_seqs': int, 'time_s': float}.
+    Raises:
+        HomographyFileError (one line in the CLI) for a sequence without all of H_1_2 ..
+        H_1_6 (no pair is dropped silently) and for a homography file that is not a
+        finite, non-singular 3x3 matrix.
     """
     seqs = list_sequences(root, exclude, max_seqs)
     if not seqs:
         raise FileNotFoundError(f"no i_*/v_* sequences under {root}")
-    jobs = [(s, k) for s in seqs for k in range(2, 7) if (s / f"H_1_{k}").exists()]
+    for s in seqs:  # a pair left out silently would change the averages: refuse instead
+        missing = [f"H_1_{k}" for k in range(2, 7) if not (s / f"H_1_{k}").is_file()]
+        if missing:
+            raise HomographyFileError(
+                f"sequence {s} has no {', '.join(missing)} (an HPatches sequence has "
+                "H_1_2 .. H_1_6; leave the sequence out with --exclude)"
+            )
+    jobs = [(s, k) for s in seqs for k in range(2, 7)]
 
     def evaluate(job: tuple[Path, int]) -> PairResult:
         seq, k = job

@@ -268,6 +268,10 @@ def check_args(args: argparse.Namespace) -> None:
             "--conv_kers, --conv_dims and --conv_strs need the same number of "
             f"values, got {args.conv_kers}, {args.conv_dims}, {args.conv_strs}"
         )
+    if min(args.psize) <= 0:
+        raise UsageError(f"--psize must be positive, got {args.psize[0]} {args.psize[1]}")
+    if args.pshift < 0:
+        raise UsageError(f"--pshift must be >= 0, got {args.pshift}")
     if args.freeze_feat < 0:
         raise UsageError(f"--freeze_feat must be >= 0, got {args.freeze_feat}")
     if args.workers < 0 or args.max_iters_per_epoch < 0:

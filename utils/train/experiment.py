@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from utils.common.setup_helper import write_text_atomic
 from utils.train.cli import parse_lr_decay
 
-__all__ = ["ExperimentLog", "ExperimentTags", "make_tags", "save_config"]
+__all__ = ["ExperimentLog", "ExperimentTags", "make_tags", "save_config", "truncate_metrics"]
 
 LOG_NAME = "log.txt"
 METRICS_NAME = "metrics.jsonl"
@@ -127,6 +127,37 @@ def save_config(args: Namespace, exp_dir: Path) -> Path:
     """Write the resolved configuration to ``<exp_dir>/config.json`` and return its path."""
     path = Path(exp_dir) / CONFIG_NAME
     return write_text_atomic(path, json.dumps(_jsonable(args), indent=2, sort_keys=True) + "\n")
+
+
+def truncate_metrics(path: str | Path, start_epoch: int) -> int:
+    """Drop the records of epochs >= `start_epoch` from a metrics.jsonl (atomically), so that
+    a resumed run, which re-runs its start epoch, leaves no duplicate rows. Records without
+    an epoch are kept; a line that is not JSON (cut by a kill mid-write) is dropped.
+
+    Returns:
+        the number of lines dropped (0 when the file does not exist).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept: list[str] = []
+    dropped = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            dropped += 1
+            continue
+        epoch = rec.get("epoch") if isinstance(rec, dict) else None
+        if isinstance(epoch, (int, float)) and epoch >= start_epoch:
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        write_text_atomic(path, "".join(f"{x}\n" for x in kept))
+    return dropped
 
 
 class ExperimentLog:

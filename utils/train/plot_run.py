@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.common.cli import UsageError, make_parser, run_command
+from utils.common.cli import UsageError, make_parser, number, run_command
 from utils.common.setup_helper import write_atomic
 
 MODULE = "utils.train.plot_run"
@@ -125,6 +125,24 @@ def _value(rec: dict[str, Any], keys: tuple[str, ...]) -> float | None:
     return v if math.isfinite(v) else None
 
 
+MAX_EPOCH = 1e6  # x beyond it (e.g. an epoch of 1e18 in a damaged file) is not plotted
+
+
+def _x_of(rec: dict[str, Any]) -> float | None:
+    """The x of a record (see :func:`series`); None when it is not a finite number in
+    [0, MAX_EPOCH]."""
+    try:
+        x = float(rec["x"]) if rec.get("kind") == "train" else float(rec.get("epoch", -1)) + 1
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    return x if math.isfinite(x) and 0 <= x <= MAX_EPOCH else None
+
+
+def out_of_range(records: Sequence[dict[str, Any]]) -> int:
+    """How many train / val records have no plottable x (see :func:`_x_of`)."""
+    return sum(1 for r in records if r.get("kind") in ("train", "val") and _x_of(r) is None)
+
+
 def series(
     records: Sequence[dict[str, Any]], kind: str, keys: tuple[str, ...], scale: float = 1.0
 ) -> tuple[list[float], list[float]]:
@@ -134,7 +152,7 @@ def series(
     for rec in records:
         if rec.get("kind") != kind:
             continue
-        x = rec.get("x") if kind == "train" else rec.get("epoch", -1) + 1
+        x = _x_of(rec)
         y = _value(rec, keys)
         if x is None or y is None:
             continue
@@ -248,7 +266,9 @@ def build_parser():
         default=None,
         help="figure file (default: EXP_DIR/run.png for one folder, else runs.png)",
     )
-    p.add_argument("--dpi", type=float, default=100, help="figure resolution")
+    p.add_argument(
+        "--dpi", type=number(float, 10, 1000), default=100, help="figure resolution (10..1000)"
+    )
     return p
 
 
@@ -261,12 +281,27 @@ def _main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.exp_dirs[0]) / "run.png"
     else:
         out = Path("runs.png")
-    fig = plot_runs(runs, dpi=args.dpi)
     fmt = out.suffix[1:].lower() or "png"
-    write_atomic(out, lambda f: fig.savefig(f, format=fmt))
+    from matplotlib.figure import Figure
+
+    if fmt not in Figure().canvas.get_supported_filetypes():
+        raise UsageError(
+            f"--out {out}: '{out.suffix}' is not an image format matplotlib writes "
+            "(use e.g. .png, .pdf, .svg)"
+        )
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; give the figure's file name")
+    fig = plot_runs(runs, dpi=args.dpi)
+    write_atomic(out, lambda f: fig.savefig(f, format=fmt))  # WriteError: one line
     for r in runs:
         if r.skipped_last_line:
             print(f"{r.path}: incomplete last line left out", file=sys.stderr)
+        bad = out_of_range(r.records)
+        if bad:
+            print(
+                f"{r.path}: {bad} record(s) with an epoch / x outside 0..{MAX_EPOCH:g} left out",
+                file=sys.stderr,
+            )
     print(f"figure of {len(runs)} run(s) written to {out}")
     return 0
 

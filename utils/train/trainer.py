@@ -29,6 +29,7 @@ from networks.patch2pix import Patch2Pix
 from networks.resnet import download_imagenet_weights, find_imagenet_weights
 from utils.common.setup_helper import (
     CheckpointError,
+    clean_stale_temporaries,
     load_checkpoint_safe,
     save_checkpoint_atomic,
     seed_all,
@@ -60,10 +61,12 @@ from utils.train.eval_epoch_immatch import (
 from utils.train.experiment import (
     BEST_CKPT,
     LAST_CKPT,
+    METRICS_NAME,
     ExperimentLog,
     ExperimentTags,
     make_tags,
     save_config,
+    truncate_metrics,
 )
 from utils.train.losses import BatchLoss, LossConfig, batch_loss
 from utils.train.metrics import RunningMeans, format_means, memory_metrics, step_metrics
@@ -471,10 +474,24 @@ class Trainer:
         timeout = float(getattr(args, "dist_timeout", 1800))
         init_process_group(self.dist, self.device, timeout)
         # Only rank 0 writes files, plots and validates (utils/train/distributed.py).
+        stale: list[Path] = []
+        dropped = 0
+        if self.dist.is_main:
+            # a run killed while writing a checkpoint leaves write_atomic's temporary file
+            stale = clean_stale_temporaries(self.exp_dir)
+            if args.resume:  # the resumed epoch is re-run: drop its (partial) records
+                dropped = truncate_metrics(self.exp_dir / METRICS_NAME, start.start_epoch)
         self.log = ExperimentLog(self.exp_dir, echo=echo) if self.dist.is_main else Silent()
         try:
             if args.resume:
                 self.log(f"\n>>>>>> Resuming at epoch {start.start_epoch}")
+                if dropped:
+                    self.log(
+                        f"{METRICS_NAME}: dropped {dropped} record(s) of epochs >= "
+                        f"{start.start_epoch} (re-run now)"
+                    )
+            if stale:
+                self.log(f"Removed {len(stale)} stale temporary file(s) of a killed run")
             self.log.log_config(args)
             if self.dist.is_main:
                 save_config(args, self.exp_dir)
