@@ -19,9 +19,10 @@ import torch
 from conftest import recorded_train_setup, rule_training_net
 
 from networks.patch2pix import Patch2Pix
+from utils.common.cli import UsageError
 from utils.common.setup_helper import load_checkpoint_safe
 from utils.train.amp import MixedPrecision
-from utils.train.cli import UsageError, parse_args
+from utils.train.cli import parse_args
 from utils.train.experiment import make_tags
 from utils.train.losses import LossConfig
 from utils.train.trainer import train_step

@@ -207,7 +207,7 @@ def test_a_crashed_rank_stops_the_other_within_the_timeout(tmp_path, free_port):
 
 def test_batch_must_divide_over_the_processes():
     assert local_batch(4, DistInfo(0, 2, 0)) == 2 and local_batch(3, DistInfo(0, 1, 0)) == 3
-    from utils.train.cli import UsageError
+    from utils.common.cli import UsageError
 
     with pytest.raises(
         UsageError,

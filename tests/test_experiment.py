@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from utils.train.cli import UsageError, build_parser, check_args, parse_args, parse_lr_decay
+from networks.optim import parse_lr_decay
+from utils.common.cli import UsageError
+from utils.train.cli import build_parser, check_args, parse_args
 from utils.train.experiment import ExperimentLog, make_tags, save_config
 
 PAPER_CMD = (

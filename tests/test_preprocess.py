@@ -7,9 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from utils.common.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from utils.datasets.preprocess import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     cal_rescale_size,
     crop_from_bottom_right,
     get_tuple_transform_ops,

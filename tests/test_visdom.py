@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from utils.common.visdom_helper import DIST_LEGENDS, PLOTS, VAL_PLOTS, VisdomPlotter
+from utils.train.visdom_helper import DIST_LEGENDS, PLOTS, VAL_PLOTS, VisdomPlotter
 
 
 def _traces(vis, win, env) -> dict[str, list]:
@@ -61,8 +61,8 @@ def test_unreachable_server_disables_with_message(free_port):
 
 def test_validation_windows(visdom_server):
     """The per-epoch validation result goes to the test.* windows, one point per epoch."""
-    from utils.common.visdom_helper import validation_means
     from utils.train.eval_epoch_immatch import ImmatchValResult
+    from utils.train.visdom_helper import validation_means
 
     port, _ = visdom_server
     env = "test_env.validation"

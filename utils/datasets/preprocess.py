@@ -18,10 +18,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from utils.common.cli import UsageError
+from utils.common.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "ImageDecodeError",
     "ImageNotFoundError",
     "open_image",
@@ -36,9 +35,6 @@ __all__ = [
     "get_tuple_transform_ops",
     "crop_from_bottom_right",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageNotFoundError(UsageError, FileNotFoundError):

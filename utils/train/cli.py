@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from networks.optim import parse_lr_decay
 from utils.common.cli import UsageError, make_parser
 
-__all__ = ["UsageError", "build_parser", "check_args", "parse_args", "parse_lr_decay"]
+__all__ = ["build_parser", "check_args", "parse_args"]
 
 DEFAULT_MATCH_NPY = "megadepth_pairs.ov0.35_imrat1.5.pair500.excl_test.npy"
 
@@ -194,31 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
         "hung rank cannot hang the run",
     )
     return p
-
-
-def parse_lr_decay(
-    tokens: Sequence[str | float | int] | None,
-) -> tuple[str, float, list[int]] | None:
-    """Parse ``--lr_decay``: ``step FACTOR STEP`` or ``multistep FACTOR M1 [M2 ...]``.
-
-    Returns:
-        (kind, factor, steps) or None; raises ValueError naming --lr_decay on a bad form.
-    """
-    if not tokens:
-        return None
-    tokens = [str(t) for t in tokens]
-    kind = tokens[0].lower()
-    usage = "--lr_decay expects 'step FACTOR STEP' or 'multistep FACTOR M1 [M2 ...]'"
-    try:
-        factor = float(tokens[1])
-        steps = [int(t) for t in tokens[2:]]
-    except (IndexError, ValueError):
-        raise ValueError(f"{usage}, got {' '.join(tokens)!r}") from None
-    if kind not in ("step", "multistep") or not steps or (kind == "step" and len(steps) != 1):
-        raise ValueError(f"{usage}, got {' '.join(tokens)!r}")
-    if not 0 < factor <= 1 or any(s <= 0 for s in steps):
-        raise ValueError(f"{usage} with 0 < FACTOR <= 1 and positive steps, got {tokens!r}")
-    return kind, factor, steps
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from networks.optim import parse_lr_decay
 from utils.common.setup_helper import write_text_atomic
-from utils.train.cli import parse_lr_decay
 
 __all__ = ["ExperimentLog", "ExperimentTags", "make_tags", "save_config"]
 

@@ -7,7 +7,7 @@
   plots (§5), checkpoints (§4, data-formats.md §5, written atomically) and the per-epoch
   validation with the best-checkpoint rule (§6).
 
-User errors raise :class:`utils.train.cli.UsageError` with a one-line message.
+User errors raise :class:`utils.common.cli.UsageError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -27,16 +27,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from networks.patch2pix import Patch2Pix
 from networks.resnet import download_imagenet_weights, find_imagenet_weights
+from utils.common.cli import UsageError
 from utils.common.setup_helper import (
     CheckpointError,
     load_checkpoint_safe,
     save_checkpoint_atomic,
     seed_all,
 )
-from utils.common.visdom_helper import VisdomPlotter, validation_means
 from utils.eval.model_helper import state_dict_of
 from utils.train.amp import MixedPrecision
-from utils.train.cli import UsageError
 from utils.train.distributed import (
     DistInfo,
     Silent,
@@ -67,6 +66,7 @@ from utils.train.experiment import (
 )
 from utils.train.losses import BatchLoss, LossConfig, batch_loss
 from utils.train.metrics import RunningMeans, format_means, memory_metrics, step_metrics
+from utils.train.visdom_helper import VisdomPlotter, validation_means
 
 # Regressor-config fields that decide the weight shapes (a checkpoint must agree on them).
 ARCH_FIELDS = ("conv_dims", "conv_kers", "conv_strs", "fc_dims", "feat_comb", "psize", "shared")
