@@ -34,10 +34,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from data_pairs.synthetic.colmap_writer import VAL_SUBDIR, make_val_scene, val_scene_name
+from data_pairs.synthetic.colmap_writer import make_val_scene, val_scene_name
 from data_pairs.synthetic.megadepth_writer import SFM_LAYOUTS, make_megadepth_scene
 from data_pairs.synthetic.synthesize import SceneSpec
 from utils.common.cli import UsageError, make_parser, run_command
+from utils.common.data_layout import VAL_SUBDIR
 
 __all__ = [
     "generate",

@@ -42,18 +42,19 @@ import numpy as np
 
 from data_pairs import pair_selection
 from data_pairs.pair_selection import (
+    SCENE_TABLE_KEYS,
     add_pair_images,
     image_size_from_K,
     make_pair,
     pair_sampson_error,
 )
 from utils.common.cli import UsageError, make_parser, run_command
+from utils.common.data_layout import SFM_PREFIX
 from utils.common.safe_pickle import NpyFileError, safe_load_npy, safe_load_npz
 from utils.common.setup_helper import save_npy_atomic
 
 __all__ = [
     "EXCLUDED_SCENES",
-    "SFM_PREFIX",
     "pair_file_name",
     "image_size_from_K",
     "strip_sfm_prefix",
@@ -74,7 +75,6 @@ EXCLUDED_SCENES: dict[str, tuple[str, ...]] = {
     "excl_all": _EXCL_TEST + ("0015", "0022"),
     "none": (),
 }
-SFM_PREFIX = "Undistorted_SfM/"
 
 
 def pair_file_name(
@@ -89,12 +89,8 @@ def pair_file_name(
 
 def strip_sfm_prefix(path: str) -> str:
     """'Undistorted_SfM/0000/images/1.jpg' → '0000/images/1.jpg' (other paths unchanged)."""
-    path = str(path)
-    return path[len(SFM_PREFIX) :] if path.startswith(SFM_PREFIX) else path
-
-
-#: The scene_info keys the pair selection reads.
-SCENE_INFO_KEYS = ("overlap_matrix", "image_paths", "intrinsics", "poses", "points3D_id_to_2D")
+    path, prefix = str(path), f"{SFM_PREFIX}/"
+    return path[len(prefix) :] if path.startswith(prefix) else path
 
 
 def scene_name_of(scene_file: str | Path) -> str:
@@ -126,7 +122,7 @@ def scene_pairs(
     Returns:
         the kept pair Namespaces, in visiting order.
     """
-    table = {k: info[k] for k in SCENE_INFO_KEYS}  # no 'image_sizes': (w, h) = (2cx, 2cy)
+    table = {k: info[k] for k in SCENE_TABLE_KEYS}  # no 'image_sizes': (w, h) = (2cx, 2cy)
     return pair_selection.scene_pairs(
         table,
         rng,
@@ -175,7 +171,7 @@ def generate_pairs(
         budget = max_scene_pairs - len(entry["pairs"])
         stats: dict[str, int] = {}
         info = load_scene_info(f)
-        missing = [k for k in SCENE_INFO_KEYS if k not in info]
+        missing = [k for k in SCENE_TABLE_KEYS if k not in info]
         if missing:
             raise NpyFileError(f"{f} is not a D2Net scene_info file: no {', '.join(missing)}")
         pairs = scene_pairs(

@@ -140,6 +140,16 @@ def test_every_pair_is_valid(mega, scene_arrays):
     assert len(pairs["pairs"]) >= 3
 
 
+def test_sfm_prefix_is_stripped_as_a_folder():
+    """The pair files drop D2Net's first folder, and only when it is a whole folder name."""
+    from utils.common.data_layout import SFM_PREFIX
+
+    assert SFM_PREFIX == "Undistorted_SfM"
+    assert prep.strip_sfm_prefix("Undistorted_SfM/0000/images/1.jpg") == "0000/images/1.jpg"
+    assert prep.strip_sfm_prefix("0000/images/1.jpg") == "0000/images/1.jpg"
+    assert prep.strip_sfm_prefix("Undistorted_SfMx/a.jpg") == "Undistorted_SfMx/a.jpg"
+
+
 def test_excluded_scenes_and_bad_poses(mega):
     stats: list[str] = []
     pairs = prep.generate_pairs(mega, exclude_tag="excl_all", log=stats.append)

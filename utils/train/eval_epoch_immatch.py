@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from utils.colmap.read_model import camera_intrinsics, image_pose, read_model
+from utils.common.data_layout import VAL_SUBDIR
 from utils.common.safe_pickle import NpyFileError, safe_load_npy
 from utils.eval.measure import (
     INLIER_DIST_BINS,
@@ -44,7 +45,6 @@ from utils.eval.measure import (
 from utils.geometry import pose2fund, relative_pose, sampson_distance
 
 FAILED_POSE_ERR = 180.0
-VAL_SUBDIR = Path("immatch_benchmark") / "val_dense"
 
 
 class ValidationDataMissing(FileNotFoundError):
