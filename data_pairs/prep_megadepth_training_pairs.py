@@ -1,4 +1,4 @@
-"""Training pairs from MegaDepth's D2Net scene_info files (data-formats.md §2).
+"""Training pairs from MegaDepth's D2Net scene_info files (docs/file-formats.md §2).
 
 For every ``<base_dir>/scene_info/<scene>.<k>.npz`` in sorted order (scene = the part of the
 file name before the first dot), skipping the scenes of `exclude_tag`:
@@ -21,7 +21,7 @@ overlap, K1, K2, t, q, R, crop1, crop2)]}}`` with image names relative to
 ``MegaDepth_undistort`` without the ``Undistorted_SfM/`` prefix (e.g.
 ``0000/images/123.jpg``); crops are (dw, dh) ints. Plain numpy reads it with
 ``np.load(path, allow_pickle=True).item()``; this project loads it (and the scene_info files)
-with :mod:`utils.common.safe_pickle`, which refuses anything but data (data-formats.md §6).
+with :mod:`utils.common.safe_pickle`, which refuses anything but data (docs/file-formats.md §6).
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule of Patch2Pix training (training.md §2).
+"""Optimiser and learning-rate schedule of Patch2Pix training (docs/training.md §2).
 
 ``optim_config.lr_decay`` holds the ``--lr_decay`` tokens, as in the original; they are
 parsed here by :func:`parse_lr_decay`, beside the scheduler they configure (the training

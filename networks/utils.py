@@ -103,7 +103,7 @@ def filter_coarse(
     mutual: bool = True,
     ptmax: int | None = None,
 ) -> tuple[list[Tensor], list[Tensor]]:
-    """Per-image filtering of coarse proposals (model.md §3).
+    """Per-image filtering of coarse proposals (docs/architecture.md §3).
 
     Duplicated rows are collapsed to one (keeping the score of the first occurrence) and
     come out sorted lexicographically by (x1, y1, x2, y2); with `mutual` only rows found in

@@ -124,7 +124,7 @@ def test_fp16_needs_cuda_and_bad_modes_are_refused():
 
 def test_training_cli_bf16_with_grad_ckpt_writes_float32_checkpoints(train_data, tmp_path):
     """The training command with --amp bf16 --grad_ckpt: the checkpoint is the original's
-    format with float32 weights (data-formats.md §5)."""
+    format with float32 weights (docs/file-formats.md §5)."""
     args = [
         "--data_root",
         str(train_data / "data"),

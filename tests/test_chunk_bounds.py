@@ -1,4 +1,4 @@
-"""Regressor chunk bounds (model.md §4.6): the original's rule, in training and evaluation."""
+"""Regressor chunk bounds (docs/architecture.md §4.6): the original's rule, train and eval."""
 
 from __future__ import annotations
 

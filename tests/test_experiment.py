@@ -1,4 +1,4 @@
-"""Experiment naming (training.md §4), CLI flags (§1), log and metrics files."""
+"""Experiment naming (docs/training.md §4), CLI flags (§1), log and metrics files."""
 
 from __future__ import annotations
 

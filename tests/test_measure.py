@@ -192,7 +192,7 @@ def test_pass_rates_and_selection_rate():
 
 
 def test_original_names_stay_importable():
-    """api.md's measure names; the distances are the utils.geometry functions."""
+    """The measure names other tools import (docs/architecture.md §8): utils.geometry's."""
     import utils.geometry as geo
     from utils.eval import hpatches
 

@@ -1,4 +1,4 @@
-"""Training-pair generation (data-formats.md §2) and validation overlaps (§4)."""
+"""Training-pair generation (docs/file-formats.md §2) and validation overlaps (§4)."""
 
 from __future__ import annotations
 

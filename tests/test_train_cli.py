@@ -1,4 +1,4 @@
-"""End-to-end training CLI (training.md) on tiny synthetic data.
+"""End-to-end training CLI (docs/training.md) on tiny synthetic data.
 
 Sizes are tiny (160×96 images, 8-wide regressors, 20 coarse matches per pair, 2 steps per
 epoch, 2 validation pairs at 160 px) so that the whole file runs in well under a minute on
@@ -144,7 +144,7 @@ def test_two_epochs_outputs(trained):
     for plot in ("pass_rates", "dist_coarse", "dist_inlier"):
         assert vis.win_exists(f"test.{plot}", env=env), plot
 
-    # checkpoint format of data-formats.md §5, loadable through the safe loader
+    # checkpoint format of docs/file-formats.md §5, loadable through the safe loader
     ckpt = load_checkpoint_safe(exp / "last_ckpt.pth")
     assert set(ckpt) == {
         "last_epoch",

@@ -1,4 +1,4 @@
-"""Visdom schema (training.md §5) against a real server on a free loopback port."""
+"""Visdom schema (docs/training.md §5) against a real server on a free loopback port."""
 
 from __future__ import annotations
 

@@ -7,15 +7,15 @@ the ``*_from_terms`` helpers, also serves the torch versions ``networks.utils.sa
 area under the cumulative error curve (AUC). RANSAC pose estimation from matches
 (OpenCV) is ``utils.eval.geometry.matches2relapose_cv``.
 
-Conventions (data-formats.md §2):
+Conventions (docs/file-formats.md §2):
 - A pose (R, t) maps world points to camera points, ``X_cam = R · X_world + t``; the camera
   centre is ``c = −Rᵀ t``.
 - The relative pose (R12, t12) maps camera-1 points to camera-2 points,
   ``X2 = R12 · X1 + t12`` with ``R12 = R2 R1ᵀ`` and ``t12 = R2 (c1 − c2)``.
 - Quaternions are (w, x, y, z), unit norm, as written by COLMAP.
 - F satisfies ``x2ᵀ F x1 = 0`` for homogeneous pixel points x1 (image 1) and x2 (image 2).
-- Distances follow ../shared/spec/README.md: the Sampson distance and the symmetric epipolar
-  distance are squared (px²) unless `sqrt=True` is asked for.
+- Distances (docs/architecture.md, Conventions): the Sampson distance and the symmetric
+  epipolar distance are squared (px²) unless `sqrt=True` is asked for.
 
 All functions work in float64 numpy; array-likes (lists, CPU torch tensors) are accepted.
 """

@@ -1,7 +1,7 @@
 """Synthetic MegaDepth / PhotoTourism look-alike data with exact geometry.
 
 Real MegaDepth and PhotoTourism cannot be downloaded everywhere, so this package renders
-small textured 3D scenes and writes them in the real on-disk formats (data-formats.md §1 and
+small textured 3D scenes and writes them in the real on-disk formats (docs/file-formats.md §1 and
 §4), with exact poses, intrinsics, depth maps and 3D point observations. The command is
 ``python -m data_pairs.make_synthetic``.
 

@@ -1,4 +1,4 @@
-"""PhotoTourism-like validation scenes as COLMAP models (data-formats.md §4).
+"""PhotoTourism-like validation scenes as COLMAP models (docs/file-formats.md §4).
 
 Layout written under ``<out>/immatch_benchmark/val_dense/<val scene>/dense``::
 

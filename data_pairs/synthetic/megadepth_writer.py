@@ -1,8 +1,8 @@
-"""MegaDepth-like training scenes in D2Net's layout (data-formats.md §1).
+"""MegaDepth-like training scenes in D2Net's layout (docs/file-formats.md §1).
 
 Layout written under ``<out>/MegaDepth_undistort``::
 
-    scene_info/<scene>.0.npz                 D2Net keys (data-formats.md §1)
+    scene_info/<scene>.0.npz                 D2Net keys (docs/file-formats.md §1)
     <scene>/images/<i>.jpg                   the images (where the training loader looks)
     Undistorted_SfM/<scene> -> ../<scene>    so that the npz image_paths resolve too
     phoenix/S6/zl548/MegaDepth_v1/<scene>/dense0/depths/<i>.h5   (dataset 'depth')

@@ -1,4 +1,4 @@
-"""Pickled numpy files are data, never code (data-formats.md §6).
+"""Pickled numpy files are data, never code (docs/file-formats.md §6).
 
 The training-pair file (a download), D2Net's ``scene_info/*.npz`` and ``ov_pairs.npy`` are
 numpy files whose object arrays hold pickles. ``np.load(..., allow_pickle=True)`` would run

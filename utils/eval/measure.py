@@ -34,9 +34,9 @@ __all__ = [
     "cal_selection_rate",
 ]
 
-# Histogram bins (px²) of training.md §6.
+# Histogram bins (px²) of docs/training.md §6.
 INLIER_DIST_BINS: tuple[float, ...] = (0, 0.01, 1, 5, 10, 25, 50, 100, 2500, 1e5)
-# Pose-error thresholds (degrees) for pass rates, training.md §6.
+# Pose-error thresholds (degrees) for pass rates, docs/training.md §6.
 PASS_THRESHOLDS: tuple[int, ...] = tuple(range(1, 11))
 
 
@@ -144,7 +144,7 @@ def cal_pass_rates(
 
 
 def cal_selection_rate(errors: ArrayLike) -> float:
-    """Model-selection score of training.md §6: ``0.34·pass@1° + 0.33·pass@5° + 0.33·pass@10°``.
+    """Selection score (docs/training.md §6) ``0.34·pass@1° + 0.33·pass@5° + 0.33·pass@10°``.
 
     Args:
         errors: (N,) pose errors in degrees.

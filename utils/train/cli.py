@@ -1,4 +1,4 @@
-"""Command line of ``python -m train_patch2pix`` (training.md §1) and its validation.
+"""Command line of ``python -m train_patch2pix`` (docs/training.md §1) and its validation.
 
 Every flag of the original keeps its spelling, aliases, type and default; the new flags
 (``--device``, ``--workers``, ``--max_iters_per_epoch``, ``--val_imsize``,
@@ -20,7 +20,7 @@ DEFAULT_MATCH_NPY = "megadepth_pairs.ov0.35_imrat1.5.pair500.excl_test.npy"
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the training CLI."""
-    p = make_parser("train_patch2pix", "Train Patch2Pix on MegaDepth pairs (training.md).")
+    p = make_parser("train_patch2pix", "Train Patch2Pix on MegaDepth pairs (docs/training.md).")
     g = p.add_argument_group("run")
     g.add_argument("--gpu", "-gpu", type=int, default=0, help="GPU index")
     g.add_argument("--seed", type=int, default=1, help="seed of python, numpy and torch")

@@ -1,4 +1,4 @@
-"""Per-epoch validation on the PhotoTourism "immatch" val set (training.md §6).
+"""Per-epoch validation on the PhotoTourism "immatch" val set (docs/training.md §6).
 
 For each scene folder ``<val_dense>/<scene>/dense/`` (sorted by name; the downloaded set is
 reichstag, sacre_coeur, st_peters_square, taj_mahal, temple_nara_japan):
