@@ -41,13 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pairs import pair_selection
-from data_pairs.pair_selection import (
-    SCENE_TABLE_KEYS,
-    add_pair_images,
-    image_size_from_K,
-    make_pair,
-    pair_sampson_error,
-)
+from data_pairs.pair_selection import SCENE_TABLE_KEYS, add_pair_images
 from utils.common.cli import UsageError, make_parser, run_command
 from utils.common.data_layout import SFM_PREFIX
 from utils.common.safe_pickle import NpyFileError, safe_load_npy, safe_load_npz
@@ -56,12 +50,9 @@ from utils.common.setup_helper import save_npy_atomic
 __all__ = [
     "EXCLUDED_SCENES",
     "pair_file_name",
-    "image_size_from_K",
     "strip_sfm_prefix",
     "load_scene_info",
     "scene_name_of",
-    "make_pair",
-    "pair_sampson_error",
     "scene_pairs",
     "generate_pairs",
     "load_pairs",
