@@ -78,6 +78,7 @@ def test_bf16_close_to_fp32_on_the_recorded_batch(refvec):
         assert st["exp_avg"].dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_short_overfit_lowers_the_loss_like_fp32():
     """10 Adam steps on one tiny pair: bf16 lowers the loss as fp32 does."""
     rc = dict(
@@ -122,6 +123,7 @@ def test_fp16_needs_cuda_and_bad_modes_are_refused():
         assert torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.slow
 def test_training_cli_bf16_with_grad_ckpt_writes_float32_checkpoints(train_data, tmp_path):
     """The training command with --amp bf16 --grad_ckpt: the checkpoint is the original's
     format with float32 weights (docs/file-formats.md §5)."""

@@ -314,6 +314,7 @@ def test_val_overlaps_cli_on_synthetic_scene(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_notebook_runs_the_same_code(mega, tmp_path, monkeypatch):
     """data_pairs/prep_megadepth_training_pairs.ipynb executes headless and writes the same
     pair file as the command."""
