@@ -1,4 +1,4 @@
-"""Train Patch2Pix: ``python -m train_patch2pix [flags]`` (see --help and training.md).
+"""Train Patch2Pix: ``python -m train_patch2pix [flags]`` (see --help and docs/training.md).
 
 The logic lives in ``utils/train/``; this file only parses the flags, runs the trainer and
 turns user errors into one-line messages with exit code 2 (utils/common/cli.py).

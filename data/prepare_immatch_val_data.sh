@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Download the PhotoTourism (IMW2020 training) validation scenes of data-formats.md §4 and
+# Download the PhotoTourism (IMW2020 training) validation scenes of docs/file-formats.md §4 and
 # pre-compute their overlapping pairs:
 #   reichstag sacre_coeur st_peters_square taj_mahal temple_nara_japan
 # from https://www.cs.ubc.ca/research/kmyi_data/imw2020/TrainingData/<scene>.tar.gz,

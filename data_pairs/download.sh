@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Download the pre-computed MegaDepth training pairs (data-formats.md §2) from Google Drive
+# Download the pre-computed MegaDepth training pairs (docs/file-formats.md §2) from Google Drive
 # (file id 1u8sfc23c9ZhXSA_IVct2l_T3JLrS5air) with gdown.
 # Usage: bash data_pairs/download.sh [target_dir]   (default: this folder; also
 #        $PATCH2PIX_PAIRS_DIR). The download keeps Google Drive's file name; a .npy file is

@@ -7,14 +7,14 @@ file-format writers); this module is the command line around it.
 Layout written under ``--out`` (default ``data``)::
 
     MegaDepth_undistort/
-      scene_info/<scene>.0.npz                 D2Net keys (data-formats.md §1)
+      scene_info/<scene>.0.npz                 D2Net keys (docs/file-formats.md §1)
       <scene>/images/<i>.jpg                   the images (where the training loader looks)
       Undistorted_SfM/<scene> -> ../<scene>    so that the npz image_paths resolve too
       phoenix/S6/zl548/MegaDepth_v1/<scene>/dense0/depths/<i>.h5   (dataset 'depth')
     immatch_benchmark/val_dense/<val scene>/dense/
       images/<name>.jpg
       sparse/{cameras,images,points3D}.bin     COLMAP binary model (+ pycolmap's rigs/frames)
-      sparse/ov_pairs.npy                      (data-formats.md §4, unless --no_ov_pairs)
+      sparse/ov_pairs.npy                      (docs/file-formats.md §4, unless --no_ov_pairs)
 
 Usage::
 
@@ -34,10 +34,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from data_pairs.synthetic.colmap_writer import VAL_SUBDIR, make_val_scene, val_scene_name
+from data_pairs.synthetic.colmap_writer import make_val_scene, val_scene_name
 from data_pairs.synthetic.megadepth_writer import SFM_LAYOUTS, make_megadepth_scene
 from data_pairs.synthetic.synthesize import SceneSpec
 from utils.common.cli import UsageError, make_parser, run_command
+from utils.common.data_layout import VAL_SUBDIR
 
 __all__ = [
     "generate",

@@ -1,4 +1,4 @@
-"""The training-pair selection rules (data-formats.md §2), shared by both pair generators.
+"""The training-pair selection rules (docs/file-formats.md §2), shared by both pair generators.
 
 ``data_pairs.prep_megadepth_training_pairs`` (D2Net scene_info files) and
 ``data_pairs.prep_colmap_training_pairs`` (COLMAP models) turn their input into one

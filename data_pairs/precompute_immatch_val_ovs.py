@@ -1,4 +1,4 @@
-"""Overlapping image pairs of the PhotoTourism validation scenes (data-formats.md §4).
+"""Overlapping image pairs of the PhotoTourism validation scenes (docs/file-formats.md §4).
 
 For every scene ``<data_root>/<scene>/dense`` with a COLMAP model in ``dense/sparse``, writes
 ``dense/sparse/ov_pairs.npy``: a numpy-saved dict ``{overlap: [(name_a, name_b), ...]}`` for

@@ -17,7 +17,7 @@ undistorted images. For every scene:
    pairs in an order shuffled by one ``RandomState(--seed)`` shared by the scenes in order.
    Image sizes are the cameras' width and height (``2·cx, 2·cy`` after image_undistorter).
 
-Output ``--out``: the pair file of data-formats.md §2 — ``{scene: {'ims': [Namespace(name,
+Output ``--out``: the pair file of docs/file-formats.md §2 — ``{scene: {'ims': [Namespace(name,
 crop)], 'pairs': [Namespace(im1, im2, overlap, K1, K2, t, q, R, crop1, crop2)]}}`` — with
 one documented extension: each scene entry also holds ``'image_dir'``, the image folder that
 its image names (COLMAP's names) are relative to. It is stored as an absolute path, or,
@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's flags."""
     p = make_parser(
         PROG,
-        "Training pairs (data-formats.md §2) from undistorted COLMAP "
+        "Training pairs (docs/file-formats.md §2) from undistorted COLMAP "
         "reconstructions; repeat --model/--images for several scenes.",
     )
     p.add_argument(

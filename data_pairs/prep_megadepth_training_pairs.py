@@ -1,4 +1,4 @@
-"""Training pairs from MegaDepth's D2Net scene_info files (data-formats.md §2).
+"""Training pairs from MegaDepth's D2Net scene_info files (docs/file-formats.md §2).
 
 For every ``<base_dir>/scene_info/<scene>.<k>.npz`` in sorted order (scene = the part of the
 file name before the first dot), skipping the scenes of `exclude_tag`:
@@ -21,7 +21,7 @@ overlap, K1, K2, t, q, R, crop1, crop2)]}}`` with image names relative to
 ``MegaDepth_undistort`` without the ``Undistorted_SfM/`` prefix (e.g.
 ``0000/images/123.jpg``); crops are (dw, dh) ints. Plain numpy reads it with
 ``np.load(path, allow_pickle=True).item()``; this project loads it (and the scene_info files)
-with :mod:`utils.common.safe_pickle`, which refuses anything but data (data-formats.md §6).
+with :mod:`utils.common.safe_pickle`, which refuses anything but data (docs/file-formats.md §6).
 
 Usage::
 
@@ -41,26 +41,18 @@ from pathlib import Path
 import numpy as np
 
 from data_pairs import pair_selection
-from data_pairs.pair_selection import (
-    add_pair_images,
-    image_size_from_K,
-    make_pair,
-    pair_sampson_error,
-)
+from data_pairs.pair_selection import SCENE_TABLE_KEYS, add_pair_images
 from utils.common.cli import UsageError, make_parser, number, run_command
+from utils.common.data_layout import SFM_PREFIX
 from utils.common.safe_pickle import NpyFileError, safe_load_npy, safe_load_npz
 from utils.common.setup_helper import save_npy_atomic
 
 __all__ = [
     "EXCLUDED_SCENES",
-    "SFM_PREFIX",
     "pair_file_name",
-    "image_size_from_K",
     "strip_sfm_prefix",
     "load_scene_info",
     "scene_name_of",
-    "make_pair",
-    "pair_sampson_error",
     "scene_pairs",
     "generate_pairs",
     "load_pairs",
@@ -74,7 +66,6 @@ EXCLUDED_SCENES: dict[str, tuple[str, ...]] = {
     "excl_all": _EXCL_TEST + ("0015", "0022"),
     "none": (),
 }
-SFM_PREFIX = "Undistorted_SfM/"
 
 
 def pair_file_name(
@@ -89,12 +80,8 @@ def pair_file_name(
 
 def strip_sfm_prefix(path: str) -> str:
     """'Undistorted_SfM/0000/images/1.jpg' → '0000/images/1.jpg' (other paths unchanged)."""
-    path = str(path)
-    return path[len(SFM_PREFIX) :] if path.startswith(SFM_PREFIX) else path
-
-
-#: The scene_info keys the pair selection reads.
-SCENE_INFO_KEYS = ("overlap_matrix", "image_paths", "intrinsics", "poses", "points3D_id_to_2D")
+    path, prefix = str(path), f"{SFM_PREFIX}/"
+    return path[len(prefix) :] if path.startswith(prefix) else path
 
 
 def scene_name_of(scene_file: str | Path) -> str:
@@ -126,7 +113,7 @@ def scene_pairs(
     Returns:
         the kept pair Namespaces, in visiting order.
     """
-    table = {k: info[k] for k in SCENE_INFO_KEYS}  # no 'image_sizes': (w, h) = (2cx, 2cy)
+    table = {k: info[k] for k in SCENE_TABLE_KEYS}  # no 'image_sizes': (w, h) = (2cx, 2cy)
     return pair_selection.scene_pairs(
         table,
         rng,
@@ -175,7 +162,7 @@ def generate_pairs(
         budget = max_scene_pairs - len(entry["pairs"])
         stats: dict[str, int] = {}
         info = load_scene_info(f)
-        missing = [k for k in SCENE_INFO_KEYS if k not in info]
+        missing = [k for k in SCENE_TABLE_KEYS if k not in info]
         if missing:
             raise NpyFileError(f"{f} is not a D2Net scene_info file: no {', '.join(missing)}")
         try:

@@ -1,19 +1,44 @@
-"""Optimiser and learning-rate schedule of Patch2Pix training (training.md §2).
+"""Optimiser and learning-rate schedule of Patch2Pix training (docs/training.md §2).
 
 ``optim_config.lr_decay`` holds the ``--lr_decay`` tokens, as in the original; they are
-parsed by :func:`utils.train.cli.parse_lr_decay`, beside the flag.
+parsed here by :func:`parse_lr_decay`, beside the scheduler they configure (the training
+command's flag check calls it too).
 """
 
 from __future__ import annotations
 
 from argparse import Namespace
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from utils.train.cli import parse_lr_decay
-
 N_BACKBONE_PARAMS_TO_LAYER3 = 87
+
+
+def parse_lr_decay(
+    tokens: Sequence[str | float | int] | None,
+) -> tuple[str, float, list[int]] | None:
+    """Parse ``--lr_decay``: ``step FACTOR STEP`` or ``multistep FACTOR M1 [M2 ...]``.
+
+    Returns:
+        (kind, factor, steps) or None; raises ValueError naming --lr_decay on a bad form.
+    """
+    if not tokens:
+        return None
+    tokens = [str(t) for t in tokens]
+    kind = tokens[0].lower()
+    usage = "--lr_decay expects 'step FACTOR STEP' or 'multistep FACTOR M1 [M2 ...]'"
+    try:
+        factor = float(tokens[1])
+        steps = [int(t) for t in tokens[2:]]
+    except (IndexError, ValueError):
+        raise ValueError(f"{usage}, got {' '.join(tokens)!r}") from None
+    if kind not in ("step", "multistep") or not steps or (kind == "step" and len(steps) != 1):
+        raise ValueError(f"{usage}, got {' '.join(tokens)!r}")
+    if not 0 < factor <= 1 or any(s <= 0 for s in steps):
+        raise ValueError(f"{usage} with 0 < FACTOR <= 1 and positive steps, got {tokens!r}")
+    return kind, factor, steps
 
 
 def freeze_backbone(extract: nn.Module, freeze_feat: int) -> list[nn.Parameter]:

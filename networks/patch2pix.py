@@ -77,7 +77,7 @@ def summarise_keys(keys: Sequence[str]) -> str:
 
 
 class Patch2Pix(nn.Module):
-    """The Patch2Pix matcher (model.md).
+    """The Patch2Pix matcher (docs/architecture.md).
 
     Args:
         config: argparse.Namespace with ``backbone`` ('ResNet34'), ``change_stride``,
@@ -87,7 +87,7 @@ class Patch2Pix(nn.Module):
             ``imagenet_init`` (used only without ``weights_dict``): True (default) takes the
             ImageNet backbone weights from the torch cache when there (never downloads);
             ``'download'`` fetches them when missing and raises ImageNetWeightsError when
-            that fails (training, training.md §2); False keeps the random backbone.
+            that fails (training, docs/training.md §2); False keeps the random backbone.
             ``lprint`` (default print) receives what the weight loading did: keys skipped by
             a non-strict load, or where the backbone weights came from.
             ``grad_ckpt`` (default False): in training with autograd on, each regressor
@@ -175,7 +175,7 @@ class Patch2Pix(nn.Module):
 
     # ------------------------------------------------------------------ training set-up
     def set_optimizer(self, config: Namespace) -> None:
-        """Freeze backbone parameters and build the optimiser and LR scheduler (training.md §2)."""
+        """Freeze backbone parameters, build the optimiser and scheduler (docs/training.md §2)."""
         from .optim import build_optimizer
 
         self.optimizer, self.lr_scheduler = build_optimizer(self, config)
@@ -279,7 +279,7 @@ class Patch2Pix(nn.Module):
         ptype: str,
         regressor: nn.Module,
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Refine matches inside local windows (model.md §4), in chunks of ``regr_batch`` rows.
+        """Refine matches in local windows (docs/architecture.md §4), ``regr_batch`` rows a chunk.
 
         Args:
             feats1, feats2: `forward_all` lists of the two image batches.
@@ -402,7 +402,7 @@ class Patch2Pix(nn.Module):
     def forward_train(
         self, im_src: Tensor, im_pos: Tensor, ksize: int = 2, ptmax: int = 400
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-        """Steps 1–3 of a training step (training.md §3).
+        """Steps 1–3 of a training step (docs/training.md §3).
 
         Returns:
             coarse (anchor) matches, mid matches, mid probabilities, fine matches, fine

@@ -1,4 +1,4 @@
-"""Regressor chunks (model.md §4.6) and their activation checkpointing (``--grad_ckpt``).
+"""Regressor chunks (docs/architecture.md §4.6) and their activation checkpointing (--grad_ckpt).
 
 - :func:`chunk_sizes`: the original's chunk bounds, in training and evaluation alike;
 - :func:`checkpoint_chunk`: run one chunk's patch sampling + regressor so that backward

@@ -1,4 +1,4 @@
-"""FeatRegressNet: the local refinement regressor of Patch2Pix (model.md §4)."""
+"""FeatRegressNet: the local refinement regressor of Patch2Pix (docs/architecture.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ResNet-34 feature extractor of Patch2Pix (model.md §1).
+"""ResNet-34 feature extractor of Patch2Pix (docs/architecture.md §1).
 
 The module keeps torchvision's parameter names (``conv1``, ``bn1``, ``layer1``..``layer4``) so
 that released checkpoints load as ``extract.*``. ``layer4`` is built, because its weights are in

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from utils.geometry import epipolar_terms, sampson_from_terms, symmetric_from_terms
+
 
 def _homogeneous(x: Tensor) -> Tensor:
     """(N, 2) or (N, 3) points → (N, 3) homogeneous points."""
@@ -15,17 +17,14 @@ def _homogeneous(x: Tensor) -> Tensor:
     return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
 
 
-def _epipolar_terms(x1: Tensor, x2: Tensor, F: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    x1 = _homogeneous(x1).to(F.dtype)
-    x2 = _homogeneous(x2).to(F.dtype)
-    Fx1 = x1 @ F.transpose(-1, -2)  # (N, 3): rows are F x1
-    Ftx2 = x2 @ F  # (N, 3): rows are F^T x2
-    x2tFx1 = (x2 * Fx1).sum(-1)
-    return x2tFx1, Fx1, Ftx2
+def _terms(x1: Tensor, x2: Tensor, F: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return epipolar_terms(_homogeneous(x1).to(F.dtype), _homogeneous(x2).to(F.dtype), F)
 
 
 def sampson_dist(x1: Tensor, x2: Tensor, F: Tensor) -> Tensor:
-    """Squared Sampson distance (px²) of correspondences x1 ↔ x2 under F.
+    """Squared Sampson distance (px²) of correspondences x1 ↔ x2 under F (differentiable).
+
+    The formula of :func:`utils.geometry.sampson_distance`, on tensors.
 
     Args:
         x1, x2: (N, 2) pixel coordinates (x, y) or (N, 3) homogeneous points.
@@ -33,24 +32,22 @@ def sampson_dist(x1: Tensor, x2: Tensor, F: Tensor) -> Tensor:
     Returns:
         (N,) distances ``(x2ᵀFx1)² / ((Fx1)₀² + (Fx1)₁² + (Fᵀx2)₀² + (Fᵀx2)₁² + 1e-8)``.
     """
-    x2tFx1, Fx1, Ftx2 = _epipolar_terms(x1, x2, F)
-    denom = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2 + 1e-8
-    return x2tFx1**2 / denom
+    return sampson_from_terms(*_terms(x1, x2, F))
 
 
 def sym_epi_dist(x1: Tensor, x2: Tensor, F: Tensor, sqrt: bool = False) -> Tensor:
-    """Squared symmetric epipolar distance (px²); `sqrt` is accepted and ignored as in the original.
+    """Symmetric epipolar distance (differentiable), 1e-8 inside each denominator.
+
+    The original accepted `sqrt` and ignored it (always squared); here `sqrt=True` returns
+    the unsquared distance (px), as :func:`utils.geometry.symmetric_epipolar_distance` does.
 
     Args:
         x1, x2: (N, 2) or (N, 3) points; F: (3, 3).
     Returns:
-        (N,) ``(x2ᵀFx1)² (1/((Fᵀx2)₀²+(Fᵀx2)₁²+1e-8) + 1/((Fx1)₀²+(Fx1)₁²+1e-8))``.
+        (N,) ``(x2ᵀFx1)² (1/((Fᵀx2)₀²+(Fᵀx2)₁²+1e-8) + 1/((Fx1)₀²+(Fx1)₁²+1e-8))`` (px²), or
+        with `sqrt` ``|x2ᵀFx1| (1/√(...) + 1/√(...))`` (px).
     """
-    del sqrt
-    x2tFx1, Fx1, Ftx2 = _epipolar_terms(x1, x2, F)
-    d1 = Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2 + 1e-8
-    d2 = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + 1e-8
-    return x2tFx1**2 * (1.0 / d1 + 1.0 / d2)
+    return symmetric_from_terms(*_terms(x1, x2, F), sqrt=sqrt, eps=1e-8)
 
 
 def select_local_patch_feats(
@@ -106,7 +103,7 @@ def filter_coarse(
     mutual: bool = True,
     ptmax: int | None = None,
 ) -> tuple[list[Tensor], list[Tensor]]:
-    """Per-image filtering of coarse proposals (model.md §3).
+    """Per-image filtering of coarse proposals (docs/architecture.md §3).
 
     Duplicated rows are collapsed to one (keeping the score of the first occurrence) and
     come out sorted lexicographically by (x1, y1, x2, y2); with `mutual` only rows found in

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Download the released weights (data-formats.md §5) from Google Drive with gdown:
+# Download the released weights (docs/file-formats.md §5) from Google Drive with gdown:
 #   patch2pix_pretrained.pth  (id 1ZbJIE0LcZ3Oti-h8zU72JRL7LryVxJOh)
 #   ncn_ivd_5ep.pth           (id 10GZ0x3CmObKzbAg1GKQhrkPeSLRpD4Rp)
 # Usage: bash pretrained/download.sh [target_dir]   (default: this folder; also

@@ -19,9 +19,10 @@ import torch
 from conftest import recorded_train_setup, rule_training_net
 
 from networks.patch2pix import Patch2Pix
+from utils.common.cli import UsageError
 from utils.common.setup_helper import load_checkpoint_safe
 from utils.train.amp import MixedPrecision
-from utils.train.cli import UsageError, parse_args
+from utils.train.cli import parse_args
 from utils.train.experiment import make_tags
 from utils.train.losses import LossConfig
 from utils.train.trainer import train_step
@@ -77,6 +78,7 @@ def test_bf16_close_to_fp32_on_the_recorded_batch(refvec):
         assert st["exp_avg"].dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_short_overfit_lowers_the_loss_like_fp32():
     """10 Adam steps on one tiny pair: bf16 lowers the loss as fp32 does."""
     rc = dict(
@@ -121,9 +123,10 @@ def test_fp16_needs_cuda_and_bad_modes_are_refused():
         assert torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.slow
 def test_training_cli_bf16_with_grad_ckpt_writes_float32_checkpoints(train_data, tmp_path):
     """The training command with --amp bf16 --grad_ckpt: the checkpoint is the original's
-    format with float32 weights (data-formats.md §5)."""
+    format with float32 weights (docs/file-formats.md §5)."""
     args = [
         "--data_root",
         str(train_data / "data"),

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -22,6 +23,7 @@ def run(module: str, *args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_bench_matching_formulations_agree(tmp_path):
     """Both variants run their own kernels (the script checks the functions in use, so a
     swap that stops applying fails instead of comparing the fast path with itself)."""
@@ -50,6 +52,7 @@ def test_bench_matching_variants_name_their_kernels():
     assert kernels_in_use() == KERNELS["fast"]
 
 
+@pytest.mark.slow
 def test_bench_train_step_variants(tmp_path):
     js = tmp_path / "rows.json"
     text = run(

@@ -1,4 +1,4 @@
-"""Regressor chunk bounds (model.md §4.6): the original's rule, in training and evaluation."""
+"""Regressor chunk bounds (docs/architecture.md §4.6): the original's rule, train and eval."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 
 from networks.patch2pix import Patch2Pix
 from networks.regr_chunks import chunk_sizes
-from utils.train.cli import UsageError, parse_args
+from utils.common.cli import UsageError
+from utils.train.cli import parse_args
 
 SMALL_RC = dict(
     conv_dims=[16, 16],

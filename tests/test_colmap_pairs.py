@@ -386,6 +386,7 @@ def _exp_dir(argv: list[str]) -> Path:
     return make_tags(a).exp_dir(a.out_dir)
 
 
+@pytest.mark.slow
 def test_finetune_on_own_pairs_with_heldout_validation(recs, tiny_ckpt, tmp_path, capsys):
     """The README's path: pairs → held-out overlaps → one training step from a checkpoint
     (--ckpt) on the new pairs, validated on the held-out reconstruction (--val_root)."""

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from utils.common.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from utils.datasets import ImMatchDatasetMega
-from utils.datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD, crop_from_bottom_right
+from utils.datasets.preprocess import crop_from_bottom_right
 from utils.geometry import qvec2rotmat, relative_pose, rotmat2qvec, sampson_distance
 
 WT, HT = 60, 40  # small training resolution for speed

@@ -99,6 +99,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_averaging_their_gradients(tmp_path, free_port):
     out = tmp_path / "rank0.pt"
     mp.start_processes(
@@ -182,6 +183,7 @@ def _crash_worker(rank: int, world: int, port: int, out: str) -> None:
     os._exit(1)
 
 
+@pytest.mark.slow
 def test_a_crashed_rank_stops_the_other_within_the_timeout(tmp_path, free_port):
     out = tmp_path / "rank0.txt"
     ctx = mp.get_context("spawn")
@@ -207,7 +209,7 @@ def test_a_crashed_rank_stops_the_other_within_the_timeout(tmp_path, free_port):
 
 def test_batch_must_divide_over_the_processes():
     assert local_batch(4, DistInfo(0, 2, 0)) == 2 and local_batch(3, DistInfo(0, 1, 0)) == 3
-    from utils.train.cli import UsageError
+    from utils.common.cli import UsageError
 
     with pytest.raises(
         UsageError,
@@ -254,6 +256,7 @@ def torchrun(args: list[str], port: int) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_torchrun_rank0_writes_and_resume_works(train_data, tmp_path, free_port):
     from utils.common.setup_helper import load_checkpoint_safe
     from utils.train.cli import parse_args
@@ -299,6 +302,7 @@ def test_torchrun_rank0_writes_and_resume_works(train_data, tmp_path, free_port)
     )
 
 
+@pytest.mark.slow
 def test_torchrun_batch_that_does_not_divide_is_one_line(train_data, tmp_path):
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
     args = [

@@ -1,4 +1,4 @@
-"""Drop-in use by code written for the original (api.md, model.md §5-6).
+"""Drop-in use by code written for the original (docs/architecture.md §5, §6, §8).
 
 The authors' evaluation toolbox and matcher collections call the public API in a fixed way:
 these tests call it exactly so.

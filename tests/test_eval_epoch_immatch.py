@@ -1,4 +1,4 @@
-"""Per-epoch immatch validation (training.md §6) with exact matches on synthetic scenes."""
+"""Per-epoch immatch validation (docs/training.md §6) with exact matches on synthetic scenes."""
 
 from __future__ import annotations
 

@@ -159,6 +159,7 @@ def test_find_checkpoint(tmp_path: Path) -> None:
     assert find_checkpoint(tmp_path).name == "patch2pix_pretrained.pth"
 
 
+@pytest.mark.slow
 def test_notebook_executes_in_jupyter(ckpt: Path, tmp_path: Path) -> None:
     """The installed jupyter runs the notebook with the project's kernel ("patch2pix")."""
     import nbformat

@@ -1,4 +1,4 @@
-"""Experiment naming (training.md §4), CLI flags (§1), log and metrics files."""
+"""Experiment naming (docs/training.md §4), CLI flags (§1), log and metrics files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from utils.train.cli import UsageError, build_parser, check_args, parse_args, parse_lr_decay
+from networks.optim import parse_lr_decay
+from utils.common.cli import UsageError
+from utils.train.cli import build_parser, check_args, parse_args
 from utils.train.experiment import ExperimentLog, make_tags, save_config, truncate_metrics
 
 PAPER_CMD = (

@@ -220,7 +220,8 @@ def test_matches2relapose_cv_too_few_matches():
 
 
 def test_api_names_stay_importable_from_utils_eval_geometry():
-    """api.md's names still import from utils.eval.geometry and are the one implementation."""
+    """The names other tools import (docs/architecture.md §8) still import from
+    utils.eval.geometry and are the one implementation."""
     for name in (
         "pose2fund",
         "abs2relapose",

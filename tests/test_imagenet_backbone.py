@@ -1,4 +1,4 @@
-"""The ImageNet backbone of a training run (training.md §2), without network access.
+"""The ImageNet backbone of a training run (docs/training.md §2), without network access.
 
 A run with none of --pretrain / --ckpt / --resume takes torchvision's ResNet-34 ImageNet
 weights from the torch cache, downloads them when missing, and otherwise stops with one line

@@ -1,4 +1,4 @@
-"""Training loss and metrics (training.md §3 steps 4–6) on hand-built match sets."""
+"""Training loss and metrics (docs/training.md §3 steps 4–6) on hand-built match sets."""
 
 from __future__ import annotations
 

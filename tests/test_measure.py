@@ -192,14 +192,13 @@ def test_pass_rates_and_selection_rate():
 
 
 def test_original_names_stay_importable():
-    """api.md's measure names (and the pose AUC's old name) are the utils.geometry functions."""
+    """The measure names other tools import (docs/architecture.md §8): utils.geometry's."""
     import utils.geometry as geo
     from utils.eval import hpatches
 
     assert measure.sampson_distance is geo.sampson_distance
     assert measure.symmetric_epipolar_distance is geo.symmetric_epipolar_distance
-    assert measure.cal_rot_angle_error is geo.cal_rot_angle_error
-    assert measure.cal_error_auc is geo.error_auc and hpatches.error_auc is geo.error_auc
+    assert hpatches.error_auc is geo.error_auc
     for name in (
         "sampson_distance",
         "symmetric_epipolar_distance",
@@ -207,3 +206,27 @@ def test_original_names_stay_importable():
         "check_inliers_distr",
     ):
         assert name in measure.__all__ and callable(getattr(measure, name))
+
+
+def test_torch_distances_are_the_numpy_formula():
+    """networks.utils' differentiable distances equal utils.geometry's on the same points."""
+    from networks.utils import sym_epi_dist
+
+    p1, p2, F = rectified_pair(7, seed=3)
+    p2 = p2 + np.random.default_rng(4).normal(0, 2.0, p2.shape)  # off the epipolar lines
+    t1, t2, tF = (torch.from_numpy(a) for a in (p1, p2, F))
+    np.testing.assert_allclose(sampson_dist(t1, t2, tF).numpy(), sampson_distance(p1, p2, F))
+    for sqrt in (False, True):
+        want = symmetric_epipolar_distance(p1, p2, F, sqrt=sqrt)
+        got = sym_epi_dist(t1, t2, tF, sqrt=sqrt).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+    # rectified: both epipolar lines are rows, so the unsquared distance is 2 |Δy| (px)
+    np.testing.assert_allclose(
+        sym_epi_dist(t1, t2, tF, sqrt=True).numpy(), 2 * np.abs(p2[:, 1] - p1[:, 1]), rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        sym_epi_dist(t1, t2, tF).numpy(), 2 * (p2[:, 1] - p1[:, 1]) ** 2, rtol=1e-9
+    )
+    x2 = t2.clone().requires_grad_(True)
+    sym_epi_dist(t1, x2, tF, sqrt=True).sum().backward()
+    assert torch.isfinite(x2.grad).all() and x2.grad[:, 1].abs().min() > 0

@@ -1,12 +1,11 @@
-"""Optimiser set-up: --lr_decay parsing (utils.train.cli), backbone freezing, schedules resumed
+"""Optimiser set-up: --lr_decay parsing, backbone freezing, schedules resumed
 at an epoch."""
 
 import pytest
 import torch
 
-from networks.optim import fast_forward, freeze_backbone
+from networks.optim import fast_forward, freeze_backbone, parse_lr_decay
 from networks.resnet import ResNet34
-from utils.train.cli import parse_lr_decay
 
 
 def test_parse_lr_decay_forms():

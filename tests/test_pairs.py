@@ -1,4 +1,4 @@
-"""Training-pair generation (data-formats.md §2) and validation overlaps (§4)."""
+"""Training-pair generation (docs/file-formats.md §2) and validation overlaps (§4)."""
 
 from __future__ import annotations
 
@@ -138,6 +138,16 @@ def test_every_pair_is_valid(mega, scene_arrays):
         x2 = np.array([obs[b][k] for k in shared])
         assert _sampson(x1, x2, _fundamental(p.K1, p.K2, p.R, p.t)).mean() <= 1.0
     assert len(pairs["pairs"]) >= 3
+
+
+def test_sfm_prefix_is_stripped_as_a_folder():
+    """The pair files drop D2Net's first folder, and only when it is a whole folder name."""
+    from utils.common.data_layout import SFM_PREFIX
+
+    assert SFM_PREFIX == "Undistorted_SfM"
+    assert prep.strip_sfm_prefix("Undistorted_SfM/0000/images/1.jpg") == "0000/images/1.jpg"
+    assert prep.strip_sfm_prefix("0000/images/1.jpg") == "0000/images/1.jpg"
+    assert prep.strip_sfm_prefix("Undistorted_SfMx/a.jpg") == "Undistorted_SfMx/a.jpg"
 
 
 def test_excluded_scenes_and_bad_poses(mega):
@@ -304,6 +314,7 @@ def test_val_overlaps_cli_on_synthetic_scene(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_notebook_runs_the_same_code(mega, tmp_path, monkeypatch):
     """data_pairs/prep_megadepth_training_pairs.ipynb executes headless and writes the same
     pair file as the command."""

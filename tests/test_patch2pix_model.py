@@ -352,4 +352,4 @@ def test_training_chunks_never_leave_one_row_for_batchnorm():
     )  # 9 = 2 chunks + 1 row
     assert m[0].shape == (9, 4) and p[0].shape == (9,)
     net.eval()
-    assert net._chunk_sizes(9) == [4, 5]  # same bounds in evaluation (model.md §4.6)
+    assert net._chunk_sizes(9) == [4, 5]  # same bounds in evaluation (docs/architecture.md §4.6)

@@ -10,9 +10,8 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
+from utils.common.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from utils.common.plotting import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     colors_from_values,
     epipolar_segments,
     plot_epilines,

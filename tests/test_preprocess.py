@@ -7,9 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from utils.common.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from utils.datasets.preprocess import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     cal_rescale_size,
     crop_from_bottom_right,
     get_tuple_transform_ops,
@@ -108,7 +107,7 @@ def test_load_im_flexible_exact_multiple_is_not_resized(tmp_path):
 
 
 def test_load_im_flexible_crop_square(tmp_path):
-    """model.md §6: crop after resizing, keep the first W rows; scale is the resize's."""
+    """docs/architecture.md §6: crop after resizing, keep the first W rows; the resize's scale."""
     arr = write_image(tmp_path / "c.png", 60, 100, seed=2)  # portrait: 60 wide, 100 high
     x, scale = load_im_flexible(tmp_path / "c.png", k_size=2, upsample=8, crop_square=True)
     assert x.shape == (3, 48, 48) and scale == (60 / 48, 100 / 96)

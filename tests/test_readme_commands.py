@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 # Scripts of other projects that the README tells the user to run in *their* checkout.
@@ -154,6 +156,7 @@ def help_texts(modules: list[str]) -> dict[str, tuple[int, str, str]]:
     return {m: tuple(v) for m, v in json.loads(proc.stdout).items()}
 
 
+@pytest.mark.slow
 def test_readme_modules_and_flags_exist() -> None:
     flags: dict[str, set[str]] = {}
     for c in readme_commands(README.read_text()):

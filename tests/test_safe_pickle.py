@@ -1,4 +1,4 @@
-"""Pickled numpy files are data, never code (data-formats.md §6).
+"""Pickled numpy files are data, never code (docs/file-formats.md §6).
 
 Every loader of the pair file, of D2Net's scene_info npz and of ov_pairs.npy refuses a crafted
 pickle before its payload runs (the marker file never appears), still loads files in the
@@ -81,7 +81,7 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray], protocol: int = 3) -> 
 
 
 def _original_pairs() -> dict:
-    """A pair file in the original's exact structure (data-formats.md §2)."""
+    """A pair file in the original's exact structure (docs/file-formats.md §2)."""
     K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
     q = np.array([1.0, 0.0, 0.0, 0.0])
     return {

@@ -1,4 +1,4 @@
-"""End-to-end training CLI (training.md) on tiny synthetic data.
+"""End-to-end training CLI (docs/training.md) on tiny synthetic data.
 
 Sizes are tiny (160×96 images, 8-wide regressors, 20 coarse matches per pair, 2 steps per
 epoch, 2 validation pairs at 160 px) so that the whole file runs in well under a minute on
@@ -81,6 +81,7 @@ def trained(data, tmp_path_factory, visdom_server):
     return args, exp_dir_of(args), proc
 
 
+@pytest.mark.slow
 def test_two_epochs_outputs(trained):
     args, exp, proc = trained
     for name in (
@@ -144,7 +145,7 @@ def test_two_epochs_outputs(trained):
     for plot in ("pass_rates", "dist_coarse", "dist_inlier"):
         assert vis.win_exists(f"test.{plot}", env=env), plot
 
-    # checkpoint format of data-formats.md §5, loadable through the safe loader
+    # checkpoint format of docs/file-formats.md §5, loadable through the safe loader
     ckpt = load_checkpoint_safe(exp / "last_ckpt.pth")
     assert set(ckpt) == {
         "last_epoch",
@@ -172,6 +173,7 @@ def test_two_epochs_outputs(trained):
     assert net.panc == 1 and not net.training
 
 
+@pytest.mark.slow
 def test_resume_continues_with_optimiser_state(trained):
     args, exp, _ = trained
     before = load_checkpoint_safe(exp / "last_ckpt.pth")
@@ -189,6 +191,7 @@ def test_resume_continues_with_optimiser_state(trained):
     assert (exp / "ckpt_ep3.pth").is_file()
 
 
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_last_ckpt(trained, tmp_path, capsys):
     """The process dies (SIGKILL) in the middle of writing last_ckpt.pth."""
     args, exp, _ = trained
@@ -269,6 +272,7 @@ def test_kill_during_checkpoint_write_keeps_last_ckpt(trained, tmp_path, capsys)
     assert "dropped" in (exp / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_overfit_one_pair_lowers_epipolar_loss(data):
     """Twelve steps on one pair (fixed seed) clearly lower the epipolar loss."""
     from utils.common.setup_helper import seed_all
@@ -319,6 +323,7 @@ def test_resume_without_checkpoint(data, tmp_path, capsys):
     assert "--resume" in _main_error(base_args(data, tmp_path, "--resume"), capsys)
 
 
+@pytest.mark.slow
 def test_ckpt_of_another_architecture(trained, data, tmp_path, capsys):
     _, exp, _ = trained
     msg = _main_error(
@@ -340,6 +345,7 @@ def test_pretrain_of_another_architecture(data, tmp_path, capsys):
     assert "--pretrain" in _main_error(base_args(data, tmp_path, "--pretrain", str(junk)), capsys)
 
 
+@pytest.mark.slow
 def test_unreadable_image_one_line_error(data, tmp_path):
     """A corrupt training image read by a loader worker: one line, exit 2, no traceback."""
     bad = tmp_path / "bad"

@@ -1,10 +1,12 @@
-"""Visdom schema (training.md §5) against a real server on a free loopback port."""
+"""Visdom schema (docs/training.md §5) against a real server on a free loopback port."""
 
 from __future__ import annotations
 
 import json
 
-from utils.common.visdom_helper import DIST_LEGENDS, PLOTS, VAL_PLOTS, VisdomPlotter
+import pytest
+
+from utils.train.visdom_helper import DIST_LEGENDS, PLOTS, VAL_PLOTS, VisdomPlotter
 
 
 def _traces(vis, win, env) -> dict[str, list]:
@@ -12,6 +14,7 @@ def _traces(vis, win, env) -> dict[str, list]:
     return {t["name"]: list(zip(t["x"], t["y"])) for t in data["content"]["data"]}
 
 
+@pytest.mark.slow
 def test_windows_and_legends(visdom_server):
     port, env_path = visdom_server
     env = "test_env.ks2fe0123_ep50-5cls50-5"
@@ -59,10 +62,11 @@ def test_unreachable_server_disables_with_message(free_port):
     assert not plotter.enabled and "Visdom disabled" in msgs[0]
 
 
+@pytest.mark.slow
 def test_validation_windows(visdom_server):
     """The per-epoch validation result goes to the test.* windows, one point per epoch."""
-    from utils.common.visdom_helper import validation_means
     from utils.train.eval_epoch_immatch import ImmatchValResult
+    from utils.train.visdom_helper import validation_means
 
     port, _ = visdom_server
     env = "test_env.validation"

@@ -32,6 +32,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # a browser, a Visdom server and a training run
+
 REPO = Path(__file__).resolve().parents[1]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 TRAIN_WINDOWS = {
@@ -247,9 +249,9 @@ def test_training_dashboard_in_chromium(
     browser: DevTools, visdom_server, train_data, tmp_path: Path
 ) -> None:
     from utils.common.visdom_assets import missing_assets
-    from utils.common.visdom_helper import VAL_PLOTS
     from utils.train.cli import parse_args
     from utils.train.experiment import make_tags
+    from utils.train.visdom_helper import VAL_PLOTS
 
     assert not missing_assets(), "run `python -m utils.common.visdom_assets` (setup_env.sh)"
     port = visdom_server[0]

@@ -1,20 +1,21 @@
 """Two-view geometry, the single home used by datasets, pair generation, training and evaluation.
 
 Fundamental / essential matrices from poses, relative poses, quaternion ↔ rotation,
-Sampson and symmetric epipolar distances (numpy), rotation / direction angle errors and the
-area under the cumulative error curve (AUC). The torch distances used in training losses
-are ``networks.utils.sampson_dist`` / ``sym_epi_dist``; RANSAC pose estimation from matches
+Sampson and symmetric epipolar distances (numpy; their formula, :func:`epipolar_terms` and
+the ``*_from_terms`` helpers, also serves the torch versions ``networks.utils.sampson_dist``
+/ ``sym_epi_dist`` used in the training losses), rotation / direction angle errors and the
+area under the cumulative error curve (AUC). RANSAC pose estimation from matches
 (OpenCV) is ``utils.eval.geometry.matches2relapose_cv``.
 
-Conventions (data-formats.md §2):
+Conventions (docs/file-formats.md §2):
 - A pose (R, t) maps world points to camera points, ``X_cam = R · X_world + t``; the camera
   centre is ``c = −Rᵀ t``.
 - The relative pose (R12, t12) maps camera-1 points to camera-2 points,
   ``X2 = R12 · X1 + t12`` with ``R12 = R2 R1ᵀ`` and ``t12 = R2 (c1 − c2)``.
 - Quaternions are (w, x, y, z), unit norm, as written by COLMAP.
 - F satisfies ``x2ᵀ F x1 = 0`` for homogeneous pixel points x1 (image 1) and x2 (image 2).
-- Distances follow ../shared/spec/README.md: the Sampson distance and the symmetric epipolar
-  distance are squared (px²) unless `sqrt=True` is asked for.
+- Distances (docs/architecture.md, Conventions): the Sampson distance and the symmetric
+  epipolar distance are squared (px²) unless `sqrt=True` is asked for.
 
 All functions work in float64 numpy; array-likes (lists, CPU torch tensors) are accepted.
 """
@@ -38,6 +39,9 @@ __all__ = [
     "quat2mat",
     "mat2quat",
     "normalize_points",
+    "epipolar_terms",
+    "sampson_from_terms",
+    "symmetric_from_terms",
     "sampson_distance",
     "symmetric_epipolar_distance",
     "cal_vec_angle_error",
@@ -231,14 +235,46 @@ def _to_homogeneous(pts: ArrayLike, homos: bool) -> Array:
     return pts
 
 
-def _epipolar_terms(pts1: ArrayLike, pts2: ArrayLike, F: ArrayLike, homos: bool):
+def epipolar_terms(x1, x2, F):
+    """``x2ᵀFx1`` and the epipolar lines ``F x1``, ``Fᵀ x2`` of homogeneous point rows.
+
+    The one formula of both epipolar distances, written once for numpy arrays and torch
+    tensors alike (only ``@``, ``.T``, ``*`` and ``.sum``), so the numpy distances here and
+    the differentiable ones of ``networks.utils`` are the same code.
+
+    Args:
+        x1, x2: (N, 3) homogeneous points (image 1, image 2); F: (3, 3), all of one kind.
+    Returns:
+        (x2ᵀFx1 (N,), rows F x1 (N, 3), rows Fᵀ x2 (N, 3)).
+    """
+    Fx1 = x1 @ F.T
+    Ftx2 = x2 @ F
+    return (x2 * Fx1).sum(-1), Fx1, Ftx2
+
+
+def sampson_from_terms(x2tFx1, Fx1, Ftx2):
+    """Squared Sampson distance from :func:`epipolar_terms` (numpy or torch)."""
+    denom = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2 + 1e-8
+    return x2tFx1**2 / denom
+
+
+def symmetric_from_terms(x2tFx1, Fx1, Ftx2, sqrt: bool = False, eps: float = 0.0):
+    """Symmetric epipolar distance from :func:`epipolar_terms` (numpy or torch).
+
+    Squared (default) or, with `sqrt`, unsquared; `eps` is added inside each denominator
+    (the torch version of the original adds 1e-8, the numpy one nothing).
+    """
+    n1 = Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2 + eps
+    n2 = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + eps
+    if sqrt:
+        return abs(x2tFx1) * (1.0 / n1**0.5 + 1.0 / n2**0.5)
+    return x2tFx1**2 * (1.0 / n1 + 1.0 / n2)
+
+
+def _np_terms(pts1: ArrayLike, pts2: ArrayLike, F: ArrayLike, homos: bool):
     x1 = _to_homogeneous(pts1, homos)
     x2 = _to_homogeneous(pts2, homos)
-    F = as_f64(F).reshape(3, 3)
-    Fx1 = x1 @ F.T  # (N, 3), rows F x1
-    Ftx2 = x2 @ F  # (N, 3), rows Fᵀ x2
-    x2tFx1 = np.sum(x2 * Fx1, axis=1)  # (N,)
-    return x2tFx1, Fx1, Ftx2
+    return epipolar_terms(x1, x2, as_f64(F).reshape(3, 3))
 
 
 def sampson_distance(pts1: ArrayLike, pts2: ArrayLike, F: ArrayLike, homos: bool = True) -> Array:
@@ -254,9 +290,7 @@ def sampson_distance(pts1: ArrayLike, pts2: ArrayLike, F: ArrayLike, homos: bool
     Returns:
         (N,) float64 distances.
     """
-    x2tFx1, Fx1, Ftx2 = _epipolar_terms(pts1, pts2, F, homos)
-    denom = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2 + 1e-8
-    return x2tFx1**2 / denom
+    return sampson_from_terms(*_np_terms(pts1, pts2, F, homos))
 
 
 def symmetric_epipolar_distance(
@@ -274,12 +308,7 @@ def symmetric_epipolar_distance(
     Returns:
         (N,) float64 distances.
     """
-    x2tFx1, Fx1, Ftx2 = _epipolar_terms(pts1, pts2, F, True)
-    n1 = Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2
-    n2 = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2
-    if sqrt:
-        return np.abs(x2tFx1) * (1.0 / np.sqrt(n1) + 1.0 / np.sqrt(n2))
-    return x2tFx1**2 * (1.0 / n1 + 1.0 / n2)
+    return symmetric_from_terms(*_np_terms(pts1, pts2, F, True), sqrt=sqrt)
 
 
 # --------------------------------------------------------------------------------------

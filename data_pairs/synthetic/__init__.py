@@ -1,7 +1,7 @@
 """Synthetic MegaDepth / PhotoTourism look-alike data with exact geometry.
 
 Real MegaDepth and PhotoTourism cannot be downloaded everywhere, so this package renders
-small textured 3D scenes and writes them in the real on-disk formats (data-formats.md §1 and
+small textured 3D scenes and writes them in the real on-disk formats (docs/file-formats.md §1 and
 §4), with exact poses, intrinsics, depth maps and 3D point observations. The command is
 ``python -m data_pairs.make_synthetic``.
 
@@ -25,11 +25,10 @@ image centre, so ``w = 2·cx`` and ``h = 2·cy`` exactly.
 from data_pairs.synthetic.camera import View, sample_views
 from data_pairs.synthetic.colmap_writer import (
     CAMERA_MODELS,
-    VAL_SUBDIR,
     make_val_scene,
     val_scene_name,
 )
-from data_pairs.synthetic.megadepth_writer import DEPTH_SUBDIR, SFM_PREFIX, make_megadepth_scene
+from data_pairs.synthetic.megadepth_writer import DEPTH_SUBDIR, make_megadepth_scene
 from data_pairs.synthetic.observe import observations, observe_points, sample_surface_points
 from data_pairs.synthetic.render import cast_rays, pixel_rays, render, render_views
 from data_pairs.synthetic.scene import (
@@ -71,8 +70,6 @@ __all__ = [
     "make_val_scene",
     "val_scene_name",
     "DEPTH_SUBDIR",
-    "SFM_PREFIX",
-    "VAL_SUBDIR",
     "CAMERA_MODELS",
     "KIND_TRAIN",
     "KIND_VAL",

@@ -1,4 +1,4 @@
-"""PhotoTourism-like validation scenes as COLMAP models (data-formats.md §4).
+"""PhotoTourism-like validation scenes as COLMAP models (docs/file-formats.md §4).
 
 Layout written under ``<out>/immatch_benchmark/val_dense/<val scene>/dense``::
 
@@ -19,11 +19,11 @@ from data_pairs.synthetic.files import save_jpeg
 from data_pairs.synthetic.scene import KIND_VAL
 from data_pairs.synthetic.synthesize import SceneSpec, scene_spec, synthesize_scene
 from utils.colmap.read_model import Camera, Image, Point3D, write_model
+from utils.common.data_layout import VAL_SUBDIR
 from utils.geometry import rotmat2qvec
 
-__all__ = ["VAL_SUBDIR", "CAMERA_MODELS", "make_val_scene", "val_scene_name"]
+__all__ = ["CAMERA_MODELS", "make_val_scene", "val_scene_name"]
 
-VAL_SUBDIR = Path("immatch_benchmark/val_dense")
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL")
 
 

@@ -43,9 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from data_pairs.synthetic.files import object_array, save_depth, save_jpeg
-from data_pairs.synthetic.megadepth_writer import DEPTH_SUBDIR, SFM_PREFIX
+from data_pairs.synthetic.megadepth_writer import DEPTH_SUBDIR
 from data_pairs.synthetic.synthesize import SceneSpec, scene_spec, synthesize_scene
 from utils.common.cli import UsageError, make_parser, run_command
+from utils.common.data_layout import SFM_PREFIX
 from utils.common.setup_helper import write_atomic
 
 __all__ = ["KIND_TEST", "LIST_FILE", "SCENE_INFO_DIR", "SCENE_FILES", "write_megadepth1500"]

@@ -1,8 +1,8 @@
-"""MegaDepth-like training scenes in D2Net's layout (data-formats.md §1).
+"""MegaDepth-like training scenes in D2Net's layout (docs/file-formats.md §1).
 
 Layout written under ``<out>/MegaDepth_undistort``::
 
-    scene_info/<scene>.0.npz                 D2Net keys (data-formats.md §1)
+    scene_info/<scene>.0.npz                 D2Net keys (docs/file-formats.md §1)
     <scene>/images/<i>.jpg                   the images (where the training loader looks)
     Undistorted_SfM/<scene> -> ../<scene>    so that the npz image_paths resolve too
     phoenix/S6/zl548/MegaDepth_v1/<scene>/dense0/depths/<i>.h5   (dataset 'depth')
@@ -25,11 +25,11 @@ import numpy as np
 from data_pairs.synthetic.files import object_array, save_depth, save_jpeg, save_npz
 from data_pairs.synthetic.scene import KIND_TRAIN
 from data_pairs.synthetic.synthesize import SceneSpec, scene_spec, synthesize_scene
+from utils.common.data_layout import SFM_PREFIX
 
-__all__ = ["DEPTH_SUBDIR", "SFM_PREFIX", "SFM_LAYOUTS", "make_megadepth_scene"]
+__all__ = ["DEPTH_SUBDIR", "SFM_LAYOUTS", "make_megadepth_scene"]
 
 DEPTH_SUBDIR = Path("phoenix/S6/zl548/MegaDepth_v1")
-SFM_PREFIX = "Undistorted_SfM"
 SFM_LAYOUTS = ("link", "copy", "none")
 
 

@@ -1,4 +1,4 @@
-"""Exact 4D convolution for neighbourhood consensus (model.md §2).
+"""Exact 4D convolution for neighbourhood consensus (docs/architecture.md §2).
 
 The original loops over the first spatial dimension and sums 3D convolutions slice by slice.
 Here the first dimension is folded into the batch of a single ``conv3d`` call: either the

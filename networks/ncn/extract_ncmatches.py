@@ -1,4 +1,4 @@
-"""Match extraction from a 4D correlation volume (model.md §3)."""
+"""Match extraction from a 4D correlation volume (docs/architecture.md §3)."""
 
 from __future__ import annotations
 

@@ -175,7 +175,7 @@ _UNSET: Any = object()
 class NeighConsensus(nn.Module):
     """Neighbourhood consensus: a stack of Conv4d + ReLU, optionally symmetric in A and B.
 
-    The original's signature, positionally or by keyword (api.md):
+    The original's signature, positionally or by keyword (docs/architecture.md §8):
     ``NeighConsensus(use_cuda=True, kernel_sizes=[3, 3, 3], channels=[10, 10, 1],
     symmetric_mode=True)``; Patch2Pix uses ``kernel_sizes=[3, 3], channels=[16, 1]``.
     A call whose first positional argument is a list (``NeighConsensus([3, 3], [16, 1])``)
@@ -183,7 +183,8 @@ class NeighConsensus(nn.Module):
 
     Args:
         use_cuda: accepted for compatibility with the original and ignored: the module runs
-            wherever its parameters are (the original moved itself to CUDA, model.md §7).
+            wherever its parameters are (the original moved itself to CUDA; docs/architecture.md
+            §7).
         kernel_sizes: kernel of each layer.
         channels: output channels of each layer; the input has 1 channel.
         symmetric_mode: ``y = net(x) + swapAB(net(swapAB(x)))``.

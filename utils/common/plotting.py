@@ -27,7 +27,7 @@ from matplotlib.colors import Normalize, to_rgba, to_rgba_array
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from utils.datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from utils.common.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 INLIER_COLOR = (0.0, 1.0, 0.0, 1.0)
 OUTLIER_COLOR = (1.0, 0.0, 0.0, 1.0)

@@ -1,4 +1,4 @@
-"""Pickled numpy files are data, never code (data-formats.md §6).
+"""Pickled numpy files are data, never code (docs/file-formats.md §6).
 
 The training-pair file (a download), D2Net's ``scene_info/*.npz``, ``ov_pairs.npy`` and
 LoFTR's MegaDepth-1500 scene-info files (plain pickles named ``.npz``, data-formats.md §7)

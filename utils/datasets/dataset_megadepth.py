@@ -1,7 +1,7 @@
-"""MegaDepth training pairs (data-formats.md §2-3): `ImMatchDatasetMega`.
+"""MegaDepth training pairs (docs/file-formats.md §2-3): `ImMatchDatasetMega`.
 
 The pair file is a numpy-saved dict (a pickle inside; loaded through the restricted unpickler of
-:mod:`utils.common.safe_pickle`, which refuses anything but data, data-formats.md §6)::
+:mod:`utils.common.safe_pickle`, which refuses anything but data, docs/file-formats.md §6)::
 
     {scene: {'ims': [Namespace(name, crop)],
              'pairs': [Namespace(im1, im2, overlap, K1, K2, t, q, R, crop1, crop2)]}}
@@ -57,7 +57,7 @@ def resolve_megadepth_root(data_root: str | os.PathLike) -> str:
 
 
 def load_pair_file(match_file: str | os.PathLike) -> dict[str, dict[str, list[Any]]]:
-    """Load a training-pair file (data-formats.md §2) without running code from it.
+    """Load a training-pair file (docs/file-formats.md §2) without running code from it.
 
     Returns:
         {scene: {'ims': [...], 'pairs': [...]}}.

@@ -1,4 +1,7 @@
-"""Image loading and preprocessing for matching and training (model.md §6, data-formats.md §2-3).
+"""Image loading and preprocessing for matching and training.
+
+The rules are those of docs/architecture.md §6 (matching) and docs/file-formats.md §2-3
+(training crops and sizes).
 
 Images are opened with PIL as RGB, resized with PIL bicubic, turned into float tensors in
 [0, 1] and normalised with the ImageNet mean / std. Sizes are (w, h) in PIL order unless a
@@ -18,10 +21,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from utils.common.cli import UsageError
+from utils.common.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "ImageDecodeError",
     "ImageNotFoundError",
     "ImageTooSmallError",
@@ -37,9 +39,6 @@ __all__ = [
     "get_tuple_transform_ops",
     "crop_from_bottom_right",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageNotFoundError(UsageError, FileNotFoundError):
@@ -146,7 +145,7 @@ def cal_rescale_size(
     """Target size for matching: longer side ≈ `image_size`, sides multiples of upsample·k_size.
 
     Each side becomes ``int(floor(side / (longer / image_size) / upsample / k_size) · upsample
-    · k_size)``, evaluated left to right in float64 (model.md §6). No upsampling: an
+    · k_size)``, evaluated left to right in float64 (docs/architecture.md §6). No upsampling: an
     `image_size` that is None, ≤ 0 or larger than the longer side is replaced by the longer side.
 
     Args:
@@ -175,7 +174,7 @@ def load_im_flexible(
     imsize: int | None = None,
     crop_square: bool = False,
 ) -> tuple[torch.Tensor, tuple[float, float]]:
-    """Load an image for Patch2Pix matching (model.md §6).
+    """Load an image for Patch2Pix matching (docs/architecture.md §6).
 
     The longer side is brought to `imsize` (never upsampled) and each side rounded down to a
     multiple of ``upsample · k_size`` (:func:`cal_rescale_size`), resized with PIL bicubic,
@@ -243,7 +242,7 @@ def load_im_tensor(
     tuple[torch.Tensor, torch.Tensor, tuple[float, float]]
     | tuple[torch.Tensor, tuple[float, float]]
 ):
-    """Load an image for other coarse matchers (model.md §6).
+    """Load an image for other coarse matchers (docs/architecture.md §6).
 
     Downscaled only when the longer side exceeds `imsize`, to ``round(side · imsize /
     longer)`` per side (PIL bicubic, no rounding to multiples).
@@ -325,7 +324,7 @@ def crop_from_bottom_right(
 ) -> tuple[int, int] | None:
     """Pixels to cut from the right (dw) and bottom (dh) to reach aspect ratio w/h = target.
 
-    The rule of data-formats.md §2, written for ``target_ratio = p/q`` in lowest terms
+    The rule of docs/file-formats.md §2, written for ``target_ratio = p/q`` in lowest terms
     (p = 3, q = 2 for 1.5): ratio w/h outside ``[target − 0.2, target + 0.2]`` → rejected;
     equal → (0, 0); wider → ``dh = h mod q``, ``dw = w − (h − dh)·target``; taller →
     ``dw = w mod p``, ``dh = h − (w − dw)/target``.

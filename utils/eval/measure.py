@@ -1,8 +1,8 @@
 """Evaluation of matches by relative pose: pose-estimation errors, histograms, pass rates.
 
-The epipolar distances, angle errors and the AUC live in :mod:`utils.geometry`; the
-original's names stay importable from here (``sampson_distance``,
-``symmetric_epipolar_distance``, ``cal_*_angle_error``, ``cal_error_auc``).
+The epipolar distances, angle errors and the AUC live in :mod:`utils.geometry`; the two
+distances stay importable from here under the original's names (``sampson_distance``,
+``symmetric_epipolar_distance``: other tools import them from this module).
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ from utils.eval.geometry import matches2relapose_cv
 from utils.geometry import (
     Array,
     as_f64,
-    cal_quat_angle_error,
     cal_rot_angle_error,
     cal_vec_angle_error,
-    error_auc,
     qvec2rotmat,
     sampson_distance,
     symmetric_epipolar_distance,
@@ -30,23 +28,16 @@ __all__ = [
     "PASS_THRESHOLDS",
     "sampson_distance",
     "symmetric_epipolar_distance",
-    "cal_vec_angle_error",
-    "cal_rot_angle_error",
-    "cal_quat_angle_error",
     "eval_matches_relapose",
     "check_inliers_distr",
     "cal_pass_rates",
-    "cal_error_auc",
     "cal_selection_rate",
 ]
 
-# Histogram bins (px²) of training.md §6.
+# Histogram bins (px²) of docs/training.md §6.
 INLIER_DIST_BINS: tuple[float, ...] = (0, 0.01, 1, 5, 10, 25, 50, 100, 2500, 1e5)
-# Pose-error thresholds (degrees) for pass rates, training.md §6.
+# Pose-error thresholds (degrees) for pass rates, docs/training.md §6.
 PASS_THRESHOLDS: tuple[int, ...] = tuple(range(1, 11))
-
-# The AUC of pose errors under its original name (see utils.geometry.error_auc).
-cal_error_auc = error_auc
 
 
 def _as_rotation(q_or_R: ArrayLike) -> Array:
@@ -153,7 +144,7 @@ def cal_pass_rates(
 
 
 def cal_selection_rate(errors: ArrayLike) -> float:
-    """Model-selection score of training.md §6: ``0.34·pass@1° + 0.33·pass@5° + 0.33·pass@10°``.
+    """Selection score (docs/training.md §6) ``0.34·pass@1° + 0.33·pass@5° + 0.33·pass@10°``.
 
     Args:
         errors: (N,) pose errors in degrees.

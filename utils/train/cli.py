@@ -1,4 +1,4 @@
-"""Command line of ``python -m train_patch2pix`` (training.md §1) and its validation.
+"""Command line of ``python -m train_patch2pix`` (docs/training.md §1) and its validation.
 
 Every flag of the original keeps its spelling, aliases, type and default; the new flags
 (``--device``, ``--workers``, ``--max_iters_per_epoch``, ``--val_imsize``,
@@ -10,16 +10,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from networks.optim import parse_lr_decay
 from utils.common.cli import UsageError, make_parser, number
 
-__all__ = ["UsageError", "build_parser", "check_args", "parse_args", "parse_lr_decay"]
+__all__ = ["build_parser", "check_args", "parse_args"]
 
 DEFAULT_MATCH_NPY = "megadepth_pairs.ov0.35_imrat1.5.pair500.excl_test.npy"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the training CLI."""
-    p = make_parser("train_patch2pix", "Train Patch2Pix on MegaDepth pairs (training.md).")
+    p = make_parser("train_patch2pix", "Train Patch2Pix on MegaDepth pairs (docs/training.md).")
     g = p.add_argument_group("run")
     g.add_argument("--gpu", "-gpu", type=int, default=0, help="GPU index")
     g.add_argument(
@@ -214,31 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
         "hung rank cannot hang the run",
     )
     return p
-
-
-def parse_lr_decay(
-    tokens: Sequence[str | float | int] | None,
-) -> tuple[str, float, list[int]] | None:
-    """Parse ``--lr_decay``: ``step FACTOR STEP`` or ``multistep FACTOR M1 [M2 ...]``.
-
-    Returns:
-        (kind, factor, steps) or None; raises ValueError naming --lr_decay on a bad form.
-    """
-    if not tokens:
-        return None
-    tokens = [str(t) for t in tokens]
-    kind = tokens[0].lower()
-    usage = "--lr_decay expects 'step FACTOR STEP' or 'multistep FACTOR M1 [M2 ...]'"
-    try:
-        factor = float(tokens[1])
-        steps = [int(t) for t in tokens[2:]]
-    except (IndexError, ValueError):
-        raise ValueError(f"{usage}, got {' '.join(tokens)!r}") from None
-    if kind not in ("step", "multistep") or not steps or (kind == "step" and len(steps) != 1):
-        raise ValueError(f"{usage}, got {' '.join(tokens)!r}")
-    if not 0 < factor <= 1 or any(s <= 0 for s in steps):
-        raise ValueError(f"{usage} with 0 < FACTOR <= 1 and positive steps, got {tokens!r}")
-    return kind, factor, steps
 
 
 def check_args(args: argparse.Namespace) -> None:

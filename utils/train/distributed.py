@@ -16,7 +16,7 @@ changes the run. The flags keep their meaning:
   ends the run with one line (:class:`DistributedError`) instead of blocking the others;
 - ``--sync_bn`` (CUDA) turns the backbone's BatchNorm layers into SyncBatchNorm (off by
   default, README "Several GPUs" says why). The regressors' BatchNorm stays per process: its
-  statistics are those of each image's own chunks (model.md §4.6), as in one process.
+  statistics are those of each image's own chunks (docs/architecture.md §4.6), as in one process.
 """
 
 from __future__ import annotations

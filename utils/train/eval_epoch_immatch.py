@@ -1,4 +1,4 @@
-"""Per-epoch validation on the PhotoTourism "immatch" val set (training.md §6).
+"""Per-epoch validation on the PhotoTourism "immatch" val set (docs/training.md §6).
 
 For each scene folder ``<val_dense>/<scene>/dense/`` (sorted by name; the downloaded set is
 reichstag, sacre_coeur, st_peters_square, taj_mahal, temple_nara_japan):
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from utils.colmap.read_model import camera_intrinsics, image_pose, read_model
+from utils.common.data_layout import VAL_SUBDIR
 from utils.common.safe_pickle import NpyFileError, safe_load_npy
 from utils.eval.measure import (
     INLIER_DIST_BINS,
@@ -41,10 +42,10 @@ from utils.eval.measure import (
     check_inliers_distr,
     eval_matches_relapose,
 )
+from utils.eval.runner import as_matches, run_pairs
 from utils.geometry import pose2fund, relative_pose, sampson_distance
 
 FAILED_POSE_ERR = 180.0
-VAL_SUBDIR = Path("immatch_benchmark") / "val_dense"
 
 
 class ValidationDataMissing(FileNotFoundError):
@@ -156,10 +157,62 @@ def _load_scene_model(sparse_dir: Path) -> _SceneModel:
     return _SceneModel(K, R, t)
 
 
-def _to_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64).reshape(-1, 4)
+@dataclass
+class _ValPair:
+    """One validation pair: its image files and ground-truth geometry."""
+
+    im1: Path
+    im2: Path
+    K1: np.ndarray
+    K2: np.ndarray
+    R12: np.ndarray
+    t12: np.ndarray
+
+
+@dataclass
+class _PairOutcome:
+    err: float  # FAILED_POSE_ERR when no pose could be estimated
+    inlier_ratio: float
+    cdist: np.ndarray  # Sampson distances (px²) of the coarse, fine, RANSAC-inlier matches
+    fdist: np.ndarray
+    idist: np.ndarray | None  # None when no pose could be estimated
+
+
+def _val_pairs(
+    val_root: Path, min_overlap: float, sample_max: int
+) -> tuple[list[_ValPair], dict[str, int]]:
+    """The sampled pairs of every scene (scenes in name order, one seeded draw stream)."""
+    rng = np.random.RandomState(0)
+    jobs: list[_ValPair] = []
+    per_scene: dict[str, int] = {}
+    for scene in list_scenes(val_root):
+        dense = val_root / scene / "dense"
+        pairs = load_overlap_pairs(dense / "sparse" / "ov_pairs.npy", min_overlap)
+        pairs = sample_pairs(pairs, sample_max, rng)
+        model = _load_scene_model(dense / "sparse")
+        per_scene[scene] = len(pairs)
+        for im1, im2 in pairs:
+            if im1 not in model.K or im2 not in model.K:
+                missing = im1 if im1 not in model.K else im2
+                raise KeyError(
+                    f"{scene}: image {missing!r} of ov_pairs.npy is not in the COLMAP model"
+                )
+            R12, t12 = relative_pose(model.R[im1], model.t[im1], model.R[im2], model.t[im2])
+            images = dense / "images"
+            jobs.append(_ValPair(images / im1, images / im2, model.K[im1], model.K[im2], R12, t12))
+    return jobs, per_scene
+
+
+def _evaluate_pair(matches: np.ndarray, coarse: np.ndarray, pair: _ValPair, rthres: float):
+    """Pose error and Sampson distances of one pair's matches (see the module docstring)."""
+    F = pose2fund(pair.K1, pair.K2, pair.R12, pair.t12)
+    fd = sampson_distance(matches[:, :2], matches[:, 2:], F)
+    cd = sampson_distance(coarse[:, :2], coarse[:, 2:], F)
+    res = eval_matches_relapose(matches, pair.K1, pair.K2, pair.R12, pair.t12, cv_thres=rthres)
+    if res is None:
+        return _PairOutcome(FAILED_POSE_ERR, 0.0, cd, fd, None)
+    err_q, err_t, inliers = res
+    return _PairOutcome(max(err_q, err_t), float(inliers.mean()), cd, fd, fd[inliers])
 
 
 def eval_immatch_val_sets(
@@ -176,6 +229,9 @@ def eval_immatch_val_sets(
     lprint_: Callable[[str], Any] = print,
 ) -> ImmatchValResult:
     """Validate a Patch2Pix model on the immatch val scenes (see the module docstring).
+
+    The pair loop and the match arrays are the evaluators' (:mod:`utils.eval.runner`); the
+    matches come from ``estimate_matches``, as in the original.
 
     Args:
         net: the model (``panc`` is set to 1 during the call and restored; eval mode and
@@ -195,71 +251,53 @@ def eval_immatch_val_sets(
     from utils.eval.model_helper import estimate_matches
 
     t0 = time.time()
-    val_root = resolve_val_root(data_root)
-    rng = np.random.RandomState(0)
-    errs: list[float] = []
-    cdists, fdists, idists = [], [], []
-    fine_means: list[float] = []
-    inlier_ratios: list[float] = []
-    per_scene: dict[str, int] = {}
-    failed = 0
+    jobs, per_scene = _val_pairs(resolve_val_root(data_root), min_overlap, sample_max)
+
+    def evaluate(pair: _ValPair) -> _PairOutcome:
+        matches, _, coarse = estimate_matches(
+            net,
+            str(pair.im1),
+            str(pair.im2),
+            ksize=ksize,
+            ncn_thres=ncn_thres,
+            mutual=True,
+            io_thres=io_thres,
+            eval_type=eval_type,
+            imsize=imsize,
+        )
+        return _evaluate_pair(as_matches(matches), as_matches(coarse), pair, rthres)
 
     old_panc, was_training = getattr(net, "panc", None), net.training
     net.panc = 1
     net.eval()
     try:
         with torch.no_grad():
-            for scene in list_scenes(val_root):
-                dense = val_root / scene / "dense"
-                pairs = load_overlap_pairs(dense / "sparse" / "ov_pairs.npy", min_overlap)
-                pairs = sample_pairs(pairs, sample_max, rng)
-                model = _load_scene_model(dense / "sparse")
-                per_scene[scene] = len(pairs)
-                for im1, im2 in pairs:
-                    if im1 not in model.K or im2 not in model.K:
-                        missing = im1 if im1 not in model.K else im2
-                        raise KeyError(
-                            f"{scene}: image {missing!r} of ov_pairs.npy is not in the COLMAP model"
-                        )
-                    matches, _, coarse = estimate_matches(
-                        net,
-                        str(dense / "images" / im1),
-                        str(dense / "images" / im2),
-                        ksize=ksize,
-                        ncn_thres=ncn_thres,
-                        mutual=True,
-                        io_thres=io_thres,
-                        eval_type=eval_type,
-                        imsize=imsize,
-                    )
-                    matches, coarse = _to_numpy(matches), _to_numpy(coarse)
-                    K1, K2 = model.K[im1], model.K[im2]
-                    R12, t12 = relative_pose(model.R[im1], model.t[im1], model.R[im2], model.t[im2])
-                    F = pose2fund(K1, K2, R12, t12)
-                    fd = sampson_distance(matches[:, :2], matches[:, 2:], F)
-                    cdists.append(sampson_distance(coarse[:, :2], coarse[:, 2:], F))
-                    fdists.append(fd)
-                    if fd.size:
-                        fine_means.append(float(fd.mean()))
-                    res = eval_matches_relapose(matches, K1, K2, R12, t12, cv_thres=rthres)
-                    if res is None:
-                        failed += 1
-                        errs.append(FAILED_POSE_ERR)
-                        inlier_ratios.append(0.0)
-                        continue
-                    err_q, err_t, inliers = res
-                    errs.append(max(err_q, err_t))
-                    idists.append(fd[inliers])
-                    inlier_ratios.append(float(inliers.mean()))
+            outcomes, _ = run_pairs(jobs, evaluate, "val immatch", progress=False)
     finally:
         if old_panc is not None:
             net.panc = old_panc
         net.train(was_training)
 
-    err = np.asarray(errs, dtype=np.float64)
+    result, texts = _summarise(outcomes, per_scene, time.time() - t0)
+    _report(result, texts, lprint_, imsize, io_thres, rthres)
+    return result
+
+
+def _summarise(
+    outcomes: list[_PairOutcome], per_scene: dict[str, int], seconds: float
+) -> tuple[ImmatchValResult, dict[str, str]]:
+    """The result over all pairs and the histogram report lines {coarse, fine, inlier}."""
+    err = np.asarray([o.err for o in outcomes], dtype=np.float64)
+    fine_means = [float(o.fdist.mean()) for o in outcomes if o.fdist.size]
+    inlier_ratios = [o.inlier_ratio for o in outcomes]
+    dists = {
+        "coarse": [o.cdist for o in outcomes],
+        "fine": [o.fdist for o in outcomes],
+        "inlier": [o.idist for o in outcomes if o.idist is not None],
+    }
     hists, texts = {}, {}
-    for tag, dists in (("coarse", cdists), ("fine", fdists), ("inlier", idists)):
-        hist, texts[tag] = check_inliers_distr(dists, INLIER_DIST_BINS, tag=tag, return_hist=True)
+    for tag, d in dists.items():
+        hist, texts[tag] = check_inliers_distr(d, INLIER_DIST_BINS, tag=tag, return_hist=True)
         hists[tag] = [float(v) for v in hist]
     result = ImmatchValResult(
         mean_err=float(err.mean()) if err.size else float("inf"),
@@ -269,15 +307,26 @@ def eval_immatch_val_sets(
         fine_dist=float(np.mean(fine_means)) if fine_means else float("inf"),
         inlier_ratio=float(np.mean(inlier_ratios)) if inlier_ratios else 0.0,
         num_pairs=int(err.size),
-        num_failed=failed,
+        num_failed=sum(o.idist is None for o in outcomes),
         per_scene=per_scene,
-        seconds=time.time() - t0,
+        seconds=seconds,
         dist_hist=hists,
     )
-    scenes = " ".join(f"{k}:{v}" for k, v in per_scene.items())
+    return result, texts
+
+
+def _report(
+    result: ImmatchValResult,
+    texts: dict[str, str],
+    lprint_: Callable[[str], Any],
+    imsize: int | None,
+    io_thres: float,
+    rthres: float,
+) -> None:
+    scenes = " ".join(f"{k}:{v}" for k, v in result.per_scene.items())
     lprint_(
-        f">>Val immatch: {result.num_pairs} pairs ({scenes}), {failed} without pose, "
-        f"imsize={imsize} io_thres={io_thres} rthres={rthres} ({result.seconds:.1f}s)"
+        f">>Val immatch: {result.num_pairs} pairs ({scenes}), {result.num_failed} without "
+        f"pose, imsize={imsize} io_thres={io_thres} rthres={rthres} ({result.seconds:.1f}s)"
     )
     for tag in ("coarse", "fine", "inlier"):
         lprint_("  " + texts[tag])
@@ -286,7 +335,6 @@ def eval_immatch_val_sets(
         f"  err mean={result.mean_err:.2f} median={result.median_err:.2f} pass: {rates} "
         f"rate={result.rate:.4f}"
     )
-    return result
 
 
 @dataclass

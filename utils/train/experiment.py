@@ -1,4 +1,4 @@
-"""Experiment directory naming (training.md §4), the log file and the metrics file.
+"""Experiment directory naming (docs/training.md §4), the log file and the metrics file.
 
 Tags follow the original's formatting: values print as Python prints them (the default
 ``--weight_epi`` is the integer list [1, 1], hence ``wepi1-1``; ``--weight_cls`` is the float
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from networks.optim import parse_lr_decay
 from utils.common.setup_helper import write_text_atomic
-from utils.train.cli import parse_lr_decay
 
 __all__ = ["ExperimentLog", "ExperimentTags", "make_tags", "save_config", "truncate_metrics"]
 
@@ -62,7 +62,7 @@ class ExperimentTags:
 
 
 def make_tags(args: Namespace) -> ExperimentTags:
-    """Tags from the training flags (training.md §4).
+    """Tags from the training flags (docs/training.md §4).
 
     Args:
         args: the parsed flags (match_npy, prefix, freeze_feat, change_stride, pretrain,

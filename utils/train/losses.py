@@ -1,4 +1,4 @@
-"""Patch2Pix training loss (training.md §3 steps 4–5) as pure functions.
+"""Patch2Pix training loss (docs/training.md §3 steps 4–5) as pure functions.
 
 The inputs are the per-pair lists returned by ``Patch2Pix.forward_train``:
 ``coarse_matches`` (anchors, (N, 4)), ``mid_matches`` (N, 4), ``mid_probs`` (N,),
@@ -174,7 +174,7 @@ def batch_loss(
     cfg: LossConfig,
     dist_fn: DistFn = sampson_dist,
 ) -> BatchLoss:
-    """The loss of one batch (training.md §3 steps 4–5).
+    """The loss of one batch (docs/training.md §3 steps 4–5).
 
     Args:
         coarse_matches, mid_matches, fine_matches: B tensors (N_b, 4).

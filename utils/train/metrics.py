@@ -1,4 +1,4 @@
-"""Per-step training metrics (training.md §3 step 6) and their running means.
+"""Per-step training metrics (docs/training.md §3 step 6) and their running means.
 
 Definitions (every value is pooled over the rows of all pairs of the batch, kept or
 skipped; a value whose denominator is empty is NaN and is left out of the means, so a Visdom

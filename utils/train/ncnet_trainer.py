@@ -47,7 +47,6 @@ from utils.common.setup_helper import (
     seed_all,
     write_text_atomic,
 )
-from utils.common.visdom_helper import VisdomPlotter
 from utils.eval.model_helper import state_dict_of
 from utils.train.experiment import ExperimentLog, save_config
 from utils.train.trainer import (
@@ -57,6 +56,7 @@ from utils.train.trainer import (
     echo_above_progress,
     select_device,
 )
+from utils.train.visdom_helper import VisdomPlotter
 from utils.train.weak_loss import negative_order, weak_loss
 
 __all__ = [

@@ -1,13 +1,13 @@
-"""The training run behind ``python -m train_patch2pix`` (training.md §2–§6).
+"""The training run behind ``python -m train_patch2pix`` (docs/training.md §2–§6).
 
 - :func:`build_training` resolves the device, the start weights (``--pretrain``, ``--ckpt``,
   ``--resume``) and builds the model with its optimiser and scheduler (§2);
 - :func:`train_step` is one optimisation step (§3);
 - :class:`Trainer` runs the epochs: data loading, periodic log lines / metrics / Visdom
-  plots (§5), checkpoints (§4, data-formats.md §5, written atomically) and the per-epoch
+  plots (§5), checkpoints (§4, docs/file-formats.md §5, written atomically) and the per-epoch
   validation with the best-checkpoint rule (§6).
 
-User errors raise :class:`utils.train.cli.UsageError` with a one-line message.
+User errors raise :class:`utils.common.cli.UsageError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from networks.patch2pix import Patch2Pix
 from networks.resnet import download_imagenet_weights, find_imagenet_weights
+from utils.common.cli import UsageError
 from utils.common.setup_helper import (
     CheckpointError,
     clean_stale_temporaries,
@@ -34,10 +35,8 @@ from utils.common.setup_helper import (
     save_checkpoint_atomic,
     seed_all,
 )
-from utils.common.visdom_helper import VisdomPlotter, validation_means
 from utils.eval.model_helper import state_dict_of
 from utils.train.amp import MixedPrecision
-from utils.train.cli import UsageError
 from utils.train.distributed import (
     DistInfo,
     Silent,
@@ -70,6 +69,7 @@ from utils.train.experiment import (
 )
 from utils.train.losses import BatchLoss, LossConfig, batch_loss
 from utils.train.metrics import RunningMeans, format_means, memory_metrics, step_metrics
+from utils.train.visdom_helper import VisdomPlotter, validation_means
 
 # Regressor-config fields that decide the weight shapes (a checkpoint must agree on them).
 ARCH_FIELDS = ("conv_dims", "conv_kers", "conv_strs", "fc_dims", "feat_comb", "psize", "shared")
@@ -171,7 +171,7 @@ def resolve_start(args: Namespace, exp_dir: Path) -> StartState:
     """Start weights and states from ``--pretrain``, then ``--ckpt``, or ``--resume``.
 
     ``--pretrain``: a bare state_dict (or a dict with ``state_dict``) loaded non-strict.
-    ``--ckpt``: a training checkpoint (data-formats.md §5) whose weights are loaded on top;
+    ``--ckpt``: a training checkpoint (docs/file-formats.md §5) whose weights are loaded on top;
     the run starts at epoch 0 with a fresh optimiser. ``--resume``:
     ``<exp_dir>/last_ckpt.pth`` restores weights, epoch, optimiser, scheduler, best values.
     """
@@ -210,7 +210,7 @@ def resolve_start(args: Namespace, exp_dir: Path) -> StartState:
 def prepare_backbone(
     args: Namespace, start: StartState, lprint: Callable[[str], Any] = print
 ) -> str:
-    """Make sure a run without start weights gets the ImageNet backbone (training.md §2).
+    """Make sure a run without start weights gets the ImageNet backbone (docs/training.md §2).
 
     Without ``--pretrain`` / ``--ckpt`` / ``--resume`` the ImageNet ResNet-34 weights are taken
     from the torch cache, downloaded into it when missing (as the original did), unless
@@ -236,7 +236,7 @@ def prepare_backbone(
 def build_model(
     args: Namespace, device: torch.device, start: StartState, lprint: Callable[[str], Any] = print
 ) -> Patch2Pix:
-    """Patch2Pix in training configuration with optimiser and scheduler (training.md §2).
+    """Patch2Pix in training configuration with optimiser and scheduler (docs/training.md §2).
 
     Raises:
         UsageError: weights of another architecture, a bad ``--lr_decay``, or an optimiser
@@ -382,7 +382,7 @@ def train_step(
     amp: MixedPrecision | None = None,
     forward: Callable[..., tuple] | None = None,
 ) -> tuple[BatchLoss, dict[str, dict[str, float]]]:
-    """One optimisation step (training.md §3).
+    """One optimisation step (docs/training.md §3).
 
     Args:
         net: model in train mode with ``net.optimizer``.
@@ -394,7 +394,7 @@ def train_step(
     Returns:
         the :class:`BatchLoss` and the step metrics ``{plot: {legend: value}}``. A batch
         whose pairs were all skipped contributes a zero loss and still makes the Adam step
-        (training.md §3.5: momentum moves the weights, the step count advances).
+        (docs/training.md §3.5: momentum moves the weights, the step count advances).
     """
     dev = net.device
     im_src = batch["src_im"].to(dev, non_blocking=True)
@@ -415,7 +415,7 @@ def train_step(
 
 # ----------------------------------------------------------------------------- the run
 def checkpoint_dict(net: Patch2Pix, args: Namespace, epoch: int, best_vals: list[float]) -> dict:
-    """The training checkpoint of data-formats.md §5."""
+    """The training checkpoint of docs/file-formats.md §5."""
     rc = Namespace(**vars(net.regressor_config))
     rc.panc = args.panc
     ckpt = {
@@ -441,7 +441,7 @@ def echo_above_progress(msg: str) -> None:
 
 
 class Trainer:
-    """Runs the epochs of one experiment (training.md §3–§6).
+    """Runs the epochs of one experiment (docs/training.md §3–§6).
 
     Args:
         args: the parsed flags (utils.train.cli).

@@ -1,11 +1,11 @@
-"""Visdom plotting of the training metrics (training.md §5).
+"""Visdom plotting of the training metrics (docs/training.md §5).
 
 Two plot sets, prefixes ``train`` and ``test``; each window ``<prefix>.<plot>`` holds one line
 per legend of :data:`PLOTS`, plotted as the epoch-fractional x against the mean of the values
 since the last plot (the caller passes those means). Lines with no value are not drawn. The
 environment is saved on the server after each update. Without a host nothing is sent.
 
-The per-epoch validation (training.md §6) goes to the ``test`` set, x = the epoch count
+The per-epoch validation (docs/training.md §6) goes to the ``test`` set, x = the epoch count
 after the validated epoch: the windows of :data:`VAL_PLOTS` (pose-error pass rates, mean /
 median error, the selection rate that decides the best checkpoint, and the share of
 coarse / fine / RANSAC-inlier matches per Sampson-distance bin), built from a validation
