@@ -211,7 +211,7 @@ class Patch2Pix(nn.Module):
     def corr_from_feats(
         self, f1: Tensor, f2: Tensor, ksize: int = 1
     ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
-        """The coarse stage after the backbone: model.md §2 steps 1–6.
+        """The coarse stage after the backbone: docs/architecture.md §2 steps 1–6.
 
         Args:
             f1: (B, C, h1, w1), f2: (B, C, h2, w2) layer3 features (not normalised).

@@ -74,8 +74,6 @@ def test_no_citation_of_pages_outside_the_repository():
         for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             if OUTSIDE.search(line):
                 bad.append(f"{rel}:{i}: {line.strip()}")
-    # utils/eval/geometry.py is being rewritten elsewhere; its one comment is known
-    bad = [b for b in bad if not b.startswith("utils/eval/geometry.py:")]
     assert bad == []
 
 

@@ -22,9 +22,20 @@ LAYERS: list[tuple[str, ...]] = [
     ("networks", "utils.datasets"),
     ("utils.eval",),
     ("utils.train",),
-    ("train_patch2pix", "data_pairs", "examples", "benchmarks"),
+    ("train_patch2pix", "train_ncnet", "data_pairs", "examples"),
+    # the learning run drives the whole chain: data commands and both trainers
+    ("benchmarks",),
 ]
-FIRST_PARTY = {"networks", "utils", "data_pairs", "examples", "benchmarks", "train_patch2pix"}
+FIRST_PARTY = {
+    "networks",
+    "utils",
+    "data_pairs",
+    "examples",
+    "benchmarks",
+    "train_patch2pix",
+    "train_ncnet",
+}
+TOP_SCRIPTS = ("train_patch2pix", "train_ncnet")
 # package markers: `utils` itself is only a namespace for the layers above
 NAMESPACES = {"utils"}
 
@@ -53,8 +64,8 @@ def _module_name(path: Path) -> str:
 
 
 def _source_files() -> list[Path]:
-    files = [ROOT / "train_patch2pix.py"]
-    for top in sorted(FIRST_PARTY - {"train_patch2pix"}):
+    files = [ROOT / f"{name}.py" for name in TOP_SCRIPTS]
+    for top in sorted(FIRST_PARTY - set(TOP_SCRIPTS)):
         files += sorted((ROOT / top).rglob("*.py"))
     return files
 

@@ -297,7 +297,7 @@ def test_zip_form_reads_the_same_pairs(md_root: Path, tmp_path: Path) -> None:
 
 
 def _loftr_file(path: Path, image_paths: list, n_pairs: int) -> None:
-    """A scene-info file in LoFTR's exact form (data-formats.md §7)."""
+    """A scene-info file in LoFTR's exact form (docs/file-formats.md §7)."""
     import pickle
 
     from data_pairs.synthetic.files import object_array

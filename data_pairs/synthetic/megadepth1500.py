@@ -13,7 +13,7 @@ synthetic scenes (known K, poses and depth, rendered images), so that
       Undistorted_SfM/<scene>/images/<i>.jpg
       phoenix/S6/zl548/MegaDepth_v1/<scene>/dense0/depths/<i>.h5     (dataset 'depth')
 
-Each ``.npz`` is written as LoFTR ships its files (data-formats.md §7): not a zip archive
+Each ``.npz`` is written as LoFTR ships its files (docs/file-formats.md §7): not a zip archive
 but a plain pickle (protocol 4) of a dict with ``image_paths`` and ``depth_paths`` (object
 arrays of paths relative to ``<out>``; None for a slot without an image, as the real files
 have), ``intrinsics`` (object array of 3×3 float64), ``poses`` (object array of 4×4

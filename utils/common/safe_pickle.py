@@ -1,7 +1,7 @@
 """Pickled numpy files are data, never code (docs/file-formats.md §6).
 
 The training-pair file (a download), D2Net's ``scene_info/*.npz``, ``ov_pairs.npy`` and
-LoFTR's MegaDepth-1500 scene-info files (plain pickles named ``.npz``, data-formats.md §7)
+LoFTR's MegaDepth-1500 scene-info files (plain pickles named ``.npz``, docs/file-formats.md §7)
 hold pickles. ``np.load(..., allow_pickle=True)`` would run whatever such a pickle calls.
 The loaders here parse the ``.npy`` header with ``numpy.lib.format`` and unpickle with
 :class:`RestrictedUnpickler`, a subclass of Python's own (pure-Python) unpickler in which
@@ -536,7 +536,7 @@ def safe_load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def safe_load_pickle_or_npz(path: str | os.PathLike) -> Any:
     """An ``.npz`` zip archive ({name: array}) or, for a file that is a plain pickle (as
-    LoFTR's MegaDepth-1500 scene-info files are, data-formats.md §7), the unpickled object
+    LoFTR's MegaDepth-1500 scene-info files are, docs/file-formats.md §7), the unpickled object
     (a ``.npy`` file: as :func:`safe_load_npy`); all through the restricted unpickler.
 
     Raises:

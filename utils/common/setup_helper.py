@@ -118,7 +118,7 @@ def _counter(mapping: Any = None) -> Counter:
 
 
 class _CheckpointScan(RestrictedUnpickler):
-    """Dry run of a checkpoint's pickle: exactly the globals of data-formats.md §5 (dicts,
+    """Dry run of a checkpoint's pickle: exactly the globals of docs/file-formats.md §5 (dicts,
     lists, tuples, numbers, str, None, OrderedDict, argparse.Namespace, numpy scalars and
     dtypes, MultiStepLR's Counter, tensors of the storage types above), every dtype state
     as numpy writes it, every tensor inside the bytes of its storage."""

@@ -97,7 +97,7 @@ def _numbers(value: Any, shape: tuple[int, ...], what: str) -> None:
 
 
 def check_scene_entry(entry: Any, where: str) -> None:
-    """Check one scene of a training-pair file (data-formats.md §2) before any use, so that
+    """Check one scene of a training-pair file (docs/file-formats.md §2) before any use, so that
     a malformed file fails at start (one line naming it), not in the middle of training.
 
     An entry is ``{'ims': [Namespace(name, crop)], 'pairs': [Namespace(im1, im2, K1, K2,

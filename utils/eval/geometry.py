@@ -26,7 +26,7 @@ from utils.geometry import (
     skew,
 )
 
-# api.md's names (the original's module), re-exported from utils.geometry, and the pose solver
+# docs/architecture.md's names (the original's module), re-exported from utils.geometry, and the pose solver
 __all__ = [
     "skew",
     "pose2fund",
@@ -62,7 +62,7 @@ def essential_relapose(
         threshold: RANSAC threshold in the units of `x0` / `x1`.
         prob: RANSAC confidence.
         method: ``cv2.RANSAC`` or ``cv2.USAC_MAGSAC``.
-        protocol: ``'patch2pix'`` (the original's validation, training.md §6): at least 5
+        protocol: ``'patch2pix'`` (the original's validation, docs/training.md §6): at least 5
             RANSAC inliers; recoverPose on the inliers only; returns the RANSAC inliers.
             ``'loftr'`` (LoFTR's MegaDepth-1500 ``estimate_pose``, kept as is so that results
             are comparable): recoverPose on all points with ``distanceThresh=1e9`` and the
@@ -130,7 +130,7 @@ def matches2relapose_cv(
     Both images' points are moved to the normalised plane with their own K and then scaled by
     one common focal length f, so that the RANSAC threshold `rthres` is in pixels of that focal
     length: with `focal_norm` f is the mean focal length of the second camera
-    ((fx₂ + fy₂) / 2, the "second camera's focal length" of training.md §6); without it, the
+    ((fx₂ + fy₂) / 2, the "second camera's focal length" of docs/training.md §6); without it, the
     mean focal length of both cameras.
 
     Args:

@@ -1,6 +1,6 @@
 """MegaDepth-1500 relative pose (the protocol of LoFTR, used since by LightGlue, RoMa, ...).
 
-Data (as the field distributes it, data-formats.md §7): a folder of scene-info files
+Data (as the field distributes it, docs/file-formats.md §7): a folder of scene-info files
 ``0015_0.1_0.3.npz``, ``0015_0.3_0.5.npz``, ``0022_0.1_0.3.npz``, ``0022_0.3_0.5.npz``,
 ``0022_0.5_0.7.npz`` listed in ``megadepth_test_1500.txt`` (names with or without ``.npz``).
 LoFTR's files are plain pickles (protocol 4) of a dict despite their name; zip archives of
