@@ -26,7 +26,8 @@ from utils.geometry import (
     skew,
 )
 
-# docs/architecture.md's names (the original's module), re-exported from utils.geometry, and the pose solver
+# names other tools import (docs/architecture.md §8), re-exported from utils.geometry,
+# and the pose solver
 __all__ = [
     "skew",
     "pose2fund",

@@ -15,7 +15,7 @@ from utils.common.setup_helper import CheckpointError, load_checkpoint_safe
 from utils.datasets.preprocess import load_im_flexible, load_im_tensor
 
 REGRESSOR_KEYS = ("conv_dims", "conv_kers", "conv_strs", "fc_dims", "psize", "pshift", "panc")
-# What the architecture allows (docs/architecture.md §4): widths, kernel sizes, strides, patch sides.
+# What the architecture allows (docs/architecture.md §4): widths, kernels, strides, patch sides.
 MAX_WIDTH = 4096
 MAX_KERNEL = 15
 MAX_PSIZE = 64
