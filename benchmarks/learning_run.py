@@ -206,6 +206,46 @@ def evaluate(net, paths: dict[str, Path], imsize: int, io_thres: float = 0.5) ->
     return out
 
 
+def diagnose(net, paths: dict[str, Path], imsize: int, io_thres: float = 0.5) -> dict[str, Any]:
+    """The regressors alone on the MegaDepth-1500-layout set: ground-truth matches snapped to
+    the coarse grid (``utils.eval.levels.OracleCoarseLevels``), refined, scored per level."""
+    from utils.eval.levels import OracleCoarseLevels
+    from utils.eval.megadepth1500 import evaluate_megadepth1500, load_pairs, oracle_matcher
+
+    info = paths["md1500"] / "megadepth_test_1500_scene_info"
+    gt = oracle_matcher(load_pairs(info, paths["md1500"]))
+    lm = OracleCoarseLevels(gt, net, imsize=imsize, io_thres=io_thres)
+    t0 = time.time()
+    out: dict[str, Any] = {}
+    for level in ("fine", "coarse", "mid", "fine_all"):
+        s = evaluate_megadepth1500(info, paths["md1500"], lm.matcher(level), progress=False)
+        s = s["summary"]
+        out[level] = {"auc": s["auc"], "matches": s["mean_matches"], "precision": s["precision"]}
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def diagnosis_table(diag: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of :func:`diagnose` per model."""
+    lines = [
+        "| regressors of | AUC@5 | AUC@10 | AUC@20 | matches | prec coarse (snapped GT) "
+        "| prec mid | prec fine | prec fine_all |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, d in diag.items():
+        auc = d["fine"]["auc"]
+        lines.append(
+            f"| {name} | {100 * auc['5']:.1f} | {100 * auc['10']:.1f} | {100 * auc['20']:.1f} "
+            f"| {d['fine']['matches']:.0f} | "
+            + " | ".join(f"{100 * d[lv]['precision']:.1f}" for lv in LEVEL_ORDER)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+LEVEL_ORDER = ("coarse", "mid", "fine", "fine_all")
+
+
 def untrained_model(weights: dict | None, imagenet: bool, device: torch.device, seed: int):
     """Patch2Pix in the paper's configuration, regressors from `seed` (the same for every
     stage that has not trained them), backbone ImageNet or random, `weights` on top."""
@@ -324,7 +364,35 @@ def build_parser():
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data and the runs")
     ap.add_argument("--workers", type=int, default=1, help="data-loader workers")
+    ap.add_argument(
+        "--diagnose_only",
+        action="store_true",
+        help="only the regressors-alone diagnosis of an existing run in --out (ground-truth "
+        "coarse matches refined by the NCNet-stage and the last Patch2Pix checkpoint)",
+    )
     return ap
+
+
+def run_diagnosis(out: Path, p: dict[str, Any], device: torch.device, seed: int, log) -> None:
+    """:func:`diagnose` for the untrained regressors and the last Patch2Pix checkpoint;
+    written to ``<out>/diagnosis.json`` and ``<out>/diagnosis.md``."""
+    from utils.common.setup_helper import load_checkpoint_safe
+    from utils.eval.model_helper import load_model
+
+    paths = {"md1500": out / "data" / "megadepth1500"}
+    exp = next((out / "patch2pix").rglob("last_ckpt.pth")).parent
+    last = exp / f"ckpt_ep{p['p2p_epochs']}.pth"
+    sd = dict(load_checkpoint_safe(out / "ncnet" / "ncn_best.pth"))
+    models = {
+        "untrained (NCNet stage)": untrained_model(sd, False, device, seed),
+        f"trained ({last.name})": load_model(last, device=device, lprint=lambda *_a: None),
+    }
+    diag = {}
+    for name, net in models.items():
+        diag[name] = diagnose(net, paths, p["eval_imsize"])
+        log(f"diagnosis, {name}: " + diagnosis_table({name: diag[name]}).splitlines()[-1])
+    write_text_atomic(out / "diagnosis.json", json.dumps(diag, indent=1) + "\n")
+    write_text_atomic(out / "diagnosis.md", diagnosis_table(diag) + "\n")
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -345,6 +413,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    if args.diagnose_only:
+        run_diagnosis(out, p, device, args.seed, log)
+        return 0
     imagenet = resolve_start(args.start, log)
     t = time.time()
     paths = make_data(out / "data", p, args.seed, log=lambda m: log(str(m)))
@@ -502,6 +573,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     for run_dir, name in ((out / "ncnet", "ncnet_run.png"), (exp, "patch2pix_run.png")):
         fig = plot_runs(find_runs([run_dir]), dpi=80)
         write_atomic(out / name, lambda f, fig=fig: fig.savefig(f, format="png"))
+    t = time.time()
+    run_diagnosis(out, p, device, args.seed, log)
+    times["diagnosis"] = time.time() - t
     times["total"] = time.time() - t_start
     record_final = {"config": config, "times": times, "stages": dict(stages)}
     write_text_atomic(results_path, json.dumps(record_final, indent=1) + "\n")

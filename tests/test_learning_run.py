@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, write_scaled_pair
-from utils.eval.levels import LevelMatchers
+from utils.eval.levels import LevelMatchers, OracleCoarseLevels
 from utils.eval.matcher import Patch2PixMatcher
 
 
@@ -49,6 +49,21 @@ def test_levels_run_the_network_once_per_pair(tiny_net, pair, monkeypatch):
         lm.matcher("pixel")
 
 
+def test_oracle_coarse_levels_snap_ground_truth_to_cell_centres(tiny_net, pair):
+    """a.png -> b.png is an exact 1.5x enlargement: ground truth (x, y) -> 1.5 (x, y)."""
+    ys, xs = np.mgrid[2:128:5, 3:160:5].astype(np.float64)
+    gt = np.stack([xs.ravel(), ys.ravel(), 1.5 * xs.ravel(), 1.5 * ys.ravel()], 1)
+    lm = OracleCoarseLevels(lambda p0, p1: gt, tiny_net, imsize=None, io_thres=0.0)
+    lv = lm.levels(pair[0], pair[1])
+    coarse, u = lv["coarse"], tiny_net.upsample
+    assert len(coarse) == len(np.unique(coarse[:, :2], axis=0))  # one per image-0 cell
+    assert len(coarse) == (160 // u) * (128 // u)  # every cell of image 0 has ground truth
+    np.testing.assert_array_equal(coarse[:, :2] % u, u // 2)  # image 0 at native size
+    # image 1 is resized for the network (240x192 -> multiple of 16): centres up to scale
+    assert np.all(np.abs(coarse[:, 2:] - 1.5 * coarse[:, :2]) <= 1.5 * u)
+    assert len(lv["fine_all"]) == len(coarse) and len(lv["mid"]) == len(coarse)
+
+
 @pytest.mark.slow
 def test_learning_run_tiny_preset_writes_table_and_figures(tmp_path):
     out = tmp_path / "lr"
@@ -84,5 +99,7 @@ def test_learning_run_tiny_preset_writes_table_and_figures(tmp_path):
     assert res["config"]["imagenet_start"] is False
     table = (out / "results.md").read_text()
     assert table.count("\n") == 2 + 3 and "AUC@10" in table
+    diag = json.loads((out / "diagnosis.json").read_text())
+    assert len(diag) == 2 and all(0 <= d["coarse"]["precision"] <= 1 for d in diag.values())
     for fig in ("curves.png", "ncnet_run.png", "patch2pix_run.png"):
         assert (out / fig).stat().st_size > 10_000, fig

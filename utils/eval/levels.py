@@ -23,7 +23,7 @@ import torch
 from networks.patch2pix import Patch2Pix
 from utils.datasets.preprocess import open_image, prepare_image
 
-__all__ = ["LEVELS", "LevelMatchers"]
+__all__ = ["LEVELS", "LevelMatchers", "OracleCoarseLevels"]
 
 LEVELS: tuple[str, ...] = ("coarse", "mid", "fine", "fine_all")
 
@@ -86,3 +86,70 @@ class LevelMatchers:
         if level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
         return lambda p0, p1: self.levels(p0, p1)[level]
+
+
+class OracleCoarseLevels(LevelMatchers):
+    """The regressors alone: ground-truth matches snapped to the coarse grid, then refined.
+
+    Separates what the regressors learned from what the coarse stage finds: the coarse
+    matches are exact correspondences (from `ground_truth(path0, path1)`, original pixels)
+    moved to the centres of the network's stride-``upsample`` cells in both images — the
+    positions a perfect coarse matcher would propose, up to half a cell off — thinned to
+    one per cell of image 0, and refined by the mid and fine regressors.
+
+    Args:
+        ground_truth: (path0, path1) -> (N, 4) exact matches in original pixels, e.g.
+            ``utils.eval.megadepth1500.oracle_matcher(pairs)``.
+        net, imsize, io_thres, ksize: as :class:`LevelMatchers`.
+    """
+
+    def __init__(
+        self,
+        ground_truth: Callable[[str, str], np.ndarray],
+        net: Patch2Pix,
+        imsize: int | None = 640,
+        io_thres: float = 0.5,
+        ksize: int = 2,
+    ) -> None:
+        super().__init__(net, imsize, io_thres, ksize)
+        self.ground_truth = ground_truth
+
+    @torch.no_grad()
+    def levels(self, path0: str | os.PathLike, path1: str | os.PathLike) -> dict[str, np.ndarray]:
+        key = (os.fspath(path0), os.fspath(path1))
+        if key in self._cache:
+            return self._cache[key]
+        t0, s0 = self._prepare(key[0])
+        t1, s1 = self._prepare(key[1])
+        up = np.array([s0 + s1], dtype=np.float64)
+        gt = np.asarray(self.ground_truth(*key), dtype=np.float64).reshape(-1, 4) / up
+        u = self.net.upsample
+        snapped = np.floor(gt / u) * u + u // 2  # cell centres, as cal_coarse_matches gives
+        h0, w0 = t0.shape[-2:]
+        h1, w1 = t1.shape[-2:]
+        inside = (snapped[:, 0] < w0) & (snapped[:, 1] < h0)
+        inside &= (snapped[:, 2] < w1) & (snapped[:, 3] < h1)
+        # one coarse match per cell of image 0 (the first ground-truth point in it)
+        _, first = np.unique(snapped[inside][:, :2], axis=0, return_index=True)
+        coarse = snapped[inside][np.sort(first)]
+        dev = self.net.device
+        if len(coarse):
+            feats0 = self.net.extract.forward_all(t0[None].to(dev))
+            feats1 = self.net.extract.forward_all(t1[None].to(dev))
+            m = torch.as_tensor(coarse, dtype=torch.float32, device=dev)
+            mid, mid_p, fine, fine_p = self.net.regress_levels(feats0, feats1, [m])
+        else:
+            mid = fine = [torch.zeros(0, 4)]
+            mid_p = fine_p = [torch.zeros(0)]
+        out = {
+            "coarse": coarse * up,
+            "mid": self._kept(mid[0], mid_p[0]) * up,
+            "fine": self._kept(fine[0], fine_p[0]) * up,
+            "fine_all": fine[0].double().cpu().numpy().reshape(-1, 4) * up,
+        }
+        self._cache[key] = out
+        return out
+
+    def _kept(self, m: torch.Tensor, p: torch.Tensor) -> np.ndarray:
+        keep = p > self.io_thres
+        return (m[keep] if bool(keep.any()) else m).double().cpu().numpy().reshape(-1, 4)
