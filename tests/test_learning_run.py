@@ -53,7 +53,7 @@ def test_oracle_coarse_levels_snap_ground_truth_to_cell_centres(tiny_net, pair):
     """a.png -> b.png is an exact 1.5x enlargement: ground truth (x, y) -> 1.5 (x, y)."""
     ys, xs = np.mgrid[2:128:5, 3:160:5].astype(np.float64)
     gt = np.stack([xs.ravel(), ys.ravel(), 1.5 * xs.ravel(), 1.5 * ys.ravel()], 1)
-    lm = OracleCoarseLevels(lambda p0, p1: gt, tiny_net, imsize=None, io_thres=0.0)
+    lm = OracleCoarseLevels(lambda p0, p1: gt, tiny_net, imsize=None, io_thres=0.0, thin=1)
     lv = lm.levels(pair[0], pair[1])
     coarse, u = lv["coarse"], tiny_net.upsample
     assert len(coarse) == len(np.unique(coarse[:, :2], axis=0))  # one per image-0 cell
@@ -62,6 +62,8 @@ def test_oracle_coarse_levels_snap_ground_truth_to_cell_centres(tiny_net, pair):
     # image 1 is resized for the network (240x192 -> multiple of 16): centres up to scale
     assert np.all(np.abs(coarse[:, 2:] - 1.5 * coarse[:, :2]) <= 1.5 * u)
     assert len(lv["fine_all"]) == len(coarse) and len(lv["mid"]) == len(coarse)
+    thinned = OracleCoarseLevels(lambda p0, p1: gt, tiny_net, imsize=None, thin=2)
+    assert len(thinned.levels(pair[0], pair[1])["coarse"]) == len(coarse) // 4
 
 
 @pytest.mark.slow

@@ -95,7 +95,8 @@ class OracleCoarseLevels(LevelMatchers):
     matches are exact correspondences (from `ground_truth(path0, path1)`, original pixels)
     moved to the centres of the network's stride-``upsample`` cells in both images — the
     positions a perfect coarse matcher would propose, up to half a cell off — thinned to
-    one per cell of image 0, and refined by the mid and fine regressors.
+    one per block of `thin` × `thin` cells of image 0 (about as many rows as the coarse
+    stage's mutual matches for thin=4), and refined by the mid and fine regressors.
 
     Args:
         ground_truth: (path0, path1) -> (N, 4) exact matches in original pixels, e.g.
@@ -110,9 +111,11 @@ class OracleCoarseLevels(LevelMatchers):
         imsize: int | None = 640,
         io_thres: float = 0.5,
         ksize: int = 2,
+        thin: int = 4,
     ) -> None:
         super().__init__(net, imsize, io_thres, ksize)
         self.ground_truth = ground_truth
+        self.thin = int(thin)
 
     @torch.no_grad()
     def levels(self, path0: str | os.PathLike, path1: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -129,8 +132,9 @@ class OracleCoarseLevels(LevelMatchers):
         h1, w1 = t1.shape[-2:]
         inside = (snapped[:, 0] < w0) & (snapped[:, 1] < h0)
         inside &= (snapped[:, 2] < w1) & (snapped[:, 3] < h1)
-        # one coarse match per cell of image 0 (the first ground-truth point in it)
-        _, first = np.unique(snapped[inside][:, :2], axis=0, return_index=True)
+        # one coarse match per block of thin x thin cells of image 0 (its first point)
+        block = np.floor(snapped[inside][:, :2] / (u * self.thin))
+        _, first = np.unique(block, axis=0, return_index=True)
         coarse = snapped[inside][np.sort(first)]
         dev = self.net.device
         if len(coarse):
