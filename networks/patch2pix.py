@@ -27,6 +27,25 @@ from .utils import filter_coarse, select_local_patch_feats, shift_to_anchors
 log = logging.getLogger(__name__)
 
 
+def extract_pair(
+    extractor: nn.Module, im1: Tensor, im2: Tensor, all_levels: bool = False
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Backbone features of both image batches: the `forward_all` lists, or ``[layer3]``.
+
+    In eval mode two batches of the same shape go through the backbone as one batch (the
+    same numbers per image: BatchNorm uses its running statistics); in training mode each
+    batch keeps its own BatchNorm statistics, as in the original.
+    """
+    run = extractor.forward_all if all_levels else extractor.forward
+    if not extractor.training and im1.shape == im2.shape:
+        both = run(torch.cat([im1, im2]))
+        both = both if all_levels else [both]
+        n = im1.shape[0]
+        return [f[:n] for f in both], [f[n:] for f in both]
+    f1, f2 = run(im1), run(im2)
+    return (f1, f2) if all_levels else ([f1], [f2])
+
+
 class NoRegressorsError(UsageError, RuntimeError):
     """Refinement asked of a coarse-only model (NCNet weights, ``regressor_config=None``)."""
 
@@ -106,6 +125,9 @@ class Patch2Pix(nn.Module):
         self.regr_batch = int(getattr(config, "regr_batch", 1200) or 1200)
         # --grad_ckpt: recompute each regressor chunk's activations during backward.
         self.grad_ckpt = bool(getattr(config, "grad_ckpt", False))
+        # Matching with amp='bf16' (utils.eval.model_helper.match_prepared) sets this: the
+        # backbone and NCN convolutions then follow the enclosing autocast (see forward).
+        self.coarse_amp = False
         self.extract = ResNet34(change_stride=self.change_stride)
         self.upsample = self.extract.upsample
         self.feats_downsample = self.extract.feats_downsample
@@ -196,14 +218,19 @@ class Patch2Pix(nn.Module):
         """
         # The coarse stage stays float32 under autocast (--amp): its argmax decisions and the
         # correlation normalisation are fragile, and it is a small part of a training step.
-        with torch.autocast(im1.device.type, enabled=False):
-            if return_feats:
-                feats1 = self.extract.forward_all(im1)
-                feats2 = self.extract.forward_all(im2)
-                f1, f2 = feats1[-1], feats2[-1]
-            else:
-                f1, f2 = self.extract(im1), self.extract(im2)
-            f1, f2 = feature_l2norm(f1), feature_l2norm(f2)
+        # With `coarse_amp` (matching with amp='bf16') the backbone and the NCN convolutions
+        # run under the enclosing autocast; normalisation, correlation, pool, mutual
+        # filtering and match extraction stay float32.
+        dev = im1.device.type
+        amp = self.coarse_amp and torch.is_autocast_enabled(dev)
+        amp_dtype = torch.get_autocast_dtype(dev) if amp else None
+        with torch.autocast(dev, enabled=False):
+            with torch.autocast(dev, dtype=amp_dtype, enabled=amp):
+                feats1, feats2 = extract_pair(self.extract, im1, im2, return_feats)
+            if amp:
+                feats1 = [f.float() for f in feats1]
+                feats2 = [f.float() for f in feats2]
+            f1, f2 = feature_l2norm(feats1[-1]), feature_l2norm(feats2[-1])
             delta4d = None
             if ksize > 1:
                 corr4d, *delta = self.combine.pooled(f1, f2, ksize)
@@ -211,8 +238,9 @@ class Patch2Pix(nn.Module):
             else:
                 corr4d = self.combine(f1, f2)
             corr4d = mutual_matching(corr4d)
-            corr4d = self.ncn(corr4d)
-            corr4d = mutual_matching(corr4d)
+            with torch.autocast(dev, dtype=amp_dtype, enabled=amp):
+                corr4d = self.ncn(corr4d)
+            corr4d = mutual_matching(corr4d.float())
             if return_feats:
                 return corr4d, delta4d, feats1, feats2
             return corr4d, delta4d

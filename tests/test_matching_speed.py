@@ -1,0 +1,116 @@
+"""Issue 17: the faster coarse stage gives the same matches; the bf16 matching path.
+
+- the backbone runs a same-shape pair as one batch in eval mode: the same features as two
+  calls (bit for bit on the CPU), and in training mode each image keeps its own BatchNorm;
+- on a small version of the benchmark's representative pair (a photograph and a shifted
+  copy, identity-like NCN) this implementation and the original's formulations
+  (`networks/ncn/reference.py`) give identical coarse matches;
+- ``amp='bf16'`` matching: float32 stays the default, the flag is restored, and bf16's
+  coarse matches agree with float32's on most rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import networks.patch2pix as p2p
+from benchmarks import bench_matching as bm
+from networks.ncn import reference
+from utils.datasets.preprocess import load_im_flexible
+from utils.eval.matcher import Patch2PixMatcher
+from utils.eval.model_helper import match_prepared
+
+
+@pytest.fixture(scope="module")
+def net() -> torch.nn.Module:
+    n = bm.build_net("fast", "cpu")
+    bm.derive_ncn_weights(n)
+    return n
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory):
+    return bm.make_shifted_pair(tmp_path_factory.mktemp("shift"))
+
+
+def prepared(net, pair, imsize=384):
+    t1, s1 = load_im_flexible(pair[0], 2, net.upsample, imsize=imsize)
+    t2, s2 = load_im_flexible(pair[1], 2, net.upsample, imsize=imsize)
+    return t1, t2, s1, s2
+
+
+def test_extract_pair_batched_equals_separate(net) -> None:
+    g = torch.Generator().manual_seed(0)
+    im1, im2 = torch.randn(2, 1, 3, 64, 96, generator=g)
+    with torch.no_grad():
+        for all_levels in (False, True):
+            a = p2p.extract_pair(net.extract, im1, im2, all_levels)
+            b = reference.extract_pair_separately(net.extract, im1, im2, all_levels)
+            a = a if all_levels else ([a[0][0]], [a[1][0]])
+            b = b if all_levels else ([b[0][0]], [b[1][0]])
+            for x, y in zip(a[0] + a[1], b[0] + b[1], strict=True):
+                assert torch.equal(x, y)
+
+
+def test_extract_pair_training_keeps_per_image_batchnorm(net) -> None:
+    g = torch.Generator().manual_seed(1)
+    im1, im2 = torch.randn(1, 3, 32, 32, generator=g), 3 + torch.randn(1, 3, 32, 32, generator=g)
+    ext = net.extract
+    saved = {k: v.clone() for k, v in ext.state_dict().items()}
+    try:
+        ext.train()
+        with torch.no_grad():
+            a = p2p.extract_pair(ext, im1, im2)
+            ext.load_state_dict(saved)
+            b = (ext(im1), ext(im2))
+        assert torch.equal(a[0][0], b[0]) and torch.equal(a[1][0], b[1])
+    finally:
+        ext.load_state_dict(saved)
+        ext.eval()
+
+
+def test_fast_and_original_formulations_identical_matches(net, pair) -> None:
+    t1, t2, s1, s2 = prepared(net, pair)
+    out = {}
+    try:
+        for v in ("naive", "fast"):
+            bm.set_variant(v)
+            m, _, _ = match_prepared(net, t1, t2, s1, s2, 2, 0.0, True, 0.0, "coarse")
+            out[v] = m
+    finally:
+        bm.set_variant("fast")
+    assert p2p.extract_pair.__name__ == "extract_pair"
+    assert len(out["fast"]) >= 100  # hundreds of coarse matches, most on the shift
+    assert np.array_equal(out["fast"], out["naive"])
+    shift = out["fast"][:, :2] - out["fast"][:, 2:]
+    assert np.mean(np.abs(shift - np.array(bm.SHIFT) * 384 / 1024).max(1) <= 16) > 0.7
+
+
+def test_bf16_matching_agrees_and_fp32_stays_default(net, pair) -> None:
+    t1, t2, s1, s2 = prepared(net, pair)
+    args = (net, t1, t2, s1, s2, 2, 0.0, True, 0.0, "coarse")
+    fp32, _, _ = match_prepared(*args)
+    fp32_off, _, _ = match_prepared(*args, amp="off")
+    bf16, _, _ = match_prepared(*args, amp="bf16")
+    assert net.coarse_amp is False  # restored
+    assert np.array_equal(fp32, fp32_off)
+    again, _, _ = match_prepared(*args)
+    assert np.array_equal(fp32, again)  # no state left behind
+    a, b = {tuple(r) for r in fp32.tolist()}, {tuple(r) for r in bf16.tolist()}
+    assert len(a & b) >= 0.8 * len(a)
+    with pytest.raises(ValueError, match="amp"):
+        match_prepared(*args, amp="fp8")
+
+
+def test_matcher_amp_argument(net, pair) -> None:
+    with pytest.raises(ValueError, match="amp"):
+        Patch2PixMatcher(net, imsize=384, eval_type="coarse", amp="fp16")
+    m32 = Patch2PixMatcher(net, imsize=384, eval_type="coarse", io_thres=0.0)
+    m16 = Patch2PixMatcher(net, imsize=384, eval_type="coarse", io_thres=0.0, amp="bf16")
+    assert "amp" not in m32.config() and m16.config()["amp"] == "bf16"
+    o32, o16 = m32(*pair), m16(*pair)
+    a = {tuple(r) for r in np.hstack([o32["keypoints0"], o32["keypoints1"]]).tolist()}
+    b = {tuple(r) for r in np.hstack([o16["keypoints0"], o16["keypoints1"]]).tolist()}
+    assert len(a & b) >= 0.8 * len(a)
