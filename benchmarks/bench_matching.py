@@ -67,10 +67,9 @@ def build_net(variant: str, device: str):
     import networks.patch2pix as p2p
     from networks.ncn import reference
 
-    if variant == "naive":  # the module globals that Conv4d / FeatureCorrelation / forward call
+    if variant == "naive":  # the module globals that Conv4d / FeatureCorrelation call
         conv4d_mod.conv4d = reference.conv4d_loop
         ncn_model.correlation_maxpool4d = reference.correlation_then_maxpool4d
-        p2p.extract_pair = reference.extract_pair_separately
     torch.manual_seed(0)
     rc = Namespace(
         conv_dims=[512, 512],
@@ -181,12 +180,8 @@ def worker(args: argparse.Namespace) -> None:
 
 # The 4D convolution and correlation pool each variant must run (checked by the parent).
 KERNELS = {
-    "fast": {"conv4d": "conv4d", "corr_pool": "correlation_maxpool4d", "backbone": "extract_pair"},
-    "naive": {
-        "conv4d": "conv4d_loop",
-        "corr_pool": "correlation_then_maxpool4d",
-        "backbone": "extract_pair_separately",
-    },
+    "fast": {"conv4d": "conv4d", "corr_pool": "correlation_maxpool4d"},
+    "naive": {"conv4d": "conv4d_loop", "corr_pool": "correlation_then_maxpool4d"},
 }
 
 
@@ -194,12 +189,10 @@ def kernels_in_use() -> dict[str, str]:
     """Names of the functions that Conv4d and FeatureCorrelation call in this process."""
     import networks.ncn.conv4d as conv4d_mod
     import networks.ncn.model as ncn_model
-    import networks.patch2pix as p2p
 
     return {
         "conv4d": conv4d_mod.conv4d.__name__,
         "corr_pool": ncn_model.correlation_maxpool4d.__name__,
-        "backbone": p2p.extract_pair.__name__,
     }
 
 
@@ -298,20 +291,15 @@ def set_variant(variant: str) -> None:
     """Swap the module globals between this implementation and the original's formulations."""
     import networks.ncn.conv4d as conv4d_mod
     import networks.ncn.model as ncn_model
-    import networks.patch2pix as p2p
     from networks.ncn import reference
 
     if not hasattr(set_variant, "fast"):
-        set_variant.fast = (conv4d_mod.conv4d, ncn_model.correlation_maxpool4d, p2p.extract_pair)
+        set_variant.fast = (conv4d_mod.conv4d, ncn_model.correlation_maxpool4d)
     if variant == "naive":
-        funcs = (
-            reference.conv4d_loop,
-            reference.correlation_then_maxpool4d,
-            reference.extract_pair_separately,
-        )
+        funcs = (reference.conv4d_loop, reference.correlation_then_maxpool4d)
     else:
         funcs = set_variant.fast
-    conv4d_mod.conv4d, ncn_model.correlation_maxpool4d, p2p.extract_pair = funcs
+    conv4d_mod.conv4d, ncn_model.correlation_maxpool4d = funcs
 
 
 def coarse_stage_timed(net, im1, im2, times: dict, amp: bool = False):
@@ -326,9 +314,10 @@ def coarse_stage_timed(net, im1, im2, times: dict, amp: bool = False):
     dtype = torch.bfloat16 if amp else None
 
     def step(name, fn):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+        times[name + "_cpu"] = times.get(name + "_cpu", 0.0) + time.process_time() - c0
         return out
 
     def backbone():
@@ -376,9 +365,10 @@ def pair_worker(args: argparse.Namespace) -> None:
             for v in variants[rep % 3 :] + variants[: rep % 3]:
                 set_variant("naive" if v == "naive" else "fast")
                 t: dict[str, float] = {}
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 m, _ = coarse_stage_timed(net, im1, im2, t, amp=v == "bf16")
                 t["total"] = time.perf_counter() - t0
+                t["total_cpu"] = time.process_time() - c0
                 if rep:
                     times[v].append(t)
                 matches[v] = m
@@ -451,7 +441,8 @@ def pair_main(args: argparse.Namespace) -> str:
         f"- inputs: `make_shifted_pair` (two 1024×768 JPEGs, the second shifted by {SHIFT} "
         "px), imsize 1024, ksize 2, seeded random backbone, identity-like NCN "
         f"(`derive_ncn_weights`, noise {NCN_NOISE}); the three variants run in one process, "
-        f"interleaved, {args.repeats} repetitions after a warm-up round; median (min–max) s.",
+        f"interleaved, {args.repeats} repetitions after a warm-up round; median (min–max) "
+        "wall s, and process CPU s (all threads; read it when other jobs share the cores).",
         f"- coarse mutual matches: fast {len(m['fast'])}, naive {len(m['naive'])}, "
         f"bf16 {len(m['bf16'])}; fast = naive (identical matches): "
         f"**{'yes' if same else 'NO'}**; timed steps = `predict_coarse`: "
@@ -470,11 +461,15 @@ def pair_main(args: argparse.Namespace) -> str:
         x = [t[k] for t in res["times"][v]]
         return statistics.median(x), f"{statistics.median(x):.2f} ({min(x):.2f}–{max(x):.2f})"
 
-    for k in steps:
+    rows = [(k, k) for k in steps]
+    rows += [
+        (f"{k} (process CPU s)", f"{k}_cpu") for k in ("backbone", "corr_pool", "ncn", "total")
+    ]
+    for label, k in rows:
         (f, fs), (n, ns), (b, bs) = cell("fast", k), cell("naive", k), cell("bf16", k)
         bold = "**" if k == "total" else ""
         lines.append(
-            f"| {bold}{k}{bold} | {fs} | {ns} | {bs} | {bold}{n / max(f, 1e-9):.2f}×{bold} | "
+            f"| {bold}{label}{bold} | {fs} | {ns} | {bs} | {bold}{n / max(f, 1e-9):.2f}×{bold} | "
             f"{f / max(b, 1e-9):.2f}× |"
         )
     ratios = [

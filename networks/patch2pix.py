@@ -22,7 +22,7 @@ from .ncn.model import (
 from .regr_chunks import checkpoint_chunk, chunk_sizes
 from .regressor import FeatRegressNet
 from .resnet import FEAT_CHANNELS, ResNet34, init_weights, load_imagenet_weights
-from .utils import filter_coarse, select_local_patch_feats, shift_to_anchors
+from .utils import filter_coarse, sample_patch_pairs, shift_to_anchors
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +32,21 @@ def extract_pair(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Backbone features of both image batches: the `forward_all` lists, or ``[layer3]``.
 
-    In eval mode two batches of the same shape go through the backbone as one batch (the
-    same numbers per image: BatchNorm uses its running statistics); in training mode each
-    batch keeps its own BatchNorm statistics, as in the original.
+    One call per batch, as in the original (running a same-shape pair as one batch of two
+    is not bit-identical on the CPU: oneDNN picks other kernels for another batch size).
     """
     run = extractor.forward_all if all_levels else extractor.forward
-    if not extractor.training and im1.shape == im2.shape:
-        both = run(torch.cat([im1, im2]))
-        both = both if all_levels else [both]
-        n = im1.shape[0]
-        return [f[:n] for f in both], [f[n:] for f in both]
     f1, f2 = run(im1), run(im2)
     return (f1, f2) if all_levels else ([f1], [f2])
+
+
+def channels_last_levels(feats: Sequence[Tensor], feat_idx: Sequence[int]) -> list[Tensor]:
+    """The `forward_all` list with the levels in `feat_idx` in channels-last memory format
+    (same values; the patch sampler reads rows of channels from them)."""
+    return [
+        f.contiguous(memory_format=torch.channels_last) if j in feat_idx else f
+        for j, f in enumerate(feats)
+    ]
 
 
 class NoRegressorsError(UsageError, RuntimeError):
@@ -308,6 +311,12 @@ class Patch2Pix(nn.Module):
         lo = torch.zeros(4, dtype=dtype, device=feats1[0].device)
         hi = torch.tensor([w1, h1, w2, h2], dtype=dtype, device=feats1[0].device)
         recompute = self.grad_ckpt and self.training and torch.is_grad_enabled()
+        # Patches are gathered as rows of channels: channels-last maps, converted once here
+        # (a no-op for maps that already are, e.g. from regress_levels).
+        feats1, feats2 = (
+            channels_last_levels(feats1, self.feat_idx),
+            channels_last_levels(feats2, self.feat_idx),
+        )
         out_m, out_p = [], []
         for ib, imatches in enumerate(matches):
             imatches = imatches.to(dtype)
@@ -355,13 +364,11 @@ class Patch2Pix(nn.Module):
             enclosing autocast, and its raw output is parsed in float32.
         """
         with torch.autocast(chunk.device.type, enabled=False):
-            f1s, f2s = select_local_patch_feats(
+            # = cat([l2norm(f1s), l2norm(f2s)]) of select_local_patch_feats, laid out
+            # channels-last (n, 2D, p, p) directly (tests/test_train_step_layout.py).
+            patches = sample_patch_pairs(
                 feats1, feats2, ib, chunk, self.feat_idx, self.feats_downsample, psize, ptype
             )
-            n = chunk.shape[0]
-            f1s = feature_l2norm(f1s.float(), dim=0).view(-1, n, psize, psize).transpose(0, 1)
-            f2s = feature_l2norm(f2s.float(), dim=0).view(-1, n, psize, psize).transpose(0, 1)
-            patches = torch.cat([f1s, f2s], dim=1)
         out = regressor(patches).float()
         offset = psize * torch.tanh(torch.relu(out[:, :4])) - psize // 2
         return torch.clamp(chunk + offset, lo, hi), torch.sigmoid(out[:, 4])
@@ -379,6 +386,8 @@ class Patch2Pix(nn.Module):
             mid matches, mid probabilities, fine matches, fine probabilities (lists per image).
         """
         self.require_regressors("refinement")
+        feats1 = channels_last_levels(feats1, self.feat_idx)  # once for both levels
+        feats2 = channels_last_levels(feats2, self.feat_idx)
         mid, mid_p = self.forward_fine_match(
             feats1, feats2, matches, self.psize[0], self.ptype[0], self.regress_mid
         )

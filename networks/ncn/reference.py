@@ -53,10 +53,3 @@ def maxpool4d_slices(corr: Tensor, k_size: int = 2) -> tuple[Tensor, ...]:
 def correlation_then_maxpool4d(f1: Tensor, f2: Tensor, k_size: int = 2) -> tuple[Tensor, ...]:
     """The original's order: the full-resolution correlation volume, then the slice pool."""
     return maxpool4d_slices(correlation_4d(f1, f2), k_size)
-
-
-def extract_pair_separately(extractor, im1: Tensor, im2: Tensor, all_levels: bool = False):
-    """The original's backbone calls: one per image batch (no batching of the pair)."""
-    run = extractor.forward_all if all_levels else extractor.forward
-    f1, f2 = run(im1), run(im2)
-    return (f1, f2) if all_levels else ([f1], [f2])
