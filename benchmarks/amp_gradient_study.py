@@ -44,7 +44,7 @@ Two measures per variant:
 
 - *end to end*: the whole regressor + loss path; discrete decisions may flip between the
   variant's forward and the float32 one, which the script counts: fine-level patch
-  positions (the integer part of a mid match, ``select_local_patch_feats``), max-pool
+  positions (the integer part of a mid match, ``sample_patch_pairs``), max-pool
   argmaxes (row × channel, both levels) and the fine Sampson-threshold memberships
   (``mdist < cls_dthres[1]``, which is also the fine epipolar row set here);
 - *isolated*: every regressor chunk replayed on the float32 run's inputs with the float32
@@ -271,7 +271,7 @@ def run_variant(
     """Regressors + loss + backward with variant `name`; gradients, terms and decisions.
 
     `pin`: the ``calls`` of the float32 run; the fine patch positions (the matches given to
-    ``select_local_patch_feats``) and the mid Sampson distances' values (their gradients
+    ``sample_patch_pairs``) and the mid Sampson distances' values (their gradients
     stay the variant's) are replaced by the float32 run's.
     """
     amp_on, lin = VARIANTS[name]
