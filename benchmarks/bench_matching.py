@@ -325,15 +325,11 @@ def coarse_stage_timed(net, im1, im2, times: dict, amp: bool = False):
             f1, f2 = p2p.extract_pair(net.extract, im1, im2, False)
         return f1[0].float(), f2[0].float()
 
-    def ncn(c):
-        with torch.autocast("cpu", dtype=dtype, enabled=amp):
-            return net.ncn(c).float()
-
     f1, f2 = step("backbone", backbone)
     f1, f2 = step("l2norm", lambda: (feature_l2norm(f1), feature_l2norm(f2)))
     corr, *delta = step("corr_pool", lambda: net.combine.pooled(f1, f2, 2))
     corr = step("mutual", lambda: mutual_matching(corr))
-    corr = step("ncn", lambda: ncn(corr))
+    corr = step("ncn", lambda: net.ncn(corr))  # float32 under amp too, as in forward
     corr = step("mutual", lambda: mutual_matching(corr))
     m, s = step(
         "extract", lambda: net.cal_coarse_matches(corr, tuple(delta), 2, net.upsample, True)

@@ -129,7 +129,7 @@ class Patch2Pix(nn.Module):
         # --grad_ckpt: recompute each regressor chunk's activations during backward.
         self.grad_ckpt = bool(getattr(config, "grad_ckpt", False))
         # Matching with amp='bf16' (utils.eval.model_helper.match_prepared) sets this: the
-        # backbone and NCN convolutions then follow the enclosing autocast (see forward).
+        # backbone then follows the enclosing autocast (see forward).
         self.coarse_amp = False
         self.extract = ResNet34(change_stride=self.change_stride)
         self.upsample = self.extract.upsample
@@ -221,9 +221,10 @@ class Patch2Pix(nn.Module):
         """
         # The coarse stage stays float32 under autocast (--amp): its argmax decisions and the
         # correlation normalisation are fragile, and it is a small part of a training step.
-        # With `coarse_amp` (matching with amp='bf16') the backbone and the NCN convolutions
-        # run under the enclosing autocast; normalisation, correlation, pool, mutual
-        # filtering and match extraction stay float32.
+        # With `coarse_amp` (matching with amp='bf16') the backbone runs under the enclosing
+        # autocast; normalisation, correlation, pool, NCN, mutual filtering and match
+        # extraction stay float32 (a bf16 NCN output quantises the volume into ties: 14 %
+        # of the float32 matches kept on the benchmark pair, against 83 % for this split).
         dev = im1.device.type
         amp = self.coarse_amp and torch.is_autocast_enabled(dev)
         amp_dtype = torch.get_autocast_dtype(dev) if amp else None
@@ -241,9 +242,8 @@ class Patch2Pix(nn.Module):
             else:
                 corr4d = self.combine(f1, f2)
             corr4d = mutual_matching(corr4d)
-            with torch.autocast(dev, dtype=amp_dtype, enabled=amp):
-                corr4d = self.ncn(corr4d)
-            corr4d = mutual_matching(corr4d.float())
+            corr4d = self.ncn(corr4d)
+            corr4d = mutual_matching(corr4d)
             if return_feats:
                 return corr4d, delta4d, feats1, feats2
             return corr4d, delta4d

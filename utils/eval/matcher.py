@@ -94,7 +94,7 @@ class Patch2PixMatcher:
         device: where a checkpoint is loaded (default: CUDA when available); a given model
             stays where it is.
         amp: None / 'off' (float32, the default) or 'bf16' (bfloat16 autocast of the
-            backbone, NCN and regressors: faster on CPUs with AVX-512 BF16 and on tensor-core
+            backbone and regressors: faster on CPUs with AVX-512 BF16 and on tensor-core
             GPUs; matches agree with float32 up to near ties, see ``match_prepared``).
     """
 

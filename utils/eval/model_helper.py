@@ -167,11 +167,11 @@ def match_prepared(
         t1, t2: (3, H, W) or (1, 3, H, W) ImageNet-normalised images, sides multiples of
             ``net.upsample · ksize`` (``preprocess.load_im_flexible`` / ``prepare_image``).
         scale1, scale2: (sx, sy) from network-input pixels to the caller's pixels.
-        amp: None / 'off' (float32, the default) or 'bf16': the backbone, the NCN
-            convolutions and the regressors run under bfloat16 autocast; normalisation,
-            correlation, relocalisation pool, mutual filtering, match extraction and the
-            regressors' output layer stay float32. Matches agree with float32 up to near
-            ties (measured in benchmarks/RESULTS.md), they are not identical.
+        amp: None / 'off' (float32, the default) or 'bf16': the backbone and the
+            regressors run under bfloat16 autocast; normalisation, correlation,
+            relocalisation pool, NCN, mutual filtering, match extraction and the regressors'
+            output layer stay float32. Matches agree with float32 up to near ties (measured
+            in benchmarks/RESULTS.md), they are not identical.
         Others: as in :func:`estimate_matches`.
     Returns:
         matches (N, 4), scores (N,), coarse matches (N, 4), numpy, in the caller's pixels.
