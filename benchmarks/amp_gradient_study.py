@@ -44,7 +44,7 @@ Two measures per variant:
 
 - *end to end*: the whole regressor + loss path; discrete decisions may flip between the
   variant's forward and the float32 one, which the script counts: fine-level patch
-  positions (the integer part of a mid match, ``select_local_patch_feats``), max-pool
+  positions (the integer part of a mid match, ``sample_patch_pairs``), max-pool
   argmaxes (row × channel, both levels) and the fine Sampson-threshold memberships
   (``mdist < cls_dthres[1]``, which is also the fine epipolar row set here);
 - *isolated*: every regressor chunk replayed on the float32 run's inputs with the float32
@@ -70,7 +70,7 @@ from torch import Tensor, nn
 import networks.patch2pix as p2p
 from networks.patch2pix import Patch2Pix
 from networks.regressor import FeatRegressNet
-from networks.utils import sampson_dist, select_local_patch_feats
+from networks.utils import sample_patch_pairs, sampson_dist
 from utils.train.losses import LossConfig, batch_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -271,7 +271,7 @@ def run_variant(
     """Regressors + loss + backward with variant `name`; gradients, terms and decisions.
 
     `pin`: the ``calls`` of the float32 run; the fine patch positions (the matches given to
-    ``select_local_patch_feats``) and the mid Sampson distances' values (their gradients
+    ``sample_patch_pairs``) and the mid Sampson distances' values (their gradients
     stay the variant's) are replaced by the float32 run's.
     """
     amp_on, lin = VARIANTS[name]
@@ -285,7 +285,7 @@ def run_variant(
         calls["sel"].append(imatches.detach().clone())
         if pin is not None:
             imatches = pin["sel"][len(calls["sel"]) - 1]
-        return select_local_patch_feats(fa, fb, ib, imatches, *a, **kw)
+        return sample_patch_pairs(fa, fb, ib, imatches, *a, **kw)
 
     def dist_fn(x1: Tensor, x2: Tensor, F: Tensor) -> Tensor:
         d = sampson_dist(x1, x2, F)
@@ -298,7 +298,7 @@ def run_variant(
     orig = FeatRegressNet.forward
     if lin is not None:
         FeatRegressNet.forward = lambda self, x: layered_forward(self, x, lin)
-    p2p.select_local_patch_feats = select
+    p2p.sample_patch_pairs = select
     rec = Recorder(net, keep_grads)
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp_on):
@@ -307,7 +307,7 @@ def run_variant(
         out.loss.backward()
     finally:
         FeatRegressNet.forward = orig
-        p2p.select_local_patch_feats = select_local_patch_feats
+        p2p.sample_patch_pairs = sample_patch_pairs
         rec.remove()
     return {
         "grads": {k: p.grad.detach().clone() for k, p in params.items()},

@@ -13,12 +13,21 @@ runs in a fresh subprocess so that its peak memory (RSS on CPU, allocator peak o
 its own; the parent checks that both variants give identical matches.
 
     python -m benchmarks.bench_matching [--threads 2] [--repeats 3] [--out benchmarks/RESULTS.md]
+
+``--pair`` times instead the coarse stage step by step on a representative pair (two
+landscape 1024×768 images, a photograph and a shifted copy, weights that give about a
+thousand mutual coarse matches: `make_shifted_pair`, `derive_ncn_weights`), with the fast,
+naive and bf16 variants interleaved in one process, and records whether fast and naive give
+identical matches and how bf16's matches agree with float32's:
+
+    python -m benchmarks.bench_matching --pair [--threads 2] [--repeats 3] [--out ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -233,6 +242,240 @@ def identical(a: str, b: str) -> bool:
     return bool(np.allclose(x["matches"], y["matches"], atol=1e-3))
 
 
+# ---------------------------------------------------------------- representative pair (issue 17)
+SHIFT = (40, 24)  # (dx, dy) pixels of the second image against the first
+NCN_NOISE = 0.1  # scale of the seeded random NCN weights kept around the identity tap
+
+
+def make_shifted_pair(folder: Path) -> tuple[Path, Path]:
+    """Two landscape 1024×768 JPEGs: a photograph and a copy shifted by `SHIFT`.
+
+    scikit-image's astronaut (512×512) is upsampled bicubically to 1152×1152; the first
+    image is the crop x 0–1024, y 100–868, the second the same crop moved by (40, 24) px.
+    """
+    from PIL import Image
+    from skimage import data
+
+    base = Image.fromarray(data.astronaut()).resize((1152, 1152), Image.Resampling.BICUBIC)
+    dx, dy = SHIFT
+    a = base.crop((0, 100, 1024, 868))
+    b = base.crop((dx, 100 + dy, dx + 1024, 868 + dy))
+    pa, pb = folder / "shift1.jpg", folder / "shift2.jpg"
+    a.save(pa, quality=95)
+    b.save(pb, quality=95)
+    return pa, pb
+
+
+def derive_ncn_weights(net) -> None:
+    """Identity-like neighbourhood consensus, so that correlation peaks survive it.
+
+    No trained checkpoint exists: the backbone keeps its seeded random weights (a random
+    ResNet is translation-equivariant, so the shifted copy's features match the original's
+    at the shifted cells), and each Conv4d weight becomes ``NCN_NOISE`` × its seeded random
+    initialisation plus ``1 / in_channels`` at the centre tap of every (out, in) pair, bias
+    0: the consensus then passes the mutual-matching volume through nearly unchanged (×2
+    for the symmetric sum) instead of scrambling it. Costs are those of any weights.
+    """
+    import torch
+
+    with torch.no_grad():
+        for conv in (net.ncn.conv[0], net.ncn.conv[2]):
+            w = conv.weight
+            w.mul_(NCN_NOISE)
+            c = w.shape[0] // 2
+            w[c, :, :, c, c, c] += 1.0 / w.shape[2]
+            conv.bias.zero_()
+
+
+def set_variant(variant: str) -> None:
+    """Swap the module globals between this implementation and the original's formulations."""
+    import networks.ncn.conv4d as conv4d_mod
+    import networks.ncn.model as ncn_model
+    from networks.ncn import reference
+
+    if not hasattr(set_variant, "fast"):
+        set_variant.fast = (conv4d_mod.conv4d, ncn_model.correlation_maxpool4d)
+    if variant == "naive":
+        funcs = (reference.conv4d_loop, reference.correlation_then_maxpool4d)
+    else:
+        funcs = set_variant.fast
+    conv4d_mod.conv4d, ncn_model.correlation_maxpool4d = funcs
+
+
+def coarse_stage_timed(net, im1, im2, times: dict, amp: bool = False):
+    """`Patch2Pix.predict_coarse(im1, im2, ksize=2)` (mutual, threshold 0) step by step,
+    adding each step's seconds to `times`; returns the (N, 4) matches and (N,) scores."""
+    import torch
+
+    import networks.patch2pix as p2p
+    from networks.ncn.model import feature_l2norm, mutual_matching
+    from networks.utils import filter_coarse
+
+    dtype = torch.bfloat16 if amp else None
+
+    def step(name, fn):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+        times[name + "_cpu"] = times.get(name + "_cpu", 0.0) + time.process_time() - c0
+        return out
+
+    def backbone():
+        with torch.autocast("cpu", dtype=dtype, enabled=amp):
+            f1, f2 = p2p.extract_pair(net.extract, im1, im2, False)
+        return f1[0].float(), f2[0].float()
+
+    f1, f2 = step("backbone", backbone)
+    f1, f2 = step("l2norm", lambda: (feature_l2norm(f1), feature_l2norm(f2)))
+    corr, *delta = step("corr_pool", lambda: net.combine.pooled(f1, f2, 2))
+    corr = step("mutual", lambda: mutual_matching(corr))
+    corr = step("ncn", lambda: net.ncn(corr))  # float32 under amp too, as in forward
+    corr = step("mutual", lambda: mutual_matching(corr))
+    m, s = step(
+        "extract", lambda: net.cal_coarse_matches(corr, tuple(delta), 2, net.upsample, True)
+    )
+    m, s = step("filter", lambda: filter_coarse(m, s, 0.0, True))
+    return m[0], s[0]
+
+
+def pair_worker(args: argparse.Namespace) -> None:
+    """All variants in one process, interleaved per repetition (order rotated each time)."""
+    import torch
+
+    from utils.datasets.preprocess import load_im_flexible
+
+    torch.set_num_threads(args.threads)
+    net = build_net("fast", "cpu")
+    derive_ncn_weights(net)
+    im1, _ = load_im_flexible(args.im1, 2, net.upsample, imsize=1024)
+    im2, _ = load_im_flexible(args.im2, 2, net.upsample, imsize=1024)
+    im1, im2 = im1.unsqueeze(0), im2.unsqueeze(0)
+    variants = ["fast", "naive", "bf16"]
+    times: dict[str, list[dict]] = {v: [] for v in variants}
+    matches = {}
+    with torch.inference_mode():
+        # The timed steps are the model's coarse path: same matches as predict_coarse.
+        set_variant("fast")
+        ref = net.predict_coarse(im1, im2, ksize=2, mutual=True)[0][0]
+        for rep in range(args.repeats + 1):  # the first round is the warm-up
+            for v in variants[rep % 3 :] + variants[: rep % 3]:
+                set_variant("naive" if v == "naive" else "fast")
+                t: dict[str, float] = {}
+                t0, c0 = time.perf_counter(), time.process_time()
+                m, _ = coarse_stage_timed(net, im1, im2, t, amp=v == "bf16")
+                t["total"] = time.perf_counter() - t0
+                t["total_cpu"] = time.process_time() - c0
+                if rep:
+                    times[v].append(t)
+                matches[v] = m
+                print(f"rep {rep} {v} {t['total']:.2f}s {len(m)} matches", file=sys.stderr)
+        set_variant("fast")
+    out = {
+        "threads": args.threads,
+        "predict_coarse_equal": bool(torch.equal(ref, matches["fast"])),
+        "times": times,
+        "matches": {v: m.tolist() for v, m in matches.items()},
+    }
+    print(json.dumps(out))
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict:
+    """How the coarse matches `b` agree with the reference `a` ((N, 4) pixel rows)."""
+    sa, sb = {tuple(r) for r in a.tolist()}, {tuple(r) for r in b.tolist()}
+    out = {"n_ref": len(sa), "n": len(sb), "identical": len(sa & sb)}
+    if len(a) and len(b):
+        # For each row of b, the reference row with the same first point (if any).
+        by_p1 = {tuple(r[:2]): r for r in a.tolist()}
+        d = [
+            np.abs(np.subtract(r[2:], by_p1[tuple(r[:2])][2:])).max()
+            for r in b.tolist()
+            if tuple(r[:2]) in by_p1
+        ]
+        out["same_p1"] = len(d)
+        out["p2_diff_px_max"] = float(max(d)) if d else 0.0
+        out["p2_diff_px_mean"] = float(np.mean(d)) if d else 0.0
+    return out
+
+
+def pair_main(args: argparse.Namespace) -> str:
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ims = make_shifted_pair(Path(tmp))
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_matching",
+            "--pair-worker",
+            "--im1",
+            str(ims[0]),
+            "--im2",
+            str(ims[1]),
+            "--threads",
+            str(args.threads),
+            "--repeats",
+            str(args.repeats),
+        ]
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"pair benchmark failed:\n{out.stderr}")
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    m = {v: np.array(x, dtype=np.int64).reshape(-1, 4) for v, x in res["matches"].items()}
+    same = np.array_equal(m["fast"], m["naive"])
+    agree = agreement(m["fast"], m["bf16"])
+    steps = ["backbone", "l2norm", "corr_pool", "mutual", "ncn", "extract", "filter", "total"]
+    load = os.getloadavg()
+    lines = [
+        f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC — {platform.node() or 'host'}: "
+        "coarse stage on the representative pair",
+        "",
+        f"- command: `python -m benchmarks.bench_matching --pair --threads {args.threads} "
+        f"--repeats {args.repeats}`",
+        f"- machine: {platform.processor() or platform.machine()}, {args.threads} torch "
+        f"threads, torch {torch.__version__}; load average at the end {load[0]:.1f} / "
+        f"{load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)",
+        f"- inputs: `make_shifted_pair` (two 1024×768 JPEGs, the second shifted by {SHIFT} "
+        "px), imsize 1024, ksize 2, seeded random backbone, identity-like NCN "
+        f"(`derive_ncn_weights`, noise {NCN_NOISE}); the three variants run in one process, "
+        f"interleaved, {args.repeats} repetitions after a warm-up round; median (min–max) "
+        "wall s, and process CPU s (all threads; read it when other jobs share the cores).",
+        f"- coarse mutual matches: fast {len(m['fast'])}, naive {len(m['naive'])}, "
+        f"bf16 {len(m['bf16'])}; fast = naive (identical matches): "
+        f"**{'yes' if same else 'NO'}**; timed steps = `predict_coarse`: "
+        f"{'yes' if res['predict_coarse_equal'] else 'NO'}",
+        f"- bf16 against fast (float32): {agree['identical']} of {agree['n_ref']} float32 "
+        f"matches found identically ({agree['identical'] / max(agree['n_ref'], 1):.1%}); "
+        f"bf16 rows whose first point is a float32 match's: {agree.get('same_p1', 0)} of "
+        f"{agree['n']}, their second points differ by {agree.get('p2_diff_px_mean', 0):.2f} "
+        f"px on average, {agree.get('p2_diff_px_max', 0):.0f} px at most",
+        "",
+        "| step | fast s | naive s | bf16 s | naive / fast | fast / bf16 |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def cell(v, k):
+        x = [t[k] for t in res["times"][v]]
+        return statistics.median(x), f"{statistics.median(x):.2f} ({min(x):.2f}–{max(x):.2f})"
+
+    rows = [(k, k) for k in steps]
+    rows += [
+        (f"{k} (process CPU s)", f"{k}_cpu") for k in ("backbone", "corr_pool", "ncn", "total")
+    ]
+    for label, k in rows:
+        (f, fs), (n, ns), (b, bs) = cell("fast", k), cell("naive", k), cell("bf16", k)
+        bold = "**" if k == "total" else ""
+        lines.append(
+            f"| {bold}{label}{bold} | {fs} | {ns} | {bs} | {bold}{n / max(f, 1e-9):.2f}×{bold} | "
+            f"{f / max(b, 1e-9):.2f}× |"
+        )
+    ratios = [
+        t_n["total"] / t_f["total"] for t_n, t_f in zip(res["times"]["naive"], res["times"]["fast"])
+    ]
+    lines.append("")
+    lines.append("- naive / fast total per repetition: " + ", ".join(f"{r:.2f}×" for r in ratios))
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -246,13 +489,30 @@ def main() -> None:
         default="default",
         help="CUDA: 'off' turns TF32 off in cuDNN convolutions and matrix products",
     )
+    ap.add_argument(
+        "--pair",
+        action="store_true",
+        help="time the coarse stage on the representative shifted 1024x768 pair instead "
+        "(fast, naive and bf16 interleaved in one process, per step)",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--pair-worker", action="store_true", help=argparse.SUPPRESS)
     for flag in ("--device", "--variant", "--im1", "--im2", "--save"):
         ap.add_argument(flag, help=argparse.SUPPRESS)
     ap.add_argument("--imsize", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.pair_worker:
+        pair_worker(args)
+        return
+    if args.pair:
+        report = pair_main(args)
+        print(report)
+        if args.out:
+            with open(args.out, "a") as fh:
+                fh.write(report + "\n")
         return
 
     import torch

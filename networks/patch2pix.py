@@ -22,9 +22,31 @@ from .ncn.model import (
 from .regr_chunks import checkpoint_chunk, chunk_sizes
 from .regressor import FeatRegressNet
 from .resnet import FEAT_CHANNELS, ResNet34, init_weights, load_imagenet_weights
-from .utils import filter_coarse, select_local_patch_feats, shift_to_anchors
+from .utils import filter_coarse, sample_patch_pairs, shift_to_anchors
 
 log = logging.getLogger(__name__)
+
+
+def extract_pair(
+    extractor: nn.Module, im1: Tensor, im2: Tensor, all_levels: bool = False
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Backbone features of both image batches: the `forward_all` lists, or ``[layer3]``.
+
+    One call per batch, as in the original (running a same-shape pair as one batch of two
+    is not bit-identical on the CPU: oneDNN picks other kernels for another batch size).
+    """
+    run = extractor.forward_all if all_levels else extractor.forward
+    f1, f2 = run(im1), run(im2)
+    return (f1, f2) if all_levels else ([f1], [f2])
+
+
+def channels_last_levels(feats: Sequence[Tensor], feat_idx: Sequence[int]) -> list[Tensor]:
+    """The `forward_all` list with the levels in `feat_idx` in channels-last memory format
+    (same values; the patch sampler reads rows of channels from them)."""
+    return [
+        f.contiguous(memory_format=torch.channels_last) if j in feat_idx else f
+        for j, f in enumerate(feats)
+    ]
 
 
 class NoRegressorsError(UsageError, RuntimeError):
@@ -106,6 +128,9 @@ class Patch2Pix(nn.Module):
         self.regr_batch = int(getattr(config, "regr_batch", 1200) or 1200)
         # --grad_ckpt: recompute each regressor chunk's activations during backward.
         self.grad_ckpt = bool(getattr(config, "grad_ckpt", False))
+        # Matching with amp='bf16' (utils.eval.model_helper.match_prepared) sets this: the
+        # backbone then follows the enclosing autocast (see forward).
+        self.coarse_amp = False
         self.extract = ResNet34(change_stride=self.change_stride)
         self.upsample = self.extract.upsample
         self.feats_downsample = self.extract.feats_downsample
@@ -196,14 +221,20 @@ class Patch2Pix(nn.Module):
         """
         # The coarse stage stays float32 under autocast (--amp): its argmax decisions and the
         # correlation normalisation are fragile, and it is a small part of a training step.
-        with torch.autocast(im1.device.type, enabled=False):
-            if return_feats:
-                feats1 = self.extract.forward_all(im1)
-                feats2 = self.extract.forward_all(im2)
-                f1, f2 = feats1[-1], feats2[-1]
-            else:
-                f1, f2 = self.extract(im1), self.extract(im2)
-            corr4d, delta4d = self.corr_from_feats(f1, f2, ksize)
+        # With `coarse_amp` (matching with amp='bf16') the backbone runs under the enclosing
+        # autocast; normalisation, correlation, pool, NCN, mutual filtering and match
+        # extraction stay float32 (a bf16 NCN output quantises the volume into ties: 14 %
+        # of the float32 matches kept on the benchmark pair, against 83 % for this split).
+        dev = im1.device.type
+        amp = self.coarse_amp and torch.is_autocast_enabled(dev)
+        amp_dtype = torch.get_autocast_dtype(dev) if amp else None
+        with torch.autocast(dev, enabled=False):
+            with torch.autocast(dev, dtype=amp_dtype, enabled=amp):
+                feats1, feats2 = extract_pair(self.extract, im1, im2, return_feats)
+            if amp:
+                feats1 = [f.float() for f in feats1]
+                feats2 = [f.float() for f in feats2]
+            corr4d, delta4d = self.corr_from_feats(feats1[-1], feats2[-1], ksize)
             if return_feats:
                 return corr4d, delta4d, feats1, feats2
             return corr4d, delta4d
@@ -293,6 +324,12 @@ class Patch2Pix(nn.Module):
         lo = torch.zeros(4, dtype=dtype, device=feats1[0].device)
         hi = torch.tensor([w1, h1, w2, h2], dtype=dtype, device=feats1[0].device)
         recompute = self.grad_ckpt and self.training and torch.is_grad_enabled()
+        # Patches are gathered as rows of channels: channels-last maps, converted once here
+        # (a no-op for maps that already are, e.g. from regress_levels).
+        feats1, feats2 = (
+            channels_last_levels(feats1, self.feat_idx),
+            channels_last_levels(feats2, self.feat_idx),
+        )
         out_m, out_p = [], []
         for ib, imatches in enumerate(matches):
             imatches = imatches.to(dtype)
@@ -340,13 +377,11 @@ class Patch2Pix(nn.Module):
             enclosing autocast, and its raw output is parsed in float32.
         """
         with torch.autocast(chunk.device.type, enabled=False):
-            f1s, f2s = select_local_patch_feats(
+            # = cat([l2norm(f1s), l2norm(f2s)]) of select_local_patch_feats, laid out
+            # channels-last (n, 2D, p, p) directly (tests/test_train_step_layout.py).
+            patches = sample_patch_pairs(
                 feats1, feats2, ib, chunk, self.feat_idx, self.feats_downsample, psize, ptype
             )
-            n = chunk.shape[0]
-            f1s = feature_l2norm(f1s.float(), dim=0).view(-1, n, psize, psize).transpose(0, 1)
-            f2s = feature_l2norm(f2s.float(), dim=0).view(-1, n, psize, psize).transpose(0, 1)
-            patches = torch.cat([f1s, f2s], dim=1)
         out = regressor(patches).float()
         offset = psize * torch.tanh(torch.relu(out[:, :4])) - psize // 2
         return torch.clamp(chunk + offset, lo, hi), torch.sigmoid(out[:, 4])
@@ -364,6 +399,8 @@ class Patch2Pix(nn.Module):
             mid matches, mid probabilities, fine matches, fine probabilities (lists per image).
         """
         self.require_regressors("refinement")
+        feats1 = channels_last_levels(feats1, self.feat_idx)  # once for both levels
+        feats2 = channels_last_levels(feats2, self.feat_idx)
         mid, mid_p = self.forward_fine_match(
             feats1, feats2, matches, self.psize[0], self.ptype[0], self.regress_mid
         )

@@ -74,6 +74,26 @@ def select_local_patch_feats(
     Returns:
         f1s, f2s: (D, N·psize²) with D = sum of C_j over `feat_idx`.
     """
+    f1s, f2s = [], []
+    for j, (iy1, ix1, iy2, ix2) in _patch_index_levels(
+        feats1, feats2, imatches, feat_idx, feats_downsample, psize, ptype
+    ):
+        f1s.append(feats1[j][ibatch][:, iy1, ix1])
+        f2s.append(feats2[j][ibatch][:, iy2, ix2])
+    return torch.cat(f1s, dim=0), torch.cat(f2s, dim=0)
+
+
+def _patch_index_levels(
+    feats1: Sequence[Tensor],
+    feats2: Sequence[Tensor],
+    imatches: Tensor,
+    feat_idx: Sequence[int],
+    feats_downsample: Sequence[int],
+    psize: int,
+    ptype: str,
+) -> list[tuple[int, tuple[Tensor, Tensor, Tensor, Tensor]]]:
+    """Per level j of `feat_idx`: j and the (N·psize²,) row / column
+    indices of the patch cells in image 1 and image 2 (`select_local_patch_feats`' rule)."""
     device = imatches.device
     offs = torch.arange(psize, device=device)
     if ptype == "center":
@@ -88,12 +108,52 @@ def select_local_patch_feats(
     def ids(v: Tensor, d: Tensor, size: int, ds: int) -> Tensor:
         return torch.div(v + d, ds, rounding_mode="floor").clamp(0, size // ds - 1).view(-1)
 
-    f1s, f2s = [], []
+    out = []
     for j in feat_idx:
         ds = int(cum_ds[j])
-        f1s.append(feats1[j][ibatch][:, ids(y1, dy, h1, ds), ids(x1, dx, w1, ds)])
-        f2s.append(feats2[j][ibatch][:, ids(y2, dy, h2, ds), ids(x2, dx, w2, ds)])
-    return torch.cat(f1s, dim=0), torch.cat(f2s, dim=0)
+        idx = (ids(y1, dy, h1, ds), ids(x1, dx, w1, ds), ids(y2, dy, h2, ds), ids(x2, dx, w2, ds))
+        out.append((j, idx))
+    return out
+
+
+def sample_patch_pairs(
+    feats1: Sequence[Tensor],
+    feats2: Sequence[Tensor],
+    ibatch: int,
+    imatches: Tensor,
+    feat_idx: Sequence[int] = (0, 1, 2, 3),
+    feats_downsample: Sequence[int] = (1, 2, 2, 2, 2),
+    psize: int = 16,
+    ptype: str = "center",
+) -> Tensor:
+    """The regressor's input, sampled straight into its layout: L2-normalised patch pairs.
+
+    The same cells as `select_local_patch_feats` (its index rule), each image's D channels
+    L2-normalised over the concatenated levels (``feature_l2norm`` of f1s / f2s over dim 0)
+    and image 1's channels first, but gathered as rows of channels from channels-last maps
+    into one (N·psize², 2D) array: the result is (N, 2D, psize, psize) in channels-last
+    memory format, with no concatenation of (D, N·psize²) blocks and no transposes.
+
+    Args:
+        feats1, feats2: per-level maps (B, C_j, H/ds_j, W/ds_j), float32; channels-last
+            maps are used as they are, others are converted once per call.
+    Returns:
+        (N, 2D, psize, psize) float32, channels-last.
+    """
+    n = imatches.shape[0]
+    rows1, rows2 = [], []
+    for j, (iy1, ix1, iy2, ix2) in _patch_index_levels(
+        feats1, feats2, imatches, feat_idx, feats_downsample, psize, ptype
+    ):
+        m1 = feats1[j][ibatch].float().permute(1, 2, 0)  # (H, W, C): contiguous if NHWC
+        m2 = feats2[j][ibatch].float().permute(1, 2, 0)
+        rows1.append(m1.contiguous()[iy1, ix1])
+        rows2.append(m2.contiguous()[iy2, ix2])
+    rows = torch.cat(rows1 + rows2, dim=1)  # (N·p², 2D)
+    d = rows.shape[1] // 2
+    halves = rows.view(-1, 2, d)
+    halves = halves / torch.sqrt(halves.pow(2).sum(2, keepdim=True) + 1e-6)
+    return halves.view(n, psize, psize, 2 * d).permute(0, 3, 1, 2)
 
 
 def filter_coarse(

@@ -186,3 +186,34 @@ def test_fused_correlation_maxpool_equals_separate(chunk):
     out = correlation_maxpool4d(f1, f2, 2, chunk_elems=chunk)
     for a, b in zip(out, ref):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_fused_correlation_maxpool_ties_and_grad(k):
+    """Integer features: many exact ties inside each k⁴ block, which must go to the first
+    entry in (di, dj, dk, dl) order, as in the two-step pool; with autograd too."""
+    from networks.ncn.model import correlation_maxpool4d
+
+    g = torch.Generator().manual_seed(10 + k)
+    f1 = torch.randint(0, 2, (2, 3, 2 * k, 3 * k), generator=g).double()
+    f2 = torch.randint(0, 2, (2, 3, 3 * k, k), generator=g).double()
+    ref = maxpool_naive(correlation_4d(f1, f2), k)
+    for chunk in (1, 1 << 22):
+        out = correlation_maxpool4d(f1, f2, k, chunk_elems=chunk)
+        for a, b in zip(out, ref):
+            assert torch.equal(a, b)
+    f1.requires_grad_(True)
+    out = correlation_maxpool4d(f1, f2, k, chunk_elems=1)
+    for a, b in zip(out, ref):
+        assert torch.equal(a.detach(), b)
+    out[0].sum().backward()
+    f1r = f1.detach().clone().requires_grad_(True)
+    maxpool4d(correlation_4d(f1r, f2), k)[0].sum().backward()
+    assert torch.equal(f1.grad, f1r.grad)
+
+
+def test_fused_correlation_maxpool_rejects_remainder():
+    from networks.ncn.model import correlation_maxpool4d
+
+    with pytest.raises(ValueError, match="multiples"):
+        correlation_maxpool4d(torch.zeros(1, 2, 4, 3), torch.zeros(1, 2, 4, 4), 2)

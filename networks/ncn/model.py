@@ -104,10 +104,14 @@ def correlation_maxpool4d(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """`maxpool4d` of `correlation_4d` without materialising the full-resolution volume.
 
-    The correlation is computed for a few rows of A cells at a time (about `chunk_elems`
-    values, which stay in cache) and pooled at once, so the full (H1·W1·H2·W2) volume never
-    exists: the same numbers as ``maxpool4d(correlation_4d(f1, f2), k)`` with a fraction of
-    the memory and memory traffic.
+    The feature cells are reordered so that the matrix product itself lays every k⁴ pooling
+    block out along one axis: A cells of a pooled row in (j', di, dj) order, B cells in
+    (dk, dl, i', j') order, so that a chunk of the product is a (rows, k⁴, H2/k·W2/k) array
+    whose k⁴ axis runs over the block in (di, dj, dk, dl) row-major order. One ``max`` over
+    that axis then gives the pooled value and the offsets, the first maximum winning ties
+    (the rule of `maxpool4d`). Only a few pooled rows of A are computed at a time (about
+    `chunk_elems` values), so the full volume never exists. Every value is the same dot
+    product as in ``maxpool4d(correlation_4d(f1, f2), k)``.
 
     Args:
         f1: (B, C, H1, W1), f2: (B, C, H2, W2), already normalised; sides multiples of k.
@@ -117,26 +121,46 @@ def correlation_maxpool4d(
     b, c, h1, w1 = f1.shape
     h2, w2 = f2.shape[-2:]
     k = k_size
-    if h1 % k:
-        raise ValueError(f"correlation_maxpool4d: H1={h1} is not a multiple of {k}")
-    fa = f1.reshape(b, c, h1 * w1).transpose(1, 2)
-    fb = f2.reshape(b, c, h2 * w2)
-    rows = k * max(1, chunk_elems // (k * w1 * h2 * w2))
-    # Without autograd one chunk buffer is reused: fresh large allocations cost page faults.
-    reuse = not (torch.is_grad_enabled() and (f1.requires_grad or f2.requires_grad))
-    buf = fa.new_empty((b, rows * w1, h2 * w2)) if reuse else None
-    parts = []
-    for r0 in range(0, h1, rows):
-        r1 = min(h1, r0 + rows)
-        a = fa[:, r0 * w1 : r1 * w1]
-        if buf is not None:
-            corr = torch.bmm(a, fb, out=buf[:, : a.shape[1]])
-        else:
-            corr = torch.bmm(a, fb)
-        parts.append(maxpool4d(corr.view(b, 1, r1 - r0, w1, h2, w2), k))
-    if len(parts) == 1:
-        return parts[0]
-    return tuple(torch.cat(p, dim=2) for p in zip(*parts))  # type: ignore[return-value]
+    if any(s % k for s in (h1, w1, h2, w2)):
+        raise ValueError(
+            f"correlation_maxpool4d: sizes {(h1, w1, h2, w2)} are not multiples of {k}"
+        )
+    hk1, wk1, hk2, wk2 = h1 // k, w1 // k, h2 // k, w2 // k
+    kk, p2 = k * k, hk2 * wk2
+    # A: (B, H1/k, W1/k·k·k, C), rows of pooled row i' in (j', di, dj) order.
+    fa = f1.reshape(b, c, hk1, k, wk1, k).permute(0, 2, 4, 3, 5, 1).reshape(b, hk1, wk1 * kk, c)
+    # B: (B, C, k·k·P2), columns in (dk, dl, i', j') order.
+    fb = f2.reshape(b, c, hk2, k, wk2, k).permute(0, 1, 3, 5, 2, 4).reshape(b, c, kk * p2)
+    rows = max(1, chunk_elems // (wk1 * kk * kk * p2))  # pooled rows of A per chunk
+    shape = (b, 1, hk1, wk1, hk2, wk2)
+    if torch.is_grad_enabled() and (f1.requires_grad or f2.requires_grad):
+        vals, args = [], []
+        for r0 in range(0, hk1, rows):
+            r1 = min(hk1, r0 + rows)
+            corr = torch.bmm(fa[:, r0:r1].reshape(b, (r1 - r0) * wk1 * kk, c), fb)
+            v, i = corr.view(b, (r1 - r0) * wk1, kk * kk, p2).max(dim=2)
+            vals.append(v.view(b, r1 - r0, wk1, p2))
+            args.append(i.view(b, r1 - r0, wk1, p2))
+        pooled, arg = torch.cat(vals, dim=1), torch.cat(args, dim=1)
+    else:
+        # One chunk buffer, reused; the max writes straight into the outputs.
+        buf = fa.new_empty((min(rows, hk1) * wk1 * kk, kk * p2))
+        pooled = fa.new_empty((b, hk1, wk1, p2))
+        arg = torch.empty((b, hk1, wk1, p2), dtype=torch.long, device=fa.device)
+        for ib in range(b):
+            for r0 in range(0, hk1, rows):
+                r1 = min(hk1, r0 + rows)
+                n = (r1 - r0) * wk1
+                corr = torch.mm(fa[ib, r0:r1].reshape(n * kk, c), fb[ib], out=buf[: n * kk])
+                out = (pooled[ib, r0:r1].view(n, p2), arg[ib, r0:r1].view(n, p2))
+                torch.max(corr.view(n, kk * kk, p2), dim=1, out=out)
+    # arg = ((di·k + dj)·k + dk)·k + dl
+    if k & (k - 1) == 0:  # a power of two: shifts and masks (int64 division is slow)
+        s = k.bit_length() - 1
+        offs = (arg >> 3 * s, (arg >> 2 * s) & (k - 1), (arg >> s) & (k - 1), arg & (k - 1))
+    else:
+        offs = (arg // (k * kk), arg // kk % k, arg // k % k, arg % k)
+    return pooled.view(shape), *(o.view(shape) for o in offs)
 
 
 def mutual_matching(corr: Tensor) -> Tensor:

@@ -14,6 +14,9 @@ from networks.patch2pix import Patch2Pix
 from utils.common.setup_helper import CheckpointError, load_checkpoint_safe
 from utils.datasets.preprocess import load_im_flexible, load_im_tensor
 
+AMP_MODES = (None, "off", "bf16")
+"""Matching precisions: float32 (None / 'off', the default) or bfloat16 autocast."""
+
 REGRESSOR_KEYS = ("conv_dims", "conv_kers", "conv_strs", "fc_dims", "psize", "pshift", "panc")
 # What the architecture allows (docs/architecture.md §4): widths, kernels, strides, patch sides.
 MAX_WIDTH = 4096
@@ -198,12 +201,14 @@ def estimate_matches(
     io_thres: float = 0.25,
     eval_type: str = "fine",
     imsize: int | None = None,
+    amp: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Match two image files; matches are returned in original image pixels.
 
     Args:
         eval_type: 'coarse' (NCNet proposals, scores = NCN scores), 'mid' or 'fine'.
         io_thres: keep rows whose score is above it (all rows when none pass).
+        amp: None (float32, the default) or 'bf16' (see :func:`match_prepared`).
     Returns:
         matches (N, 4) (x1, y1, x2, y2), scores (N,), coarse matches (M, 4), all numpy.
     Raises:
@@ -211,7 +216,9 @@ def estimate_matches(
     """
     t1, sc1 = load_im_flexible(im1, ksize, net.upsample, imsize=imsize)
     t2, sc2 = load_im_flexible(im2, ksize, net.upsample, imsize=imsize)
-    return match_prepared(net, t1, t2, sc1, sc2, ksize, ncn_thres, mutual, io_thres, eval_type)
+    return match_prepared(
+        net, t1, t2, sc1, sc2, ksize, ncn_thres, mutual, io_thres, eval_type, amp=amp
+    )
 
 
 @torch.inference_mode()
@@ -226,6 +233,7 @@ def match_prepared(
     mutual: bool = True,
     io_thres: float = 0.25,
     eval_type: str = "fine",
+    amp: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Match two preprocessed images (the core of :func:`estimate_matches`).
 
@@ -233,27 +241,42 @@ def match_prepared(
         t1, t2: (3, H, W) or (1, 3, H, W) ImageNet-normalised images, sides multiples of
             ``net.upsample · ksize`` (``preprocess.load_im_flexible`` / ``prepare_image``).
         scale1, scale2: (sx, sy) from network-input pixels to the caller's pixels.
+        amp: None / 'off' (float32, the default) or 'bf16': the backbone and the
+            regressors run under bfloat16 autocast; normalisation, correlation,
+            relocalisation pool, NCN, mutual filtering, match extraction and the regressors'
+            output layer stay float32. Matches agree with float32 up to near ties (measured
+            in benchmarks/RESULTS.md), they are not identical.
         Others: as in :func:`estimate_matches`.
     Returns:
         matches (N, 4), scores (N,), coarse matches (N, 4), numpy, in the caller's pixels.
     """
     if eval_type not in ("coarse", "mid", "fine"):
         raise ValueError(f"eval_type must be 'coarse', 'mid' or 'fine', got {eval_type!r}")
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
     if eval_type != "coarse":
         net.require_regressors(f"eval_type={eval_type!r}")
     device = net.device
     t1 = (t1 if t1.dim() == 4 else t1.unsqueeze(0)).to(device)
     t2 = (t2 if t2.dim() == 4 else t2.unsqueeze(0)).to(device)
     upscale = np.array([tuple(scale1) + tuple(scale2)], dtype=np.float64)
-    if eval_type == "coarse":
-        coarse, scores = net.predict_coarse(t1, t2, ksize, ncn_thres, mutual)
-        matches, scores, coarse = coarse[0], scores[0], coarse[0]
-    else:
-        fine, fine_p, mid, mid_p, coarse = net.predict_fine(
-            t1, t2, ksize, ncn_thres, mutual, return_all=True
-        )
-        matches, scores = (fine[0], fine_p[0]) if eval_type == "fine" else (mid[0], mid_p[0])
-        coarse = coarse[0]
+    bf16 = amp == "bf16"
+    before = net.coarse_amp
+    try:
+        net.coarse_amp = bf16
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            if eval_type == "coarse":
+                coarse, scores = net.predict_coarse(t1, t2, ksize, ncn_thres, mutual)
+                matches, scores, coarse = coarse[0], scores[0], coarse[0]
+            else:
+                fine, fine_p, mid, mid_p, coarse = net.predict_fine(
+                    t1, t2, ksize, ncn_thres, mutual, return_all=True
+                )
+                fine_level = eval_type == "fine"
+                matches, scores = (fine[0], fine_p[0]) if fine_level else (mid[0], mid_p[0])
+                coarse = coarse[0]
+    finally:
+        net.coarse_amp = before
     matches = matches.float().cpu().numpy() * upscale
     coarse = coarse.float().cpu().numpy() * upscale
     scores = scores.float().cpu().numpy()
