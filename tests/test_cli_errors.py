@@ -193,12 +193,23 @@ def files(tmp_path_factory) -> dict[str, Path]:
     # HPatches roots with an unreadable and with a missing image
     from utils.eval.make_hpatches_synthetic import make_synthetic_hpatches
 
-    for name in ("hp_unreadable", "hp_missing", "hp_bad_H_text", "hp_bad_H_shape"):
+    for name in (
+        "hp_unreadable",
+        "hp_missing",
+        "hp_bad_H_text",
+        "hp_bad_H_shape",
+        "hp_no_H13",
+        "hp_zero_H",
+        "hp_nan_H",
+    ):
         make_synthetic_hpatches(root / name, n_seqs=1, max_side=48, photos=("astronaut",))
     (root / "hp_unreadable" / "v_synth00_astronaut" / "3.ppm").write_bytes(b"garbage")
     (root / "hp_missing" / "i_synth00_astronaut" / "4.ppm").unlink()
     (root / "hp_bad_H_text" / "i_synth00_astronaut" / "H_1_3").write_text("garbage\n")
     (root / "hp_bad_H_shape" / "v_synth00_astronaut" / "H_1_2").write_text("1 0\n0 1\n")
+    (root / "hp_no_H13" / "i_synth00_astronaut" / "H_1_3").unlink()
+    (root / "hp_zero_H" / "v_synth00_astronaut" / "H_1_4").write_text("0 0 0\n0 0 0\n0 0 0\n")
+    (root / "hp_nan_H" / "i_synth00_astronaut" / "H_1_5").write_text("1 0 0\n0 nan 0\n0 0 1\n")
     return f
 
 
@@ -573,6 +584,26 @@ EVAL_HPATCHES: list[Row] = [
             "none",
         ],
         ["v_synth00_astronaut/H_1_2", "3x3", "(2, 2)"],
+    ),
+    # issue 16.3: no pair dropped silently, no singular / NaN ground truth
+    *(
+        (
+            name,
+            lambda f, name=name: [
+                "--matcher",
+                "oracle",
+                "--root",
+                str(f["root"] / name),
+                "--exclude",
+                "none",
+            ],
+            words,
+        )
+        for name, words in (
+            ("hp_no_H13", ["i_synth00_astronaut", "has no H_1_3", "--exclude"]),
+            ("hp_zero_H", ["v_synth00_astronaut/H_1_4", "singular"]),
+            ("hp_nan_H", ["i_synth00_astronaut/H_1_5", "NaN"]),
+        )
     ),
     (
         "unreadable_image_network",

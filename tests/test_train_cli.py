@@ -251,7 +251,7 @@ def test_kill_during_checkpoint_write_keeps_last_ckpt(trained, tmp_path, capsys)
 
     def fdopen(fd, *a, **k):
         f = real_fdopen(fd, *a, **k)
-        return Full(f) if "ckpt" in os.readlink(f"/proc/self/fd/{fd}") else f
+        return Full(f) if ".last_ckpt.pth." in os.readlink(f"/proc/self/fd/{fd}") else f
 
     os.fdopen = fdopen
     try:

@@ -92,7 +92,7 @@ def _to_8bit(im: Image.Image) -> Image.Image:
         a = np.nan_to_num(np.asarray(im).astype(np.float64), nan=0.0) * 255.0
     else:
         return im
-    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))  # 2-D uint8: "L"
 
 
 def open_image(im_path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
