@@ -250,19 +250,11 @@ def untrained_model(weights: dict | None, imagenet: bool, device: torch.device, 
     """Patch2Pix in the paper's configuration, regressors from `seed` (the same for every
     stage that has not trained them), backbone ImageNet or random, `weights` on top."""
     from networks.patch2pix import Patch2Pix
+    from utils.train.cli import build_parser
     from utils.train.trainer import regressor_config
 
-    args = Namespace(
-        conv_dims=[512, 512],
-        conv_kers=[3, 3],
-        conv_strs=[2, 1],
-        fc_dims=[512, 256],
-        feat_comb="pre",
-        psize=[16, 16],
-        pshift=8,
-        panc=1,
-        shared=False,
-    )
+    args = build_parser().parse_args([])  # the paper's regressor configuration (defaults)
+    args.panc = 1  # anchors are a training device only
     torch.manual_seed(seed)
     cfg = Namespace(
         backbone="ResNet34",
