@@ -78,7 +78,8 @@ def check_weights_fit(config: Namespace, weights: dict[str, torch.Tensor]) -> No
         own = {k: tuple(v.shape) for k, v in Patch2Pix(meta).state_dict().items()}
     got = {k: tuple(v.shape) for k, v in weights.items()}
     missing, extra = sorted(own.keys() - got.keys()), sorted(got.keys() - own.keys())
-    bad = [f"{k}: {got[k]} vs {own[k]}" for k in own.keys() & got.keys() if got[k] != own[k]]
+    # in the model's key order, so the message names the first layer that differs
+    bad = [f"{k}: {got[k]} vs {own[k]}" for k in own if k in got and got[k] != own[k]]
     missing = [k for k in missing if k.startswith("regress")]  # (a partial backbone is
     # loaded non-strictly, as before; regressors without weights would be built for nothing)
     if bad or extra or missing:
