@@ -389,9 +389,29 @@ def test_command_trains_on_ivd_csv(tmp_path):
         (["--dataset_csv_path", "/nonexistent/x"], "no train_pairs.csv"),
         (["--pair_file", "/nonexistent/p.npy"], "--pair_file /nonexistent/p.npy: file not found"),
         (["--result_model_fn", "../up"], "--result_model_fn must be a plain folder name"),
+        (
+            ["--dataset_csv_path", "{ivd}/image_pairs", "--dataset_image_path", "{ivd}/nowhere"],
+            "--dataset_image_path",
+        ),
+        (
+            ["--dataset_csv_path", "{ivd}/missing_image", "--dataset_image_path", "{ivd}"],
+            "line 3: image not found",
+        ),
+        (
+            ["--dataset_csv_path", "{ivd}/binary", "--dataset_image_path", "{ivd}"],
+            "not a text CSV file",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
+    _write_ivd(tmp_path / "ivd")
+    bad = tmp_path / "ivd" / "missing_image"
+    bad.mkdir()
+    text = (tmp_path / "ivd" / "image_pairs" / "train_pairs.csv").read_text()
+    (bad / "train_pairs.csv").write_text(text.replace("images/grey2.png", "images/gone.png"))
+    (tmp_path / "ivd" / "binary").mkdir()
+    (tmp_path / "ivd" / "binary" / "train_pairs.csv").write_bytes(bytes(range(256)) * 4)
+    args = [a.format(ivd=tmp_path / "ivd") for a in args]
     r = _run("--result_model_dir", str(tmp_path / "out"), "--random_backbone", *args)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()

@@ -95,6 +95,13 @@ class CsvPairDataset(Dataset):
         self.image_root = Path(image_root)
         self.size = (int(width), int(height))
         self.rows = read_pair_csv(csv_file)
+        # a missing image is named now, before a training run creates anything
+        for n, (src, tgt, _) in enumerate(self.rows, start=2):
+            for rel in (src, tgt):
+                if not (self.image_root / rel).is_file():
+                    raise FileNotFoundError(
+                        f"{self.csv_file} line {n}: image not found: {self.image_root / rel}"
+                    )
 
     def __len__(self) -> int:
         return len(self.rows)
