@@ -24,7 +24,6 @@ held-out pairs when they carry geometry (pair files), else the lowest held-out w
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from argparse import Namespace
@@ -42,13 +41,18 @@ from networks.utils import filter_coarse, sampson_dist
 from utils.common.cli import UsageError
 from utils.common.setup_helper import (
     CheckpointError,
+    clean_stale_temporaries,
     load_checkpoint_safe,
     save_checkpoint_atomic,
     seed_all,
-    write_text_atomic,
 )
 from utils.eval.model_helper import state_dict_of
-from utils.train.experiment import ExperimentLog, save_config
+from utils.train.experiment import (
+    METRICS_NAME,
+    ExperimentLog,
+    save_config,
+    truncate_metrics,
+)
 from utils.train.trainer import (
     DataItemError,
     ItemErrors,
@@ -266,11 +270,23 @@ class NcnetTrainer:
             if find_imagenet_weights() is None:
                 (echo or print)("ImageNet ResNet-34 weights not in the torch cache: downloading")
                 download_imagenet_weights()
+        # a run killed while writing a checkpoint leaves write_atomic's temporary file; a
+        # resumed run re-runs its start epoch: drop that epoch's (partial) records
+        stale = clean_stale_temporaries(self.exp_dir)
+        dropped = (
+            truncate_metrics(self.exp_dir / METRICS_NAME, self.state["start_epoch"])
+            if args.resume
+            else 0
+        )
         self.log = ExperimentLog(self.exp_dir, echo=echo)
         try:
             if args.resume:
                 self.log(f"\n>>>>>> Resuming at epoch {self.state['start_epoch']}")
-                self._truncate_metrics(self.state["start_epoch"])
+            if dropped or stale:
+                self.log(
+                    f"{METRICS_NAME}: dropped {dropped} record(s) of re-run epochs; removed "
+                    f"{len(stale)} stale temporary file(s)"
+                )
             self.log.log_config(args)
             save_config(args, self.exp_dir)
             seed_all(args.seed + self.state["start_epoch"])
@@ -343,23 +359,6 @@ class NcnetTrainer:
             "random extractor (--random_backbone)" if args.random_backbone else "ImageNet ResNet-34"
         )
         return None, state
-
-    def _truncate_metrics(self, start_epoch: int) -> None:
-        """Drop metrics of epochs a resumed run repeats (no duplicate rows)."""
-        path = self.log.metrics_path
-        if not path.is_file():
-            return
-        keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a record cut by a kill
-            if isinstance(rec, dict) and int(rec.get("epoch", -1)) < start_epoch:
-                keep.append(line)
-        self.log._metrics.close()
-        write_text_atomic(path, "".join(x + "\n" for x in keep))
-        self.log._metrics = path.open("a", encoding="utf-8")
 
     def _loader(self, ds: Dataset, train: bool, epoch: int) -> DataLoader:
         gen = torch.Generator()
