@@ -28,6 +28,11 @@ __all__ = ["LEVELS", "LevelMatchers", "OracleCoarseLevels"]
 LEVELS: tuple[str, ...] = ("coarse", "mid", "fine", "fine_all")
 
 
+def _rows(t: torch.Tensor) -> np.ndarray:
+    """Matches as an (N, 4) float64 numpy array."""
+    return t.double().cpu().numpy().reshape(-1, 4)
+
+
 class LevelMatchers:
     """Per-level matchers sharing one network pass per pair.
 
@@ -65,21 +70,19 @@ class LevelMatchers:
         )
         up = np.array([s0 + s1], dtype=np.float64)
 
-        def px(t: torch.Tensor) -> np.ndarray:
-            return t.double().cpu().numpy().reshape(-1, 4) * up
-
-        def kept(m: torch.Tensor, p: torch.Tensor) -> np.ndarray:
-            keep = p > self.io_thres
-            return px(m[keep] if bool(keep.any()) else m)
-
         out = {
-            "coarse": px(coarse[0]),
-            "mid": kept(mid[0], mid_p[0]),
-            "fine": kept(fine[0], fine_p[0]),
-            "fine_all": px(fine[0]),
+            "coarse": _rows(coarse[0]) * up,
+            "mid": self._kept(mid[0], mid_p[0]) * up,
+            "fine": self._kept(fine[0], fine_p[0]) * up,
+            "fine_all": _rows(fine[0]) * up,
         }
         self._cache[key] = out
         return out
+
+    def _kept(self, m: torch.Tensor, p: torch.Tensor) -> np.ndarray:
+        """Rows with probability above ``io_thres`` (all rows when none is), (N, 4) float64."""
+        keep = p > self.io_thres
+        return _rows(m[keep] if bool(keep.any()) else m)
 
     def matcher(self, level: str) -> Callable[[str, str], np.ndarray]:
         """The matcher of one level for the evaluators."""
@@ -149,11 +152,7 @@ class OracleCoarseLevels(LevelMatchers):
             "coarse": coarse * up,
             "mid": self._kept(mid[0], mid_p[0]) * up,
             "fine": self._kept(fine[0], fine_p[0]) * up,
-            "fine_all": fine[0].double().cpu().numpy().reshape(-1, 4) * up,
+            "fine_all": _rows(fine[0]) * up,
         }
         self._cache[key] = out
         return out
-
-    def _kept(self, m: torch.Tensor, p: torch.Tensor) -> np.ndarray:
-        keep = p > self.io_thres
-        return (m[keep] if bool(keep.any()) else m).double().cpu().numpy().reshape(-1, 4)
