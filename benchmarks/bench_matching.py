@@ -338,6 +338,56 @@ def coarse_stage_timed(net, im1, im2, times: dict, amp: bool = False):
     return m[0], s[0]
 
 
+NEAR_TIE = 1e-6  # relative top-2 gap under which an argmax decision is a float32 near-tie
+
+
+def argmax_decisions(ref, other) -> dict:
+    """How the per-cell argmax decisions of two final coarse volumes differ.
+
+    Match extraction (`corr_to_matches`) takes, for every A cell, the argmax over the B
+    cells and, for every B cell, the argmax over the A cells. For both directions this
+    counts the decisions that differ between `ref` and `other` ((B, 1, H1, W1, H2, W2)
+    volumes, e.g. the original's formulations and this implementation) and the relative
+    gap between the two largest values of `ref` at those decisions: a difference that is
+    only float32 rounding can flip a decision only where that gap is a few ulps.
+
+    Returns:
+        decisions, differ, near_ties (decisions of `ref` whose top-2 gap ≤ `NEAR_TIE`),
+        max_gap_at_differ (largest top-2 gap of `ref` where the decisions differ), and
+        max_abs_diff / max_value of the two volumes.
+    """
+    import torch
+
+    b, _, h1, w1, h2, w2 = ref.shape
+    r, o = ref.reshape(b * h1 * w1, h2 * w2), other.reshape(b * h1 * w1, h2 * w2)
+    out = {"decisions": 0, "differ": 0, "near_ties": 0, "max_gap_at_differ": 0.0}
+    for x, y in ((r, o), (r.T, o.T)):
+        top = x.topk(2, dim=1).values
+        gap = (top[:, 0] - top[:, 1]) / top[:, 0].abs().clamp_min(torch.finfo(x.dtype).tiny)
+        differ = x.argmax(dim=1) != y.argmax(dim=1)
+        out["decisions"] += len(x)
+        out["differ"] += int(differ.sum())
+        out["near_ties"] += int((gap <= NEAR_TIE).sum())
+        if differ.any():
+            out["max_gap_at_differ"] = max(out["max_gap_at_differ"], float(gap[differ].max()))
+    out["max_abs_diff"] = float((ref - other).abs().max())
+    out["max_value"] = float(ref.abs().max())
+    return out
+
+
+def final_volumes(net, im1, im2) -> dict:
+    """The final coarse volume (`Patch2Pix.forward`, ksize 2) with the fast and the naive
+    variant (module globals restored to fast afterwards)."""
+    out = {}
+    try:
+        for v in ("naive", "fast"):
+            set_variant(v)
+            out[v] = net(im1, im2, ksize=2)[0]
+    finally:
+        set_variant("fast")
+    return out
+
+
 def pair_worker(args: argparse.Namespace) -> None:
     """All variants in one process, interleaved per repetition (order rotated each time)."""
     import torch
@@ -370,8 +420,10 @@ def pair_worker(args: argparse.Namespace) -> None:
                 matches[v] = m
                 print(f"rep {rep} {v} {t['total']:.2f}s {len(m)} matches", file=sys.stderr)
         set_variant("fast")
+        vols = final_volumes(net, im1, im2)
     out = {
         "threads": args.threads,
+        "decisions": argmax_decisions(vols["naive"], vols["fast"]),
         "predict_coarse_equal": bool(torch.equal(ref, matches["fast"])),
         "times": times,
         "matches": {v: m.tolist() for v, m in matches.items()},
@@ -423,6 +475,7 @@ def pair_main(args: argparse.Namespace) -> str:
     m = {v: np.array(x, dtype=np.int64).reshape(-1, 4) for v, x in res["matches"].items()}
     same = np.array_equal(m["fast"], m["naive"])
     agree = agreement(m["fast"], m["bf16"])
+    dec = res["decisions"]
     steps = ["backbone", "l2norm", "corr_pool", "mutual", "ncn", "extract", "filter", "total"]
     load = os.getloadavg()
     lines = [
@@ -448,6 +501,13 @@ def pair_main(args: argparse.Namespace) -> str:
         f"bf16 rows whose first point is a float32 match's: {agree.get('same_p1', 0)} of "
         f"{agree['n']}, their second points differ by {agree.get('p2_diff_px_mean', 0):.2f} "
         f"px on average, {agree.get('p2_diff_px_max', 0):.0f} px at most",
+        "- argmax decisions of match extraction (per A cell and per B cell) on the final "
+        f"coarse volume, naive vs fast: {dec['differ']} of {dec['decisions']} differ; the "
+        "largest top-2 gap of the naive volume where they differ is "
+        f"{dec['max_gap_at_differ']:.1e} (relative); decisions of the naive volume with "
+        f"a top-2 gap ≤ {NEAR_TIE:g}: "
+        f"{dec['near_ties']}; volumes differ by ≤ {dec['max_abs_diff']:.1e} (values ≤ "
+        f"{dec['max_value']:.2f})",
         "",
         "| step | fast s | naive s | bf16 s | naive / fast | fast / bf16 |",
         "|---|---|---|---|---|---|",

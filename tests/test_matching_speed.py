@@ -2,7 +2,8 @@
 
 - on a small version of the benchmark's representative pair (a photograph and a shifted
   copy, identity-like NCN) this implementation and the original's formulations
-  (`networks/ncn/reference.py`) give identical coarse matches;
+  (`networks/ncn/reference.py`) take the same match-extraction decisions except at float32
+  near-ties of the original's volume;
 - ``amp='bf16'`` matching: float32 stays the default, the flag is restored, and bf16's
   coarse matches agree with float32's on most rows.
 """
@@ -54,24 +55,49 @@ def test_fast_correlation_pool_bit_identical_on_the_pair(net, pair) -> None:
             assert torch.equal(a, b)
 
 
-def test_fast_and_original_formulations_agree_on_the_pair(net, pair) -> None:
-    """The fast and the original formulations on the representative pair. Not identical
-    (issue 17 stays open on this): the NCN's conv3d and the original's slice loop round
-    differently and near-ties flip (261 vs 262 coarse matches at imsize 384; 1,193 vs 1,189
-    at 1024 with 1 thread; benchmarks/RESULTS.md). Asserted: at most 2 % of rows differ."""
+def test_fast_and_original_formulations_differ_only_at_near_ties(net, pair) -> None:
+    """The fast and the original formulations on the representative pair: every argmax
+    decision of match extraction that differs is a float32 near-tie of the original's
+    volume (top-2 gap ≤ 1e-6 relative). Matches are not identical in general: the NCN's
+    first layer sums its 81 taps in one chain where the slice loop sums three 27-tap chains
+    (benchmarks/RESULTS.md, issue 17), so values differ by a few ulps."""
     t1, t2, s1, s2 = prepared(net, pair)
+    with torch.inference_mode():
+        vols = bm.final_volumes(net, t1[None], t2[None])
+    assert conv4d_mod.conv4d.__name__ == "conv4d"  # restored
+    dec = bm.argmax_decisions(vols["naive"], vols["fast"])
+    assert dec["max_abs_diff"] <= 1e-5 * dec["max_value"]  # float32 rounding only
+    assert dec["max_gap_at_differ"] <= bm.NEAR_TIE, dec
+    assert dec["differ"] <= dec["near_ties"], dec
     out = {}
     try:
         for v in ("naive", "fast"):
             bm.set_variant(v)
             m, _, _ = match_prepared(net, t1, t2, s1, s2, 2, 0.0, True, 0.0, "coarse")
-            out[v] = m
+            out[v] = {tuple(r) for r in m.tolist()}
     finally:
         bm.set_variant("fast")
-    assert conv4d_mod.conv4d.__name__ == "conv4d"  # restored
     assert len(out["fast"]) >= 100  # hundreds of coarse matches, most on the shift
-    fast, naive = ({tuple(r) for r in out[v].tolist()} for v in ("fast", "naive"))
-    assert len(fast ^ naive) <= 0.02 * len(naive), (len(fast), len(naive), len(fast ^ naive))
+    # A flipped decision changes at most the two mutual matches it takes part in.
+    assert len(out["fast"] ^ out["naive"]) <= 2 * dec["differ"]
+
+
+def test_argmax_decisions_counts_flips_and_gaps() -> None:
+    """Known answers: one A-cell decision flipped between two values 1e-7 apart."""
+    ref = torch.zeros(1, 1, 1, 2, 1, 3)
+    ref[0, 0, 0, 0, 0] = torch.tensor([1.0, 1.0 - 1e-7, 0.5])
+    ref[0, 0, 0, 1, 0] = torch.tensor([0.1, 0.2, 0.9])
+    other = ref.clone()
+    other[0, 0, 0, 0, 0, 1] = 1.0 + 1e-7  # A cell 0 now picks B cell 1
+    dec = bm.argmax_decisions(ref, other)
+    assert dec["decisions"] == 2 + 3  # 2 A cells, 3 B cells
+    # A cell 0 flips; B cell 1's argmax over A stays cell 0 (1 vs 0.2).
+    assert dec["differ"] == 1
+    assert dec["max_gap_at_differ"] == pytest.approx(1e-7, rel=0.2)
+    # near ties of ref: A cell 0 (gap 1e-7) and B cell ... none else (gaps ≥ 0.1).
+    assert dec["near_ties"] == 1
+    assert dec["max_abs_diff"] == pytest.approx(2e-7, rel=0.2)
+    assert bm.argmax_decisions(ref, ref)["differ"] == 0
 
 
 def test_bf16_matching_agrees_and_fp32_stays_default(net, pair) -> None:
