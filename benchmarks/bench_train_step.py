@@ -42,34 +42,81 @@ import torch
 DEFAULT_VARIANTS = ["1,off,0", "1,off,1", "1,bf16,0", "1,bf16,1", "4,off,1", "4,bf16,1"]
 
 
+FORMS = ("new", "old", "compile")
+
+
 @dataclass(frozen=True)
 class Variant:
-    """One benchmark variant: batch size, --amp mode, --grad_ckpt."""
+    """One benchmark variant: batch size, --amp mode, --grad_ckpt and the formulation of
+    the regressor input: ``new`` (patches sampled straight into the regressor's
+    channels-last layout, `sample_patch_pairs`), ``old`` (the formulation before issue 17:
+    NCHW levels, `select_local_patch_feats`, two L2 norms, transposes and a ``cat``;
+    `old_regress_chunk`) or ``compile`` (``new`` with both regressors ``torch.compile``d)."""
 
     batch: int
     amp: str
     ckpt: bool
+    form: str = "new"
 
     @classmethod
     def parse(cls, text: str) -> Variant:
         try:
-            b, amp, ck = text.split(",")
-            v = cls(int(b), amp, bool(int(ck)))
+            b, amp, ck, *form = text.split(",")
+            if len(form) > 1:
+                raise ValueError
+            v = cls(int(b), amp, bool(int(ck)), *form)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"--variants: expected BATCH,AMP,CKPT (e.g. 4,bf16,1), got {text!r}"
+                f"--variants: expected BATCH,AMP,CKPT[,FORM] (e.g. 4,bf16,1 or 1,off,0,old), "
+                f"got {text!r}"
             ) from None
-        if v.batch < 1 or v.amp not in ("off", "bf16", "fp16"):
+        if v.batch < 1 or v.amp not in ("off", "bf16", "fp16") or v.form not in FORMS:
             raise argparse.ArgumentTypeError(f"--variants: bad variant {text!r}")
         return v
 
     def __str__(self) -> str:
-        return f"{self.batch},{self.amp},{int(self.ckpt)}"
+        tail = "" if self.form == "new" else f",{self.form}"
+        return f"{self.batch},{self.amp},{int(self.ckpt)}{tail}"
 
     @property
     def label(self) -> str:
         prec = "fp32" if self.amp == "off" else self.amp
-        return f"batch {self.batch}, {prec}" + (", grad_ckpt" if self.ckpt else "")
+        label = f"batch {self.batch}, {prec}" + (", grad_ckpt" if self.ckpt else "")
+        return label + ("" if self.form == "new" else f", {self.form}")
+
+
+def old_regress_chunk(self, feats1, feats2, ib, chunk, psize, ptype, regressor, lo, hi):
+    """`Patch2Pix._regress_chunk` as it was before issue 17 (the "old" formulation):
+    (D, N·p²) blocks from `select_local_patch_feats`, L2-normalised each, viewed and
+    transposed to (N, D, p, p), concatenated over channels."""
+    from networks.ncn.model import feature_l2norm
+    from networks.utils import select_local_patch_feats
+
+    with torch.autocast(chunk.device.type, enabled=False):
+        f1s, f2s = select_local_patch_feats(
+            feats1, feats2, ib, chunk, self.feat_idx, self.feats_downsample, psize, ptype
+        )
+        n = chunk.shape[0]
+        f1s = feature_l2norm(f1s.float(), dim=0).view(-1, n, psize, psize).transpose(0, 1)
+        f2s = feature_l2norm(f2s.float(), dim=0).view(-1, n, psize, psize).transpose(0, 1)
+        patches = torch.cat([f1s, f2s], dim=1)
+    out = regressor(patches).float()
+    offset = psize * torch.tanh(torch.relu(out[:, :4])) - psize // 2
+    return torch.clamp(chunk + offset, lo, hi), torch.sigmoid(out[:, 4])
+
+
+def apply_form(net, form: str) -> None:
+    """Switch `net` (a Patch2Pix) to the formulation `form` of `Variant`."""
+    import types
+
+    import networks.patch2pix as p2p
+
+    if form == "old":
+        p2p.channels_last_levels = lambda feats, feat_idx: list(feats)  # levels stay NCHW
+        net._regress_chunk = types.MethodType(old_regress_chunk, net)
+    elif form == "compile":
+        net.regress_mid = torch.compile(net.regress_mid)
+        net.regress_fine = torch.compile(net.regress_fine)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,6 +217,7 @@ def run_variant(v: Variant, args: Namespace) -> dict:
             grad_ckpt=v.ckpt,
         )
     ).train()
+    apply_form(net, v.form)
     amp = MixedPrecision.create(v.amp, dev)
     batch = {
         "src_im": torch.randn(v.batch, 3, 320, 480, device=dev),
@@ -184,13 +232,14 @@ def run_variant(v: Variant, args: Namespace) -> dict:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
-    rows, times = 0, []
+    rows, times, first_step = 0, [], None
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         out, _ = train_step(net, batch, cfg, ksize=2, ptmax=args.ptmax, amp=amp)
         if cuda:
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0
+        first_step = dt if first_step is None else first_step
         rows = sum(int(d.cdist.shape[0]) for d in out.dists) // v.batch
         if i >= args.warmup:
             times.append(dt)
@@ -202,7 +251,7 @@ def run_variant(v: Variant, args: Namespace) -> dict:
     if args.profile:
         profile_step(
             lambda: train_step(net, batch, cfg, ksize=2, ptmax=args.ptmax, amp=amp),
-            Path(args.profile) / f"profile_{v.batch}_{v.amp}_{int(v.ckpt)}.txt",
+            Path(args.profile) / f"profile_{str(v).replace(',', '_')}.txt",
             dev,
         )
     return {
@@ -211,6 +260,8 @@ def run_variant(v: Variant, args: Namespace) -> dict:
         "batch": v.batch,
         "amp": v.amp,
         "grad_ckpt": v.ckpt,
+        "form": v.form,
+        "first_step_s": first_step,
         "device": str(dev),
         "threads": args.threads,
         "tf32": args.tf32,
@@ -293,7 +344,12 @@ def add_ratios(rows: list[dict]) -> None:
     """time_ratio / peak_ratio against the fp32, no-checkpoint row of the same batch, else
     (per image pair) against the batch-1 baseline; > 1 means slower / more memory."""
     base = {
-        r["batch"]: r for r in rows if "error" not in r and r["amp"] == "off" and not r["grad_ckpt"]
+        r["batch"]: r
+        for r in rows
+        if "error" not in r
+        and r["amp"] == "off"
+        and not r["grad_ckpt"]
+        and r.get("form", "new") == "new"
     }
     for r in rows:
         if "error" in r:
@@ -313,13 +369,13 @@ def add_ratios(rows: list[dict]) -> None:
 def markdown(rows: list[dict]) -> str:
     """The result table (RESULTS.md layout)."""
     out = [
-        "| variant | rows per regressor | step s | peak GiB | time vs baseline | "
+        "| variant | rows per regressor | step s | first step s | peak GiB | time vs baseline | "
         "peak vs baseline |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['label']} | | failed: {r['error'][:60]} | | | |")
+            out.append(f"| {r['label']} | | failed: {r['error'][:60]} | | | | |")
             continue
         tr = f"{r['time_ratio']:.2f}×" if "time_ratio" in r else ""
         if r.get("per_pair"):
@@ -327,7 +383,7 @@ def markdown(rows: list[dict]) -> str:
         pr = f"{r['peak_ratio']:.2f}×" if "peak_ratio" in r else ""
         out.append(
             f"| {r['label']} | {r['rows_per_regressor']} | {r['step_s']:.3g} | "
-            f"{r['peak_gib']:.2f} | {tr} | {pr} |"
+            f"{r.get('first_step_s') or 0:.3g} | {r['peak_gib']:.2f} | {tr} | {pr} |"
         )
     return "\n".join(out)
 

@@ -50,15 +50,22 @@ class FeatRegressNet(nn.Module):
         fc.append(nn.Linear(fc_in, 5))
         self.fc = nn.Sequential(*fc)
 
+    def _pooled(self, x: Tensor) -> Tensor:
+        """(N, C, p, p) → (N, conv_dims[-1]): convolutions, then the global max-pool.
+
+        The convolutions run in the input's memory format (channels-last from the patch
+        sampler: faster in oneDNN); the pool gets NCHW, because its backward on a
+        channels-last map is ≈ 4× slower on the CPU (benchmarks/RESULTS.md, issue 17).
+        """
+        return self.pool(self.conv(x).contiguous()).flatten(1)
+
     def forward(self, x: Tensor) -> Tensor:
         """(N, 2·D, p, p) patch pairs → (N, 5) float32: four raw offsets and a raw probability."""
         if self.feat_comb == "pre":
-            feat = self.pool(self.conv(x)).flatten(1)
+            feat = self._pooled(x)
         else:
             d = x.shape[1] // 2
-            f1 = self.pool(self.conv(x[:, :d])).flatten(1)
-            f2 = self.pool(self.conv(x[:, d:])).flatten(1)
-            feat = torch.cat([f1, f2], dim=1)
+            feat = torch.cat([self._pooled(x[:, :d]), self._pooled(x[:, d:])], dim=1)
         hidden = self.fc[:-1](feat)
         # The output layer runs in float32 under autocast (--amp): its five numbers become
         # pixel offsets (16·tanh) and probabilities, where bf16's 8-bit mantissa would
