@@ -109,3 +109,45 @@ def test_regressor_on_channels_last_patches_float32():
     scale = max(b.abs().max().item() for b in grads[0])
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("feat_comb", ["pre", "post"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_regressor_global_max_equals_maxpool2d(feat_comb, channels_last):
+    """The regressor's pool (a max over the flattened conv map) = its ``MaxPool2d`` over
+    the whole map: outputs, input and parameter gradients bit for bit, ties included
+    (rows of zeros after the ReLU, and equal positive maxima: the first one wins)."""
+    rc = Namespace(
+        conv_dims=[16, 8],
+        conv_kers=[3, 3],
+        conv_strs=[2, 1],
+        fc_dims=[8],
+        feat_comb=feat_comb,
+        feat_dim=6,
+    )
+    torch.manual_seed(1)
+    reg = FeatRegressNet(rc, psize=8).train()
+    x = torch.randn(10, 12, 8, 8)
+    x[3] = 0.0  # every conv output equal (BN of a constant map): ties everywhere
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def reference(inp):
+        def pooled(t):
+            return reg.pool(reg.conv(t)).flatten(1)
+
+        if feat_comb == "pre":
+            feat = pooled(inp)
+        else:
+            feat = torch.cat([pooled(inp[:, :6]), pooled(inp[:, 6:])], dim=1)
+        return reg.fc[-1](reg.fc[:-1](feat))
+
+    outs, grads = [], []
+    for fn in (reg, reference):
+        xi = x.clone().requires_grad_(True)
+        out = fn(xi)
+        outs.append(out.detach())
+        grads.append(torch.autograd.grad(out.pow(2).sum(), [xi, *reg.parameters()]))
+    assert torch.equal(outs[0], outs[1])
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
