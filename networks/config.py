@@ -276,7 +276,8 @@ class Patch2PixConfig:
     # ------------------------------------------------------------------ Namespace
     @classmethod
     def from_namespace(cls, ns: Namespace | Patch2PixConfig) -> Patch2PixConfig:
-        """From the constructor's Namespace (api.md); missing attributes → the defaults."""
+        """From the constructor's Namespace (docs/architecture.md §5); missing attributes →
+        the defaults."""
         if isinstance(ns, Patch2PixConfig):
             return ns
         d = cls()

@@ -98,11 +98,11 @@ class Patch2Pix(nn.Module):
     """The Patch2Pix matcher (docs/architecture.md).
 
     Args:
-        config: the original's argparse.Namespace (api.md: ``device``, ``training``,
-            ``backbone``, ``change_stride``, ``feat_idx``, ``regressor_config``,
-            ``regr_batch``, ``weights_dict`` and for training ``freeze_feat``,
-            ``start_epoch``, ``optim_config``; also ``imagenet_init``, ``lprint``,
-            ``grad_ckpt``) or a :class:`networks.config.Patch2PixConfig`, whose fields
+        config: the original's argparse.Namespace (docs/architecture.md §5: ``device``,
+            ``training``, ``backbone``, ``change_stride``, ``feat_idx``,
+            ``regressor_config``, ``regr_batch``, ``weights_dict`` and for training
+            ``freeze_feat``, ``start_epoch``, ``optim_config``; also ``imagenet_init``,
+            ``lprint``, ``grad_ckpt``) or a :class:`networks.config.Patch2PixConfig`, whose fields
             document each entry and its default (a Namespace is converted to it; missing
             attributes take the defaults).
 

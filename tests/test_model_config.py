@@ -3,7 +3,7 @@
 The original's Namespaces (the constructor's, a checkpoint's ``regressor_config``) convert
 to the dataclasses and back unchanged; checkpoints keep the bytes of their configuration
 entries; a model built from either form is the same model; the trainer owns the optimiser
-while ``Patch2Pix(training=True)`` still builds its own (api.md).
+while ``Patch2Pix(training=True)`` still builds its own (docs/architecture.md §5).
 """
 
 import pickle
@@ -123,7 +123,8 @@ def test_released_checkpoint_regressor_config_round_trip():
 
 
 def test_api_namespace_of_the_original_callers():
-    """The constructor Namespace as api.md lists it (matching use: no training entries)."""
+    """The constructor Namespace as docs/architecture.md §5 lists it (matching use: no
+    training entries)."""
     ns = Namespace(
         device="cpu",
         training=False,
@@ -266,7 +267,7 @@ def test_trainer_owns_the_optimiser_and_training_true_still_builds_one():
     net, optimizer, scheduler = build_training(args, CPU, StartState(), lprint=quiet)
     assert net.optimizer is None and net.lr_scheduler is None  # held by the trainer
     assert scheduler is None and isinstance(optimizer, torch.optim.Adam)
-    # the original's way: Patch2Pix(training=True) builds net.optimizer (api.md)
+    # the original's way: Patch2Pix(training=True) builds net.optimizer (docs/architecture.md §5)
     ns = training_namespace(args)
     ns.imagenet_init = False
     torch.manual_seed(0)
