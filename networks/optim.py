@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .config import Patch2PixConfig
+
 N_BACKBONE_PARAMS_TO_LAYER3 = 87
 
 
@@ -56,34 +58,40 @@ def freeze_backbone(extract: nn.Module, freeze_feat: int) -> list[nn.Parameter]:
     return trainable
 
 
-def build_optimizer(net: nn.Module, config: Namespace):
+def build_optimizer(net: nn.Module, config: Patch2PixConfig | Namespace):
     """Adam (or SGD) over the regressors, NCN and unfrozen backbone; optional LR scheduler.
 
     Args:
-        net: a Patch2Pix model with regressors.
-        config: Namespace with ``freeze_feat``, ``start_epoch`` and ``optim_config``
-            (opt, lr_init, weight_decay, lr_decay, optimizer_dict, lr_scheduler_dict).
+        net: a Patch2Pix model with regressors (its backbone parameters get frozen here).
+        config: a :class:`Patch2PixConfig` (or the original's Namespace): ``freeze_feat``,
+            ``start_epoch`` and ``optim_config`` (opt, lr_init, weight_decay, lr_decay,
+            optimizer_dict, lr_scheduler_dict).
     Returns:
         (optimizer, lr_scheduler or None).
+    Raises:
+        ValueError: no ``optim_config``, an unknown optimiser, a bad ``lr_decay``, or an
+            optimiser state that does not fit.
     """
+    config = Patch2PixConfig.from_namespace(config)
     oc = config.optim_config
-    backbone = freeze_backbone(net.extract, int(getattr(config, "freeze_feat", 87)))
+    if oc is None:
+        raise ValueError("an optimiser needs optim_config (opt, lr_init, ...)")
+    backbone = freeze_backbone(net.extract, config.freeze_feat)
     modules = [net.regress_mid]
     if net.regress_fine is not net.regress_mid:
         modules.append(net.regress_fine)
     params = [p for m in modules for p in m.parameters()] + list(net.ncn.parameters()) + backbone
-    opt = getattr(oc, "opt", "adam")
-    lr = float(oc.lr_init)
-    wd = float(getattr(oc, "weight_decay", 0) or 0)
-    if opt == "adam":
-        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    elif opt == "sgd":
-        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+    if oc.opt == "adam":
+        optimizer = torch.optim.Adam(params, lr=oc.lr_init, weight_decay=oc.weight_decay)
+    elif oc.opt == "sgd":
+        optimizer = torch.optim.SGD(
+            params, lr=oc.lr_init, momentum=0.9, weight_decay=oc.weight_decay
+        )
     else:
-        raise ValueError(f"unknown optimiser {opt!r} (adam or sgd)")
-    if getattr(oc, "optimizer_dict", None):
+        raise ValueError(f"unknown optimiser {oc.opt!r} (adam or sgd)")
+    if oc.optimizer_dict:
         optimizer.load_state_dict(oc.optimizer_dict)
-    decay = parse_lr_decay(getattr(oc, "lr_decay", None))
+    decay = parse_lr_decay(oc.lr_decay)
     scheduler = None
     if decay is not None:
         kind, factor, steps = decay
@@ -91,17 +99,10 @@ def build_optimizer(net: nn.Module, config: Namespace):
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, steps[0], gamma=factor)
         else:
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, gamma=factor)
-        if getattr(oc, "lr_scheduler_dict", None):
+        if oc.lr_scheduler_dict:
             scheduler.load_state_dict(oc.lr_scheduler_dict)
         else:
-            fast_forward(
-                scheduler,
-                optimizer,
-                kind,
-                factor,
-                steps,
-                int(getattr(config, "start_epoch", 0) or 0),
-            )
+            fast_forward(scheduler, optimizer, kind, factor, steps, config.start_epoch)
     return optimizer, scheduler
 
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from utils.common.cli import UsageError
 
+from .config import Patch2PixConfig
 from .ncn.extract_ncmatches import corr_to_matches
 from .ncn.model import (
     FeatureCorrelation,
@@ -19,9 +20,10 @@ from .ncn.model import (
     feature_l2norm,
     mutual_matching,
 )
+from .optim import build_optimizer
 from .regr_chunks import checkpoint_chunk, chunk_sizes
 from .regressor import FeatRegressNet
-from .resnet import FEAT_CHANNELS, ResNet34, init_weights, load_imagenet_weights
+from .resnet import ResNet34, init_weights, load_imagenet_weights
 from .utils import filter_coarse, sample_patch_pairs, shift_to_anchors
 
 log = logging.getLogger(__name__)
@@ -51,12 +53,6 @@ def channels_last_levels(feats: Sequence[Tensor], feat_idx: Sequence[int]) -> li
 
 class NoRegressorsError(UsageError, RuntimeError):
     """Refinement asked of a coarse-only model (NCNet weights, ``regressor_config=None``)."""
-
-
-# Entries of the construction config that the model does not keep (they hold the weights /
-# optimiser states it was built from; keeping them would hold every tensor twice).
-_DROPPED_CONFIG_KEYS = ("weights_dict",)
-_DROPPED_OPTIM_KEYS = ("optimizer_dict", "lr_scheduler_dict")
 
 
 def load_weights(net: nn.Module, weights: dict[str, Tensor], lprint=log.info) -> None:
@@ -102,32 +98,35 @@ class Patch2Pix(nn.Module):
     """The Patch2Pix matcher (docs/architecture.md).
 
     Args:
-        config: argparse.Namespace with ``backbone`` ('ResNet34'), ``change_stride``,
-            ``feat_idx``, ``regressor_config`` (None → coarse-only NCNet model),
-            ``regr_batch``, ``weights_dict`` (state_dict or None), ``device`` (optional) and,
-            when ``training``: ``freeze_feat``, ``start_epoch``, ``optim_config``.
-            ``imagenet_init`` (used only without ``weights_dict``): True (default) takes the
-            ImageNet backbone weights from the torch cache when there (never downloads);
-            ``'download'`` fetches them when missing and raises ImageNetWeightsError when
-            that fails (training, docs/training.md §2); False keeps the random backbone.
-            ``lprint`` (default print) receives what the weight loading did: keys skipped by
-            a non-strict load, or where the backbone weights came from.
-            ``grad_ckpt`` (default False): in training with autograd on, each regressor
-            chunk's patch sampling + regressor is recomputed during backward instead of
-            keeping its activations (same loss and gradients, far less memory).
+        config: the original's argparse.Namespace (docs/architecture.md §5: ``device``,
+            ``training``, ``backbone``, ``change_stride``, ``feat_idx``,
+            ``regressor_config``, ``regr_batch``, ``weights_dict`` and for training
+            ``freeze_feat``, ``start_epoch``, ``optim_config``; also ``imagenet_init``,
+            ``lprint``, ``grad_ckpt``) or a :class:`networks.config.Patch2PixConfig`, whose fields
+            document each entry and its default (a Namespace is converted to it; missing
+            attributes take the defaults).
+
+    With ``training`` the model builds its optimiser and scheduler (``optimizer``,
+    ``lr_scheduler``, :meth:`set_optimizer`), as the original did; the training command
+    builds and holds its own instead (utils/train/trainer.py).
+
+    ``config`` (the attribute) is the original's: the construction Namespace without the
+    weights dict and the optimiser / scheduler states; ``model_config`` is the same as a
+    :class:`Patch2PixConfig`.
     """
 
-    def __init__(self, config: Namespace) -> None:
+    def __init__(self, config: Namespace | Patch2PixConfig) -> None:
         super().__init__()
-        self.config = self._kept_config(config)
-        self.backbone = getattr(config, "backbone", "ResNet34")
-        if self.backbone != "ResNet34":
-            raise ValueError(f"unsupported backbone {self.backbone!r} (only 'ResNet34')")
-        self.change_stride = bool(getattr(config, "change_stride", False))
-        self.feat_idx = list(getattr(config, "feat_idx", [0, 1, 2, 3]))
-        self.regr_batch = int(getattr(config, "regr_batch", 1200) or 1200)
+        cfg = Patch2PixConfig.from_namespace(config).resolved()
+        # Kept without the weights / optimiser states (they would hold every tensor twice).
+        self.model_config = cfg.without_inputs()
+        self.config = self.model_config.to_namespace(inputs=False)
+        self.backbone = cfg.backbone
+        self.change_stride = cfg.change_stride
+        self.feat_idx = list(cfg.feat_idx)
+        self.regr_batch = cfg.regr_batch
         # --grad_ckpt: recompute each regressor chunk's activations during backward.
-        self.grad_ckpt = bool(getattr(config, "grad_ckpt", False))
+        self.grad_ckpt = cfg.grad_ckpt
         # Matching with amp='bf16' (utils.eval.model_helper.match_prepared) sets this: the
         # backbone then follows the enclosing autocast (see forward).
         self.coarse_amp = False
@@ -137,53 +136,40 @@ class Patch2Pix(nn.Module):
         self.combine = FeatureCorrelation(shape="4D", normalization=False)
         self.ncn = NeighConsensus(kernel_sizes=[3, 3], channels=[16, 1], symmetric_mode=True)
 
-        self.regressor_config = getattr(config, "regressor_config", None)
-        if self.regressor_config is not None:
-            rc = self.regressor_config
-            if not hasattr(rc, "feat_dim") or rc.feat_dim is None:
-                rc.feat_dim = sum(FEAT_CHANNELS[i] for i in self.feat_idx)
+        # The original's Namespace (with feat_dim filled in), as checkpoints store it.
+        self.regressor_config: Namespace | None = self.config.regressor_config
+        rc = cfg.regressor_config
+        if rc is not None:
             self.psize = list(rc.psize)
             self.ptype = ["center", "center"]
-            self.pshift = int(rc.pshift)
-            self.panc = int(rc.panc)
-            self.shared = bool(getattr(rc, "shared", False))
+            self.pshift = rc.pshift
+            self.panc = rc.panc
+            self.shared = rc.shared
             self.regress_mid = FeatRegressNet(rc, psize=self.psize[0])
             self.regress_fine = (
                 self.regress_mid if self.shared else FeatRegressNet(rc, psize=self.psize[1])
             )
 
         init_weights(self)
-        lprint = getattr(config, "lprint", None) or print
-        weights = getattr(config, "weights_dict", None)
-        imagenet = getattr(config, "imagenet_init", True)
-        if weights is None and imagenet:
-            load_imagenet_weights(self.extract, lprint=lprint, download=imagenet == "download")
-        if weights is not None:
-            load_weights(self, weights, lprint=lprint)
-        device = getattr(config, "device", None)
-        if device is not None:
-            self.to(device)
+        lprint = cfg.lprint or print
+        if cfg.weights_dict is None and cfg.imagenet_init:
+            load_imagenet_weights(
+                self.extract, lprint=lprint, download=cfg.imagenet_init == "download"
+            )
+        if cfg.weights_dict is not None:
+            load_weights(self, cfg.weights_dict, lprint=lprint)
+        if cfg.device is not None:
+            self.to(cfg.device)
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_scheduler = None
-        if getattr(config, "training", False):
-            self.set_optimizer(config)
+        if cfg.training:
+            self.set_optimizer(cfg)
 
     # ------------------------------------------------------------------ properties
     @property
     def device(self) -> torch.device:
         """Device of the model's parameters."""
         return next(self.parameters()).device
-
-    @staticmethod
-    def _kept_config(config: Namespace) -> Namespace:
-        """A copy of `config` without the weights dict and optimiser / scheduler states."""
-        kept = Namespace(**{k: v for k, v in vars(config).items() if k not in _DROPPED_CONFIG_KEYS})
-        oc = getattr(config, "optim_config", None)
-        if isinstance(oc, Namespace):
-            kept.optim_config = Namespace(
-                **{k: v for k, v in vars(oc).items() if k not in _DROPPED_OPTIM_KEYS}
-            )
-        return kept
 
     def has_regressors(self) -> bool:
         """False for a coarse-only model (NCNet weights, ``regressor_config=None``)."""
@@ -199,10 +185,11 @@ class Patch2Pix(nn.Module):
             )
 
     # ------------------------------------------------------------------ training set-up
-    def set_optimizer(self, config: Namespace) -> None:
-        """Freeze backbone parameters, build the optimiser and scheduler (docs/training.md §2)."""
-        from .optim import build_optimizer
-
+    def set_optimizer(self, config: Namespace | Patch2PixConfig) -> None:
+        """Freeze backbone parameters, build the optimiser and scheduler (docs/training.md §2)
+        from ``freeze_feat``, ``start_epoch`` and ``optim_config``: the original's training
+        set-up, kept for its callers (the training command uses
+        :func:`networks.optim.build_optimizer` and holds the result itself)."""
         self.optimizer, self.lr_scheduler = build_optimizer(self, config)
 
     # ------------------------------------------------------------------ coarse matching

@@ -7,6 +7,8 @@ from argparse import Namespace
 import torch
 from torch import Tensor, nn
 
+from .config import RegressorConfig
+
 
 class FeatRegressNet(nn.Module):
     """Regress a pixel offset and a match probability from a pair of local patches.
@@ -18,16 +20,18 @@ class FeatRegressNet(nn.Module):
     pooled vectors are concatenated before the FC layers.
 
     Args:
-        config: Namespace with conv_dims, conv_kers, conv_strs, fc_dims, feat_comb, feat_dim.
+        config: a :class:`RegressorConfig` (or the original's Namespace) with ``feat_dim``
+            set.
         psize: side of the square input patch.
     """
 
-    def __init__(self, config: Namespace, psize: int = 16) -> None:
+    def __init__(self, config: RegressorConfig | Namespace, psize: int = 16) -> None:
         super().__init__()
-        self.feat_comb = getattr(config, "feat_comb", "pre")
-        if self.feat_comb not in ("pre", "post"):
-            raise ValueError(f"feat_comb must be 'pre' or 'post', got {self.feat_comb!r}")
-        feat_dim = int(config.feat_dim)
+        config = RegressorConfig.from_namespace(config)
+        if config.feat_dim is None:
+            raise ValueError("FeatRegressNet needs regressor_config.feat_dim")
+        self.feat_comb = config.feat_comb
+        feat_dim = config.feat_dim
         ch_in = 2 * feat_dim if self.feat_comb == "pre" else feat_dim
         conv: list[nn.Module] = []
         size = psize

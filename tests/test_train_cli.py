@@ -277,17 +277,20 @@ def test_overfit_one_pair_lowers_epipolar_loss(data):
     """Twelve steps on one pair (fixed seed) clearly lower the epipolar loss."""
     from utils.common.setup_helper import seed_all
     from utils.train.losses import LossConfig
-    from utils.train.trainer import StartState, build_dataset, build_model, train_step
+    from utils.train.trainer import StartState, build_dataset, build_training, train_step
 
     args = parse_args(base_args(data, data / "unused", "-lr", "1e-3"))
     seed_all(0)
     item = build_dataset(args)[0]
     batch = {k: item[k][None] for k in ("src_im", "pos_im", "F")}
-    net = build_model(args, torch.device("cpu"), StartState(), lprint=lambda *_: None)
+    net, optimizer, _ = build_training(
+        args, torch.device("cpu"), StartState(), lprint=lambda *_: None
+    )
+    assert net.optimizer is None  # the trainer owns the optimiser
     cfg = LossConfig.from_args(args)
     epi = []
     for _ in range(12):
-        out, metrics = train_step(net, batch, cfg, args.ksize, args.ptmax)
+        out, metrics = train_step(net, batch, cfg, args.ksize, args.ptmax, optimizer=optimizer)
         assert out.kept == [0]
         epi.append(float(out.epi.detach().mean()))
         assert set(metrics) >= {"loss", "cls_mid", "cls_fine", "match_dist"}

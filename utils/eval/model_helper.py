@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from argparse import Namespace
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from networks.config import CHECKPOINT_REGRESSOR_KEYS, Patch2PixConfig
 from networks.patch2pix import Patch2Pix
 from utils.common.setup_helper import CheckpointError, load_checkpoint_safe
 from utils.datasets.preprocess import load_im_flexible, load_im_tensor
@@ -17,63 +19,19 @@ from utils.datasets.preprocess import load_im_flexible, load_im_tensor
 AMP_MODES = (None, "off", "bf16")
 """Matching precisions: float32 (None / 'off', the default) or bfloat16 autocast."""
 
-REGRESSOR_KEYS = ("conv_dims", "conv_kers", "conv_strs", "fc_dims", "psize", "pshift", "panc")
-# What the architecture allows (docs/architecture.md §4): widths, kernels, strides, patch sides.
-MAX_WIDTH = 4096
-MAX_KERNEL = 15
-MAX_PSIZE = 64
+# The checkpoint checks live with the configuration (networks/config.py); these names
+# stay importable from here.
+REGRESSOR_KEYS = CHECKPOINT_REGRESSOR_KEYS
 
 
-def _int_list(rc: Namespace, key: str, lo: int, hi: int, n: int | None = None) -> list[int]:
-    v = getattr(rc, key)
-    ok = isinstance(v, (list, tuple)) and (n is None or len(v) == n) and len(v) <= 32
-    if not ok or not all(type(x) is int and lo <= x <= hi for x in v):
-        raise ValueError(f"regressor_config.{key} = {v!r:.80} (ints in [{lo}, {hi}] expected)")
-    return list(v)
-
-
-def check_model_config(rc: Namespace | None, feat_idx: Any) -> None:
-    """Refuse a checkpoint's ``feat_idx`` / ``regressor_config`` outside what the
-    architecture allows, before anything is built.
-
-    Raises:
-        ValueError: naming the field.
-    """
-    if (
-        not isinstance(feat_idx, (list, tuple))
-        or not feat_idx
-        or len(set(feat_idx)) != len(feat_idx)
-    ):
-        raise ValueError(f"feat_idx = {feat_idx!r:.80} (distinct ints in [0, 4] expected)")
-    if not all(type(i) is int and 0 <= i <= 4 for i in feat_idx):
-        raise ValueError(f"feat_idx = {feat_idx!r:.80} (distinct ints in [0, 4] expected)")
-    if rc is None:
-        return
-    dims = _int_list(rc, "conv_dims", 1, MAX_WIDTH)
-    _int_list(rc, "conv_kers", 1, MAX_KERNEL, len(dims))
-    _int_list(rc, "conv_strs", 1, MAX_PSIZE, len(dims))
-    _int_list(rc, "fc_dims", 1, MAX_WIDTH)
-    _int_list(rc, "psize", 1, MAX_PSIZE, 2)
-    if type(rc.pshift) is not int or not 0 <= rc.pshift <= MAX_PSIZE:
-        raise ValueError(f"regressor_config.pshift = {rc.pshift!r:.40}")
-    if getattr(rc, "feat_comb", "pre") not in ("pre", "post"):
-        raise ValueError(f"regressor_config.feat_comb = {rc.feat_comb!r:.40}")
-    feat_dim = getattr(rc, "feat_dim", None)
-    if feat_dim is not None and (type(feat_dim) is not int or not 1 <= feat_dim <= MAX_WIDTH):
-        raise ValueError(f"regressor_config.feat_dim = {feat_dim!r:.40}")
-
-
-def check_weights_fit(config: Namespace, weights: dict[str, torch.Tensor]) -> None:
+def check_weights_fit(config: Patch2PixConfig, weights: dict[str, torch.Tensor]) -> None:
     """The model of `config` built on the meta device (no memory): `weights` must have
     exactly its keys and shapes, and be finite.
 
     Raises:
         ValueError: naming the first keys that differ, or a non-finite tensor.
     """
-    meta = Namespace(**vars(config))
-    meta.weights_dict, meta.device, meta.imagenet_init, meta.training = None, None, False, False
-    if meta.regressor_config is not None:
-        meta.regressor_config = Namespace(**vars(meta.regressor_config))
+    meta = replace(config, weights_dict=None, device=None, imagenet_init=False, training=False)
     with torch.device("meta"):
         own = {k: tuple(v.shape) for k, v in Patch2Pix(meta).state_dict().items()}
     got = {k: tuple(v.shape) for k, v in weights.items()}
@@ -137,46 +95,24 @@ def load_model(
     """
     device = torch.device(device) if device is not None else default_device()
     ckpt = load_checkpoint_safe(ckpt_path)
-    if method == "patch2pix":
-        if not isinstance(ckpt, dict) or "backbone" not in ckpt:
-            raise CheckpointError(
-                f"{ckpt_path} is not a Patch2Pix training checkpoint (no 'backbone' key); "
-                "for NCNet weights use method='nc'"
-            )
-        rc = ckpt.get("regressor_config")
-        if not isinstance(rc, Namespace) or any(not hasattr(rc, k) for k in REGRESSOR_KEYS):
-            raise CheckpointError(f"{ckpt_path}: missing or incomplete 'regressor_config'")
-        rc = Namespace(**vars(rc))
-        rc.panc = 1  # anchors are a training device only
-        config = Namespace(
-            training=False,
-            device=device,
-            backbone=ckpt["backbone"],
-            change_stride=ckpt.get("change_stride", True),
-            feat_idx=ckpt.get("feat_idx", [0, 1, 2, 3]),
-            regressor_config=rc,
-            regr_batch=1200,
-            weights_dict=state_dict_of(ckpt, ckpt_path),
-            imagenet_init=False,
-            lprint=lprint,
-        )
-    elif method == "nc":
-        config = Namespace(
-            training=False,
-            device=device,
-            backbone="ResNet34",
-            change_stride=change_stride,
-            feat_idx=[0, 1, 2, 3],
-            regressor_config=None,
-            regr_batch=1200,
-            weights_dict=state_dict_of(ckpt, ckpt_path),
-            imagenet_init=False,
-            lprint=lprint,
-        )
-    else:
+    if method not in ("patch2pix", "nc"):
         raise ValueError(f"method must be 'patch2pix' or 'nc', got {method!r}")
+    if method == "patch2pix" and (not isinstance(ckpt, dict) or "backbone" not in ckpt):
+        raise CheckpointError(
+            f"{ckpt_path} is not a Patch2Pix training checkpoint (no 'backbone' key); "
+            "for NCNet weights use method='nc'"
+        )
+    inputs = dict(device=device, regr_batch=1200, imagenet_init=False, lprint=lprint)
     try:
-        check_model_config(config.regressor_config, config.feat_idx)
+        if method == "patch2pix":
+            # panc 1: anchors are a training device only
+            config = Patch2PixConfig.from_checkpoint(ckpt, panc=1, **inputs)
+        else:
+            config = Patch2PixConfig(change_stride=change_stride, **inputs)
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt_path}: {e}") from None
+    config = replace(config, weights_dict=state_dict_of(ckpt, ckpt_path))
+    try:
         check_weights_fit(config, config.weights_dict)
         net = Patch2Pix(config)
     except (ValueError, RuntimeError) as e:

@@ -1,7 +1,9 @@
 """The training run behind ``python -m train_patch2pix`` (docs/training.md §2–§6).
 
-- :func:`build_training` resolves the device, the start weights (``--pretrain``, ``--ckpt``,
-  ``--resume``) and builds the model with its optimiser and scheduler (§2);
+- :func:`resolve_start` and :func:`select_device` resolve the start weights
+  (``--pretrain``, ``--ckpt``, ``--resume``) and the device; :func:`build_training` builds
+  the model (:func:`model_config`: its typed configuration) and the optimiser and scheduler,
+  which the trainer owns (§2);
 - :func:`train_step` is one optimisation step (§3);
 - :class:`Trainer` runs the epochs: data loading, periodic log lines / metrics / Visdom
   plots (§5), checkpoints (§4, docs/file-formats.md §5, written atomically) and the per-epoch
@@ -23,8 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
+from networks.config import OptimConfig, Patch2PixConfig, RegressorConfig
+from networks.optim import build_optimizer
 from networks.patch2pix import Patch2Pix
 from networks.resnet import download_imagenet_weights, find_imagenet_weights
 from utils.common.cli import UsageError
@@ -95,14 +100,20 @@ def select_device(args: Namespace) -> torch.device:
 
 
 def regressor_config(args: Namespace) -> Namespace:
-    """The ``regressor_config`` Namespace of the model and the checkpoints."""
-    return Namespace(
-        conv_dims=list(args.conv_dims),
-        conv_kers=list(args.conv_kers),
-        conv_strs=list(args.conv_strs),
-        fc_dims=list(args.fc_dims),
+    """The ``regressor_config`` Namespace of the flags (``feat_dim`` None: the model fills it
+    in, checkpoints store the number)."""
+    return model_regressor_config(args).to_namespace()
+
+
+def model_regressor_config(args: Namespace) -> RegressorConfig:
+    """The regressors of the flags."""
+    return RegressorConfig(
+        conv_dims=tuple(args.conv_dims),
+        conv_kers=tuple(args.conv_kers),
+        conv_strs=tuple(args.conv_strs),
+        fc_dims=tuple(args.fc_dims),
         feat_comb=args.feat_comb,
-        psize=list(args.psize),
+        psize=tuple(args.psize),
         pshift=args.pshift,
         panc=args.panc,
         shared=args.shared,
@@ -233,22 +244,21 @@ def prepare_backbone(
     return f"ImageNet backbone ({path})"
 
 
-def build_model(
+def model_config(
     args: Namespace, device: torch.device, start: StartState, lprint: Callable[[str], Any] = print
-) -> Patch2Pix:
-    """Patch2Pix in training configuration with optimiser and scheduler (docs/training.md §2).
+) -> Patch2PixConfig:
+    """The model's configuration for the flags and the start state (docs/training.md §2).
 
-    Raises:
-        UsageError: weights of another architecture, a bad ``--lr_decay``, or an optimiser
-            state that does not fit.
+    ``training`` stays False: the trainer builds and holds the optimiser and scheduler
+    (:func:`build_optimiser`); the model itself builds none.
     """
-    config = Namespace(
+    return Patch2PixConfig(
         device=device,
-        training=True,
+        training=False,
         backbone=args.backbone,
-        change_stride=args.change_stride,
-        feat_idx=list(args.feat_idx),
-        regressor_config=regressor_config(args),
+        change_stride=bool(args.change_stride),
+        feat_idx=tuple(args.feat_idx),
+        regressor_config=model_regressor_config(args),
         regr_batch=args.regr_batch,
         weights_dict=start.weights,
         freeze_feat=args.freeze_feat,
@@ -256,32 +266,79 @@ def build_model(
         imagenet_init=False if getattr(args, "random_backbone", False) else "download",
         lprint=lprint,
         start_epoch=start.start_epoch,
-        optim_config=Namespace(
+        optim_config=OptimConfig(
             opt="adam",
-            lr_init=args.lr_init,
-            weight_decay=args.weight_decay,
-            lr_decay=args.lr_decay,
+            lr_init=float(args.lr_init),
+            weight_decay=float(args.weight_decay or 0),
+            lr_decay=None if args.lr_decay is None else tuple(args.lr_decay),
             optimizer_dict=start.optimizer_dict,
             lr_scheduler_dict=start.lr_scheduler_dict,
         ),
     )
-    flag = "--resume" if args.resume else ("--ckpt" if args.ckpt else "--pretrain")
+
+
+def _start_flag(args: Namespace) -> str:
+    return "--resume" if args.resume else ("--ckpt" if args.ckpt else "--pretrain")
+
+
+def build_model(
+    args: Namespace, device: torch.device, start: StartState, lprint: Callable[[str], Any] = print
+) -> Patch2Pix:
+    """Patch2Pix in training configuration, without optimiser (docs/training.md §2;
+    :func:`build_training` adds it).
+
+    Raises:
+        UsageError: weights of another architecture.
+    """
     try:
-        net = Patch2Pix(config)
+        net = Patch2Pix(model_config(args, device, start, lprint))
     except ValueError as e:
-        msg = str(e)
-        if "--lr_decay" in msg:
-            raise UsageError(msg) from None
-        raise UsageError(f"{flag}: {msg}") from None
-    except RuntimeError as e:  # strict load_state_dict / optimiser state mismatch
+        raise UsageError(f"{_start_flag(args)}: {e}") from None
+    except RuntimeError as e:  # strict load_state_dict
         first = str(e).strip().splitlines()[0]
-        raise UsageError(f"{flag}: weights or optimiser state do not fit: {first}") from None
+        raise UsageError(
+            f"{_start_flag(args)}: weights or optimiser state do not fit: {first}"
+        ) from None
     if args.weight_epi[0] == 0:
-        # As the original: a zero fine epipolar weight freezes regress_mid (sic).
+        # As the original: a zero fine epipolar weight freezes regress_mid (sic). (It stays
+        # in the optimiser, which skips parameters without gradient.)
         for p in net.regress_mid.parameters():
             p.requires_grad_(False)
         lprint("weight_epi[0] == 0: regress_mid is frozen (as in the original)")
     return net
+
+
+def build_optimiser(
+    net: Patch2Pix, args: Namespace, start: StartState
+) -> tuple[torch.optim.Optimizer, LRScheduler | None]:
+    """The run's optimiser and LR scheduler (networks/optim.py), with the saved states of
+    ``--resume``; freezes the backbone parameters (docs/training.md §2).
+
+    Raises:
+        UsageError: a bad ``--lr_decay``, or an optimiser / scheduler state that does not fit.
+    """
+    try:
+        return build_optimizer(net, model_config(args, net.device, start))
+    except ValueError as e:
+        msg = str(e)
+        if "--lr_decay" in msg:
+            raise UsageError(msg) from None
+        raise UsageError(f"{_start_flag(args)}: {msg}") from None
+    except RuntimeError as e:  # optimiser state mismatch
+        first = str(e).strip().splitlines()[0]
+        raise UsageError(
+            f"{_start_flag(args)}: weights or optimiser state do not fit: {first}"
+        ) from None
+
+
+def build_training(
+    args: Namespace, device: torch.device, start: StartState, lprint: Callable[[str], Any] = print
+) -> tuple[Patch2Pix, torch.optim.Optimizer, LRScheduler | None]:
+    """The model (:func:`build_model`) with the optimiser and scheduler the trainer owns
+    (:func:`build_optimiser`)."""
+    net = build_model(args, device, start, lprint)
+    optimizer, lr_scheduler = build_optimiser(net, args, start)
+    return net, optimizer, lr_scheduler
 
 
 # ----------------------------------------------------------------------------- data
@@ -381,21 +438,28 @@ def train_step(
     ptmax: int,
     amp: MixedPrecision | None = None,
     forward: Callable[..., tuple] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> tuple[BatchLoss, dict[str, dict[str, float]]]:
     """One optimisation step (docs/training.md §3).
 
     Args:
-        net: model in train mode with ``net.optimizer``.
+        net: model in train mode.
         batch: ``src_im`` (B, 3, H, W), ``pos_im`` (B, 3, H, W), ``F`` (B, 3, 3).
         amp: mixed precision (``--amp``); None = float32. Only the forward runs under
             autocast; the loss is computed in float32 (utils/train/amp.py says why).
         forward: what computes ``net.forward_train(im_src, im_pos, ksize=, ptmax=)``: the
             DistributedDataParallel wrapper under torchrun (utils/train/distributed.py).
+        optimizer: the step's optimiser (the trainer's, :func:`build_training`); None:
+            ``net.optimizer``, that of a model built the original's way (``training=True``
+            or ``set_optimizer``).
     Returns:
         the :class:`BatchLoss` and the step metrics ``{plot: {legend: value}}``. A batch
         whose pairs were all skipped contributes a zero loss and still makes the Adam step
         (docs/training.md §3.5: momentum moves the weights, the step count advances).
     """
+    optimizer = optimizer if optimizer is not None else net.optimizer
+    if optimizer is None:
+        raise ValueError("train_step needs an optimiser (build_training, or net.set_optimizer)")
     dev = net.device
     im_src = batch["src_im"].to(dev, non_blocking=True)
     im_pos = batch["pos_im"].to(dev, non_blocking=True)
@@ -406,30 +470,32 @@ def train_step(
             im_src, im_pos, ksize=ksize, ptmax=ptmax
         )
     out = batch_loss(coarse, mid, mid_p, fine, fine_p, Fs, loss_cfg)
-    net.optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=True)
     # a zero loss (still connected) when every pair was skipped
-    amp.backward_and_step(out.loss, net.optimizer)
+    amp.backward_and_step(out.loss, optimizer)
     metrics = step_metrics(out, mid_p, fine_p, loss_cfg.cthres)
     return out, metrics
 
 
 # ----------------------------------------------------------------------------- the run
-def checkpoint_dict(net: Patch2Pix, args: Namespace, epoch: int, best_vals: list[float]) -> dict:
-    """The training checkpoint of docs/file-formats.md §5."""
-    rc = Namespace(**vars(net.regressor_config))
-    rc.panc = args.panc
+def checkpoint_dict(
+    net: Patch2Pix,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: LRScheduler | None,
+    epoch: int,
+    best_vals: list[float],
+) -> dict:
+    """The training checkpoint of docs/file-formats.md §5: the model's configuration as the
+    original's entries (:meth:`Patch2PixConfig.checkpoint_fields`), weights and states."""
     ckpt = {
         "last_epoch": int(epoch),
         "best_vals": [float(v) for v in best_vals],
-        "backbone": args.backbone,
-        "feat_idx": list(args.feat_idx),
-        "change_stride": bool(args.change_stride),
-        "regressor_config": rc,
+        **net.model_config.checkpoint_fields(),
         "state_dict": net.state_dict(),
-        "optim": net.optimizer.state_dict(),
+        "optim": optimizer.state_dict(),
     }
-    if net.lr_scheduler is not None:
-        ckpt["lr_scheduler"] = net.lr_scheduler.state_dict()
+    if lr_scheduler is not None:
+        ckpt["lr_scheduler"] = lr_scheduler.state_dict()
     return ckpt
 
 
@@ -512,7 +578,10 @@ class Trainer:
             self.start_epoch = start.start_epoch
             seed_all(args.seed + self.start_epoch)
             self.best = BestTracker(list(start.best_vals))
-            self.net = build_model(args, self.device, start, lprint=self.log)
+            # The trainer owns the optimiser and scheduler (the model builds none).
+            self.net, self.optimizer, self.lr_scheduler = build_training(
+                args, self.device, start, lprint=self.log
+            )
             n_train = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
             self.log(f"Trainable parameters: {n_train}")
             if getattr(args, "sync_bn", False) and not self.dist.enabled:
@@ -568,7 +637,7 @@ class Trainer:
             destroy_process_group()
 
     def _lr(self) -> float:
-        return float(self.net.optimizer.param_groups[0]["lr"])
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def train_epoch(self, epoch: int) -> None:
         """One pass over the data (or ``--max_iters_per_epoch`` steps)."""
@@ -607,6 +676,7 @@ class Trainer:
                     args.ptmax,
                     amp=self.amp,
                     forward=self.forward,
+                    optimizer=self.optimizer,
                 )
                 skipped += len(out.skipped)
                 metrics["mem"] = memory_metrics(self.device)
@@ -660,14 +730,15 @@ class Trainer:
         if not self.dist.is_main:
             return
         save_checkpoint_atomic(
-            checkpoint_dict(self.net, self.args, epoch, self.best.vals), self.exp_dir / name
+            checkpoint_dict(self.net, self.optimizer, self.lr_scheduler, epoch, self.best.vals),
+            self.exp_dir / name,
         )
 
     def end_epoch(self, epoch: int) -> None:
         """Scheduler step, checkpoints, validation and the best checkpoint."""
         args = self.args
-        if self.net.lr_scheduler is not None:
-            self.net.lr_scheduler.step()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         self._save(LAST_CKPT, epoch)
         if (epoch + 1) % args.save_step == 0:
             self._save(f"ckpt_ep{epoch + 1}.pth", epoch)
