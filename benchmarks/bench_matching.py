@@ -65,23 +65,14 @@ def build_net(variant: str, device: str):
     import networks.ncn.conv4d as conv4d_mod
     import networks.ncn.model as ncn_model
     import networks.patch2pix as p2p
+    from networks.config import RegressorConfig
     from networks.ncn import reference
 
     if variant == "naive":  # the module globals that Conv4d / FeatureCorrelation call
         conv4d_mod.conv4d = reference.conv4d_loop
         ncn_model.correlation_maxpool4d = reference.correlation_then_maxpool4d
     torch.manual_seed(0)
-    rc = Namespace(
-        conv_dims=[512, 512],
-        conv_kers=[3, 3],
-        conv_strs=[2, 1],
-        fc_dims=[512, 256],
-        feat_comb="pre",
-        psize=[16, 16],
-        pshift=8,
-        panc=1,
-        shared=False,
-    )
+    rc = RegressorConfig().to_namespace()  # the released regressors, matching (panc 1)
     cfg = Namespace(
         training=False,
         device=device,

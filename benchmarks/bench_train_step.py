@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- one variant
 def run_variant(v: Variant, args: Namespace) -> dict:
     """Build the model, run warm-up + timed steps of `v` in this process; returns its row."""
+    from networks.config import RegressorConfig
     from networks.patch2pix import Patch2Pix
     from utils.train.amp import MixedPrecision
     from utils.train.losses import LossConfig
@@ -181,17 +182,7 @@ def run_variant(v: Variant, args: Namespace) -> dict:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     if args.cudnn_deterministic:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    rc = Namespace(
-        conv_dims=[512, 512],
-        conv_kers=[3, 3],
-        conv_strs=[2, 1],
-        fc_dims=[512, 256],
-        feat_comb="pre",
-        psize=[16, 16],
-        pshift=8,
-        panc=8,
-        shared=False,
-    )
+    rc = RegressorConfig(panc=8).to_namespace()  # the released regressors, training
     oc = Namespace(
         opt="adam",
         lr_init=5e-4,

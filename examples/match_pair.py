@@ -173,18 +173,11 @@ def match_pair(
 
 
 def default_regressor_config() -> Namespace:
-    """The regressor configuration of the released Patch2Pix models (training defaults)."""
-    return Namespace(
-        conv_kers=[3, 3],
-        conv_dims=[512, 512],
-        conv_strs=[2, 1],
-        fc_dims=[512, 256],
-        feat_comb="pre",
-        psize=[16, 16],
-        pshift=8,
-        panc=1,
-        shared=False,
-    )
+    """The regressor configuration of the released Patch2Pix models (matching: panc 1),
+    as the original's Namespace (`networks.config.RegressorConfig`'s defaults)."""
+    from networks.config import RegressorConfig
+
+    return RegressorConfig().to_namespace()
 
 
 def init_untrained_model(device: Any = None, regressor_config: Namespace | None = None) -> Any:
