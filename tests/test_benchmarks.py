@@ -60,6 +60,7 @@ def test_bench_train_step_variants(tmp_path):
         "--variants",
         "1,off,0",
         "1,off,1",
+        "1,off,0,old",
         "--ptmax",
         "4",
         "--steps",
@@ -72,10 +73,25 @@ def test_bench_train_step_variants(tmp_path):
         str(tmp_path),
     )
     rows = json.loads(js.read_text())
-    assert [r["variant"] for r in rows] == ["1,off,0", "1,off,1"]
+    assert [r["variant"] for r in rows] == ["1,off,0", "1,off,1", "1,off,0,old"]
     assert all("error" not in r for r in rows), rows
     assert rows[0]["loss"] == rows[1]["loss"]  # --grad_ckpt recomputes, same step
+    # The regressor input as before issue 17: the same first step within float32 rounding.
+    assert rows[2]["form"] == "old" and rows[0]["form"] == "new"
+    assert rows[2]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-5)
     assert rows[0]["rows_per_regressor"] == rows[1]["rows_per_regressor"] == 4 * 8
     assert rows[0]["time_ratio"] == rows[0]["peak_ratio"] == 1.0
     assert "| batch 1, fp32, grad_ckpt | 32 |" in text
     assert (tmp_path / "profile_1_off_1.txt").read_text().count("aten::") > 5
+
+
+def test_bench_train_step_variant_forms():
+    from benchmarks.bench_train_step import Variant
+
+    v = Variant.parse("4,bf16,1,compile")
+    assert (v.batch, v.amp, v.ckpt, v.form) == (4, "bf16", True, "compile")
+    assert str(v) == "4,bf16,1,compile" and v.label == "batch 4, bf16, grad_ckpt, compile"
+    assert str(Variant.parse("1,off,0")) == "1,off,0"  # "new" is the default, not written
+    for bad in ("1,off,0,fast", "1,off,0,old,x", "1,off"):
+        with pytest.raises(Exception, match="--variants"):
+            Variant.parse(bad)
