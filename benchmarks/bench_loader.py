@@ -7,9 +7,19 @@ other jobs share the cores). Against a recorded GPU step time it reports the pai
 second a GPU consumes and how many cores decoding needs to keep up:
 ``cores = (batch / step_s) · cpu_s_per_pair``.
 
-    python -m benchmarks.bench_loader --data_root /tmp/wt17data \\
-        --pair_file /tmp/wt17data/pairs.npy [--workers 0 2 4 8] [--pairs 64] \\
-        [--gpu_step_s 0.356 0.255] [--out benchmarks/RESULTS.md]
+    python -m benchmarks.bench_loader --data_root DATA --pair_file PAIRS.npy \\
+        [--workers 0 2 4 8] [--pairs 64] [--gpu_step_s 0.356 0.255] [--out benchmarks/RESULTS.md]
+
+The recorded run (benchmarks/RESULTS.md) used two synthetic scenes at MegaDepth's largest
+image size, and their training-pair file:
+
+    python -m data_pairs.make_synthetic --out DATA --scenes 1 --images_per_scene 12 \\
+        --val_scenes 0 --width 1600 --height 1200 --supersample 1 --portrait_every 0
+    python -m data_pairs.make_synthetic --out DATA --scenes 1 --first_scene_id 9001 --seed 1 \\
+        --images_per_scene 12 --val_scenes 0 --width 1600 --height 1200 --supersample 1 \\
+        --portrait_every 0
+    python -m data_pairs.prep_megadepth_training_pairs --base_dir DATA/MegaDepth_undistort \\
+        --save_dir PAIRS_DIR
 """
 
 from __future__ import annotations

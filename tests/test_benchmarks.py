@@ -8,11 +8,12 @@ Timings are not asserted (benchmarks/RESULTS.md holds the recorded runs).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import PAIR_FILE, REPO
 
 
 def run(module: str, *args: str) -> str:
@@ -95,3 +96,37 @@ def test_bench_train_step_variant_forms():
     for bad in ("1,off,0,fast", "1,off,0,old,x", "1,off"):
         with pytest.raises(Exception, match="--variants"):
             Variant.parse(bad)
+
+
+def test_bench_loader_reports_rates_and_cores(train_data, tmp_path):
+    """The loader benchmark on the tiny synthetic set: a CPU cost per pair, a rate per
+    worker count, and cores needed = (batch / GPU step) × CPU s per pair."""
+    out = tmp_path / "loader.md"
+    text = run(
+        "benchmarks.bench_loader",
+        "--data_root",
+        str(train_data / "data"),
+        "--pair_file",
+        str(train_data / "pairs" / PAIR_FILE),
+        "--item_type",
+        "pair",
+        "--workers",
+        "0",
+        "1",
+        "--pairs",
+        "8",
+        "--batch",
+        "2",
+        "--gpu_step_s",
+        "0.5",
+        "--out",
+        str(out),
+    )
+    assert out.read_text().strip() == text.strip()
+    cpu_ms = float(re.search(r"\*\*(\d+) ms\*\*", text).group(1))
+    assert cpu_ms > 0
+    rates = re.findall(r"^\| ([01]) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
+    assert [w for w, _, _ in rates] == ["0", "1"] and all(float(r) > 0 for _, r, _ in rates)
+    need, cores = re.search(r"^\| 0.5 \| ([\d.]+) \| ([\d.]+) \|$", text, re.M).groups()
+    assert float(need) == 4.0  # batch 2 every 0.5 s
+    assert float(cores) == pytest.approx(4.0 * cpu_ms / 1e3, abs=0.06)
