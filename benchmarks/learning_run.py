@@ -357,6 +357,22 @@ def build_parser():
     ap.add_argument("--seed", type=int, default=0, help="seed of the data and the runs")
     ap.add_argument("--workers", type=int, default=1, help="data-loader workers")
     ap.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override knobs of the preset (e.g. p2p_freeze_feat=87; sizes as W,H); the "
+        "resolved values are recorded in results.json",
+    )
+    ap.add_argument(
+        "--ncnet_from",
+        default=None,
+        metavar="DIR",
+        help="reuse the data and the NCNet stage of an earlier run in DIR (its 'untrained' "
+        "and 'ncnet' results are copied, marked as such): only the Patch2Pix stage runs. "
+        "Every knob that is not a Patch2Pix-stage one (p2p_*, amp, val_*) must equal DIR's",
+    )
+    ap.add_argument(
         "--diagnose_only",
         action="store_true",
         help="only the regressors-alone diagnosis of an existing run in --out (ground-truth "
@@ -365,16 +381,75 @@ def build_parser():
     return ap
 
 
-def run_diagnosis(out: Path, p: dict[str, Any], device: torch.device, seed: int, log) -> None:
+# Knobs that only the Patch2Pix stage reads: a run reusing another's NCNet stage
+# (--ncnet_from) may change these and nothing else.
+P2P_STAGE_KNOBS = ("amp", "val_pairs", "val_imsize")
+
+
+def resolve_params(preset: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """The preset's knobs with ``KEY=VALUE`` overrides, each parsed as the preset's type
+    (sizes as ``W,H``); an unknown key or a bad value is a one-line error naming --set."""
+    p = dict(PRESETS[preset])
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or key not in p:
+            raise UsageError(
+                f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(p))}"
+            )
+        old = p[key]
+        try:
+            if isinstance(old, tuple):
+                value: Any = tuple(int(v) for v in text.split(","))
+                if len(value) != len(old):
+                    raise ValueError
+            elif isinstance(old, bool):
+                raise ValueError
+            else:
+                value = type(old)(text)
+        except ValueError:
+            raise UsageError(f"--set {item!r}: {key} takes a value like {old!r}") from None
+        p[key] = value
+    return p
+
+
+def reused_stages(src: Path, p: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The 'untrained' and 'ncnet' results of the run in `src`, checked to share every
+    knob that is not a Patch2Pix-stage one with `p` (else a one-line error)."""
+    path = src / "results.json"
+    weights = src / "ncnet" / "ncn_best.pth"
+    if not path.is_file() or not weights.is_file():
+        raise UsageError(f"--ncnet_from {src}: no results.json / ncnet/ncn_best.pth there")
+    old = json.loads(path.read_text())
+    theirs = {k: tuple(v) if isinstance(v, list) else v for k, v in old["config"]["params"].items()}
+    differ = [
+        k
+        for k in sorted(set(p) | set(theirs))
+        if not (k.startswith("p2p_") or k in P2P_STAGE_KNOBS) and p.get(k) != theirs.get(k)
+    ]
+    if differ:
+        raise UsageError(
+            f"--ncnet_from {src}: knobs other than the Patch2Pix stage's differ: "
+            + ", ".join(f"{k} {theirs.get(k)!r} there, {p.get(k)!r} here" for k in differ)
+        )
+    return [
+        (name, dict(old["stages"][name], copied_from=str(src))) for name in ("untrained", "ncnet")
+    ]
+
+
+def run_diagnosis(
+    out: Path, p: dict[str, Any], device: torch.device, seed: int, log, src: Path | None = None
+) -> None:
     """:func:`diagnose` for the untrained regressors and the last Patch2Pix checkpoint;
-    written to ``<out>/diagnosis.json`` and ``<out>/diagnosis.md``."""
+    written to ``<out>/diagnosis.json`` and ``<out>/diagnosis.md``. The data and NCNet
+    stage are `src`'s (--ncnet_from) when given, else `out`'s."""
     from utils.common.setup_helper import load_checkpoint_safe
     from utils.eval.model_helper import load_model
 
-    paths = {"md1500": out / "data" / "megadepth1500"}
+    base = src or out
+    paths = {"md1500": base / "data" / "megadepth1500"}
     exp = next((out / "patch2pix").rglob("last_ckpt.pth")).parent
     last = exp / f"ckpt_ep{p['p2p_epochs']}.pth"
-    sd = dict(load_checkpoint_safe(out / "ncnet" / "ncn_best.pth"))
+    sd = dict(load_checkpoint_safe(base / "ncnet" / "ncn_best.pth"))
     models = {
         "untrained (NCNet stage)": untrained_model(sd, False, device, seed),
         f"trained ({last.name})": load_model(last, device=device, lprint=lambda *_a: None),
@@ -393,7 +468,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     from utils.train.plot_run import find_runs, plot_runs
 
     args = build_parser().parse_args(argv)
-    p = PRESETS[args.preset]
+    p = resolve_params(args.preset, args.set)
+    src = Path(args.ncnet_from) if args.ncnet_from else None
+    reused = reused_stages(src, p) if src is not None else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -406,11 +483,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
         raise UsageError("--device cuda: no CUDA device is available")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     if args.diagnose_only:
-        run_diagnosis(out, p, device, args.seed, log)
+        run_diagnosis(out, p, device, args.seed, log, src)
         return 0
     imagenet = resolve_start(args.start, log)
+    if src is not None:
+        imagenet = bool(json.loads((src / "results.json").read_text())["config"]["imagenet_start"])
     t = time.time()
-    paths = make_data(out / "data", p, args.seed, log=lambda m: log(str(m)))
+    paths = make_data((src or out) / "data", p, args.seed, log=lambda m: log(str(m)))
     times["data"] = time.time() - t
     results_path = out / "results.json"
     stages: list[tuple[str, dict[str, Any]]] = []
@@ -421,6 +500,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         "device": str(device),
         "seed": args.seed,
         "argv": list(argv or sys.argv[1:]),
+        "ncnet_from": None if src is None else str(src),
     }
 
     def record(name: str, res: dict[str, Any]) -> None:
@@ -439,65 +519,72 @@ def _main(argv: Sequence[str] | None = None) -> int:
         write_text_atomic(out / "results.md", table(stages) + "\n")
         plot_curves(stages, out / "curves.png")
 
-    t = time.time()
-    record(
-        "untrained",
-        evaluate(untrained_model(None, imagenet, device, args.seed), paths, p["eval_imsize"]),
-    )
-    times["eval_untrained"] = time.time() - t
+    if src is not None:  # --ncnet_from: the earlier run's data, NCNet weights and results
+        for name, res in reused:
+            record(name, res)
+        ncn_weights = src / "ncnet" / "ncn_best.pth"
+        log(f"reusing the NCNet stage of {src}")
+    else:
+        t = time.time()
+        record(
+            "untrained",
+            evaluate(untrained_model(None, imagenet, device, args.seed), paths, p["eval_imsize"]),
+        )
+        times["eval_untrained"] = time.time() - t
 
-    # NCNet stage
-    w, h = p["ncnet_size"]
-    ncnet_argv = [
-        "--pair_file",
-        str(paths["train"] / "pairs" / PAIR_NAME),
-        "--val_pair_file",
-        str(paths["ncnet_val"] / "pairs" / PAIR_NAME),
-        "--data_root",
-        str(paths["train"]),
-        "--val_data_root",
-        str(paths["ncnet_val"]),
-        "--image_size",
-        str(w),
-        str(h),
-        "--batch_size",
-        str(p["ncnet_batch"]),
-        "--lr",
-        str(p["ncnet_lr"]),
-        "--num_epochs",
-        str(p["ncnet_epochs"]),
-        "--max_iters_per_epoch",
-        str(p["ncnet_iters"]),
-        "--val_max_pairs",
-        str(p["ncnet_val_pairs"]),
-        "--seed",
-        str(args.seed + 1),
-        "--result_model_dir",
-        str(out),
-        "--result_model_fn",
-        "ncnet",
-        "--device",
-        args.device,
-        "--workers",
-        str(args.workers),
-        "--no_progress",
-    ]
-    if not imagenet:
-        ncnet_argv += ["--random_backbone", "--fe_finetune_params", "13", "--fe_bn_train"]
-    log("python -m train_ncnet " + " ".join(ncnet_argv))
-    t = time.time()
-    if train_ncnet.main(ncnet_argv) != 0:
-        raise UsageError("the NCNet stage failed (see its log above)")
-    times["train_ncnet"] = time.time() - t
-    ncn_weights = out / "ncnet" / "ncn_best.pth"
-    from utils.common.setup_helper import load_checkpoint_safe
+        # NCNet stage
+        w, h = p["ncnet_size"]
+        ncnet_argv = [
+            "--pair_file",
+            str(paths["train"] / "pairs" / PAIR_NAME),
+            "--val_pair_file",
+            str(paths["ncnet_val"] / "pairs" / PAIR_NAME),
+            "--data_root",
+            str(paths["train"]),
+            "--val_data_root",
+            str(paths["ncnet_val"]),
+            "--image_size",
+            str(w),
+            str(h),
+            "--batch_size",
+            str(p["ncnet_batch"]),
+            "--lr",
+            str(p["ncnet_lr"]),
+            "--num_epochs",
+            str(p["ncnet_epochs"]),
+            "--max_iters_per_epoch",
+            str(p["ncnet_iters"]),
+            "--val_max_pairs",
+            str(p["ncnet_val_pairs"]),
+            "--seed",
+            str(args.seed + 1),
+            "--result_model_dir",
+            str(out),
+            "--result_model_fn",
+            "ncnet",
+            "--device",
+            args.device,
+            "--workers",
+            str(args.workers),
+            "--no_progress",
+        ]
+        if not imagenet:
+            ncnet_argv += ["--random_backbone", "--fe_finetune_params", "13", "--fe_bn_train"]
+        log("python -m train_ncnet " + " ".join(ncnet_argv))
+        t = time.time()
+        if train_ncnet.main(ncnet_argv) != 0:
+            raise UsageError("the NCNet stage failed (see its log above)")
+        times["train_ncnet"] = time.time() - t
+        ncn_weights = out / "ncnet" / "ncn_best.pth"
+        from utils.common.setup_helper import load_checkpoint_safe
 
-    t = time.time()
-    sd = dict(load_checkpoint_safe(ncn_weights))
-    record(
-        "ncnet", evaluate(untrained_model(sd, False, device, args.seed), paths, p["eval_imsize"])
-    )
-    times["eval_ncnet"] = time.time() - t
+        t = time.time()
+        sd = dict(load_checkpoint_safe(ncn_weights))
+        record(
+            "ncnet",
+            evaluate(untrained_model(sd, False, device, args.seed), paths, p["eval_imsize"]),
+        )
+        times["eval_ncnet"] = time.time() - t
 
     # Patch2Pix stage
     w, h = p["p2p_size"]
@@ -562,11 +649,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
         record(f"patch2pix_ep{ep + 1}", evaluate(net, paths, p["eval_imsize"]))
         times[f"eval_patch2pix_ep{ep + 1}"] = time.time() - t
 
-    for run_dir, name in ((out / "ncnet", "ncnet_run.png"), (exp, "patch2pix_run.png")):
+    for run_dir, name in (((src or out) / "ncnet", "ncnet_run.png"), (exp, "patch2pix_run.png")):
         fig = plot_runs(find_runs([run_dir]), dpi=80)
         write_atomic(out / name, lambda f, fig=fig: fig.savefig(f, format="png"))
     t = time.time()
-    run_diagnosis(out, p, device, args.seed, log)
+    run_diagnosis(out, p, device, args.seed, log, src)
     times["diagnosis"] = time.time() - t
     times["total"] = time.time() - t_start
     record_final = {"config": config, "times": times, "stages": dict(stages)}

@@ -105,3 +105,80 @@ def test_learning_run_tiny_preset_writes_table_and_figures(tmp_path):
     assert len(diag) == 2 and all(0 <= d["coarse"]["precision"] <= 1 for d in diag.values())
     for fig in ("curves.png", "ncnet_run.png", "patch2pix_run.png"):
         assert (out / fig).stat().st_size > 10_000, fig
+
+    # A second Patch2Pix stage on the first run's data and NCNet stage, one knob changed.
+    out2 = tmp_path / "lr2"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.learning_run",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--out",
+            str(out2),
+            "--ncnet_from",
+            str(out),
+            "--set",
+            "p2p_freeze_feat=87",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    res2 = json.loads((out2 / "results.json").read_text())
+    assert list(res2["stages"]) == ["untrained", "ncnet", "patch2pix_ep1"]
+    for name in ("untrained", "ncnet"):  # copied, marked, not recomputed
+        assert res2["stages"][name] == dict(res["stages"][name], copied_from=str(out))
+    assert res2["config"]["params"]["p2p_freeze_feat"] == 87
+    assert res2["config"]["ncnet_from"] == str(out)
+    assert not (out2 / "ncnet").exists() and not (out2 / "data").exists()
+    assert len(list((out2 / "patch2pix").rglob("*freeze87*"))) >= 1
+    assert (out2 / "diagnosis.json").is_file()
+
+
+def test_learning_run_set_parses_as_the_preset_types():
+    from benchmarks.learning_run import PRESETS, resolve_params
+    from utils.common.cli import UsageError
+
+    p = resolve_params("cpu", ["p2p_freeze_feat=87", "p2p_size=256,192", "ncnet_lr=2e-4"])
+    assert p["p2p_freeze_feat"] == 87 and p["p2p_size"] == (256, 192) and p["ncnet_lr"] == 2e-4
+    assert PRESETS["cpu"]["p2p_freeze_feat"] == 0  # the preset itself is untouched
+    for bad, word in (
+        ("p2p_freeze=87", "KEY one of"),
+        ("p2p_freeze_feat", "KEY one of"),
+        ("p2p_freeze_feat=1.5", "takes a value like 0"),
+        ("p2p_size=256", "takes a value like"),
+    ):
+        with pytest.raises(UsageError, match=word):
+            resolve_params("cpu", [bad])
+
+
+def test_learning_run_ncnet_from_refuses_other_data_knobs(tmp_path):
+    from benchmarks.learning_run import resolve_params, reused_stages
+    from utils.common.cli import UsageError
+
+    with pytest.raises(UsageError, match="no results.json"):
+        reused_stages(tmp_path, resolve_params("tiny", []))
+    (tmp_path / "ncnet").mkdir()
+    (tmp_path / "ncnet" / "ncn_best.pth").write_bytes(b"")
+    params = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in resolve_params("tiny", []).items()
+    }
+    stages = {"untrained": {"a": 1}, "ncnet": {"a": 2}}
+    (tmp_path / "results.json").write_text(
+        json.dumps({"config": {"params": params}, "stages": stages})
+    )
+    got = reused_stages(tmp_path, resolve_params("tiny", ["p2p_iters=3", "amp=bf16"]))
+    assert got == [
+        ("untrained", {"a": 1, "copied_from": str(tmp_path)}),
+        ("ncnet", {"a": 2, "copied_from": str(tmp_path)}),
+    ]
+    with pytest.raises(UsageError, match=r"ncnet_epochs 1 there, 2 here"):
+        reused_stages(tmp_path, resolve_params("tiny", ["ncnet_epochs=2"]))
