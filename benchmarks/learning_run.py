@@ -412,15 +412,25 @@ def resolve_params(preset: str, overrides: Sequence[str]) -> dict[str, Any]:
     return p
 
 
-def reused_stages(src: Path, p: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The 'untrained' and 'ncnet' results of the run in `src`, checked to share every
-    knob that is not a Patch2Pix-stage one with `p` (else a one-line error)."""
+def reused_stages(src: Path, p: dict[str, Any]) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
+    """The 'untrained' and 'ncnet' results of the run in `src` and whether it started from
+    ImageNet, checked to share every knob that is not a Patch2Pix-stage one with `p` (else,
+    like a missing or foreign results.json, a one-line error)."""
     path = src / "results.json"
     weights = src / "ncnet" / "ncn_best.pth"
     if not path.is_file() or not weights.is_file():
         raise UsageError(f"--ncnet_from {src}: no results.json / ncnet/ncn_best.pth there")
-    old = json.loads(path.read_text())
-    theirs = {k: tuple(v) if isinstance(v, list) else v for k, v in old["config"]["params"].items()}
+    try:
+        old = json.loads(path.read_text())
+        params = old["config"]["params"]
+        theirs = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        stages = [(name, dict(old["stages"][name])) for name in ("untrained", "ncnet")]
+        imagenet = bool(old["config"]["imagenet_start"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UsageError(
+            f"--ncnet_from {src}: {path.name} is not a learning-run record "
+            f"({type(e).__name__}: {e})"
+        ) from None
     differ = [
         k
         for k in sorted(set(p) | set(theirs))
@@ -431,9 +441,7 @@ def reused_stages(src: Path, p: dict[str, Any]) -> list[tuple[str, dict[str, Any
             f"--ncnet_from {src}: knobs other than the Patch2Pix stage's differ: "
             + ", ".join(f"{k} {theirs.get(k)!r} there, {p.get(k)!r} here" for k in differ)
         )
-    return [
-        (name, dict(old["stages"][name], copied_from=str(src))) for name in ("untrained", "ncnet")
-    ]
+    return [(name, dict(res, copied_from=str(src))) for name, res in stages], imagenet
 
 
 def run_diagnosis(
@@ -470,7 +478,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     p = resolve_params(args.preset, args.set)
     src = Path(args.ncnet_from) if args.ncnet_from else None
-    reused = reused_stages(src, p) if src is not None else []
+    reused, reused_imagenet = reused_stages(src, p) if src is not None else ([], False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -487,7 +495,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return 0
     imagenet = resolve_start(args.start, log)
     if src is not None:
-        imagenet = bool(json.loads((src / "results.json").read_text())["config"]["imagenet_start"])
+        imagenet = reused_imagenet  # the earlier run's start decides the Patch2Pix stage's
     t = time.time()
     paths = make_data((src or out) / "data", p, args.seed, log=lambda m: log(str(m)))
     times["data"] = time.time() - t

@@ -172,10 +172,14 @@ def test_learning_run_ncnet_from_refuses_other_data_knobs(tmp_path):
         k: list(v) if isinstance(v, tuple) else v for k, v in resolve_params("tiny", []).items()
     }
     stages = {"untrained": {"a": 1}, "ncnet": {"a": 2}}
-    (tmp_path / "results.json").write_text(
-        json.dumps({"config": {"params": params}, "stages": stages})
-    )
-    got = reused_stages(tmp_path, resolve_params("tiny", ["p2p_iters=3", "amp=bf16"]))
+    for junk in ("not json", json.dumps({"config": {}}), json.dumps([1, 2])):
+        (tmp_path / "results.json").write_text(junk)
+        with pytest.raises(UsageError, match="results.json is not a learning-run record"):
+            reused_stages(tmp_path, resolve_params("tiny", []))
+    config = {"params": params, "imagenet_start": False}
+    (tmp_path / "results.json").write_text(json.dumps({"config": config, "stages": stages}))
+    got, imagenet = reused_stages(tmp_path, resolve_params("tiny", ["p2p_iters=3", "amp=bf16"]))
+    assert imagenet is False
     assert got == [
         ("untrained", {"a": 1, "copied_from": str(tmp_path)}),
         ("ncnet", {"a": 2, "copied_from": str(tmp_path)}),
