@@ -24,10 +24,10 @@ image size, and their training-pair file:
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 
@@ -80,8 +80,13 @@ def loader_rate(args, workers: int) -> tuple[float, float]:
     return (n - n_first) / max(t1 - t_first, 1e-9), t_first - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+MODULE = "benchmarks.bench_loader"
+
+
+def _main(argv=None) -> None:
+    from utils.common.cli import make_parser
+
+    ap = make_parser(MODULE, __doc__.split("\n")[0])
     ap.add_argument("--data_root", required=True)
     ap.add_argument("--pair_file", required=True)
     ap.add_argument("--item_type", default="triplet", choices=["triplet", "pair"])
@@ -97,7 +102,7 @@ def main() -> None:
         "in RESULTS.md)",
     )
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     import torch
 
@@ -138,5 +143,13 @@ def main() -> None:
             fh.write(report + "\n")
 
 
+def main(argv=None) -> int:
+    """Entry point: a missing or unreadable data root / pair file, or a data set the item
+    type cannot use, is one line naming it (exit 2)."""
+    from utils.common.cli import run_command
+
+    return run_command(MODULE, _main, argv, extra=(FileNotFoundError, ValueError))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -130,3 +130,23 @@ def test_bench_loader_reports_rates_and_cores(train_data, tmp_path):
     need, cores = re.search(r"^\| 0.5 \| ([\d.]+) \| ([\d.]+) \|$", text, re.M).groups()
     assert float(need) == 4.0  # batch 2 every 0.5 s
     assert float(cores) == pytest.approx(4.0 * cpu_ms / 1e3, abs=0.06)
+
+
+def test_bench_loader_bad_input_is_one_line(tmp_path):
+    junk = tmp_path / "pairs.npy"
+    junk.write_text("not numpy")
+    for args, word in (
+        (["--data_root", str(tmp_path), "--pair_file", str(tmp_path / "none.npy")], "not found"),
+        (["--data_root", str(tmp_path), "--pair_file", str(junk)], "not a numpy"),
+        (["--pairs", "x"], "--pairs"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_loader", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and word in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
