@@ -350,9 +350,12 @@ def argmax_decisions(ref, other) -> dict:
     import torch
 
     b, _, h1, w1, h2, w2 = ref.shape
-    r, o = ref.reshape(b * h1 * w1, h2 * w2), other.reshape(b * h1 * w1, h2 * w2)
     out = {"decisions": 0, "differ": 0, "near_ties": 0, "max_gap_at_differ": 0.0}
-    for x, y in ((r, o), (r.T, o.T)):
+    pairs = []
+    for ib in range(b):  # per pair: A cells over B cells, and B cells over A cells
+        r, o = ref[ib].reshape(h1 * w1, h2 * w2), other[ib].reshape(h1 * w1, h2 * w2)
+        pairs += [(r, o), (r.T, o.T)]
+    for x, y in pairs:
         top = x.topk(2, dim=1).values
         gap = (top[:, 0] - top[:, 1]) / top[:, 0].abs().clamp_min(torch.finfo(x.dtype).tiny)
         differ = x.argmax(dim=1) != y.argmax(dim=1)

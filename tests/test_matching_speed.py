@@ -98,6 +98,9 @@ def test_argmax_decisions_counts_flips_and_gaps() -> None:
     assert dec["near_ties"] == 1
     assert dec["max_abs_diff"] == pytest.approx(2e-7, rel=0.2)
     assert bm.argmax_decisions(ref, ref)["differ"] == 0
+    # A batch of two pairs counts each pair's decisions on its own (no mixing of pairs).
+    two = bm.argmax_decisions(torch.cat([ref, ref]), torch.cat([other, ref]))
+    assert (two["decisions"], two["differ"], two["near_ties"]) == (10, 1, 2)
 
 
 def test_bf16_matching_agrees_and_fp32_stays_default(net, pair) -> None:
