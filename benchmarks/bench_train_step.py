@@ -50,8 +50,9 @@ class Variant:
     """One benchmark variant: batch size, --amp mode, --grad_ckpt and the formulation of
     the regressor input: ``new`` (patches sampled straight into the regressor's
     channels-last layout, `sample_patch_pairs`), ``old`` (the formulation before issue 17:
-    NCHW levels, `select_local_patch_feats`, two L2 norms, transposes and a ``cat``;
-    `old_regress_chunk`) or ``compile`` (``new`` with both regressors ``torch.compile``d)."""
+    NCHW levels, `select_local_patch_feats`, two L2 norms, transposes and a ``cat``
+    (`old_regress_chunk`), the regressors' ``MaxPool2d``) or ``compile`` (``new`` with
+    both regressors ``torch.compile``d)."""
 
     batch: int
     amp: str
@@ -114,6 +115,8 @@ def apply_form(net, form: str) -> None:
     if form == "old":
         p2p.channels_last_levels = lambda feats, feat_idx: list(feats)  # levels stay NCHW
         net._regress_chunk = types.MethodType(old_regress_chunk, net)
+        for reg in {net.regress_mid, net.regress_fine}:  # the pool as it was: MaxPool2d
+            reg._pooled = lambda x, reg=reg: reg.pool(reg.conv(x)).flatten(1)
     elif form == "compile":
         net.regress_mid = torch.compile(net.regress_mid)
         net.regress_fine = torch.compile(net.regress_fine)
